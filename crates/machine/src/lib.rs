@@ -1,0 +1,21 @@
+//! The decisions of a Punchgate node, as pure functions.
+//!
+//! Nothing in this crate opens a socket, reads a clock or spawns a task: the compiler keeps it
+//! that way, because the crate depends on no runtime and no `Swarm`. A driver (the `punchgate`
+//! crate's `node::driver`) turns what the network does into [`Event`]s, feeds them to
+//! [`State::step`], and carries out the [`Command`]s that come back. Time enters as
+//! [`Event::TimerFired`], for timers the machine asked for with [`Command::StartTimer`].
+//!
+//! # Layout
+//! - [`node`]: the node's lifecycle: `(State, Event) -> (State, Vec<Command>)`.
+//! - [`paths`]: which of a peer's connections a new stream should use: direct, relayed, or wait
+//!   for a hole punch.
+//! - [`backoff`]: retry delays for relay reservations and reconnects.
+
+pub mod backoff;
+pub mod node;
+pub mod paths;
+
+pub use backoff::Backoff;
+pub use node::{Command, Config, DialReason, Event, NatStatus, Phase, RelayState, State, Timer};
+pub use paths::{PathKind, PathSelection};

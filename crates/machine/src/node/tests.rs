@@ -1,0 +1,762 @@
+use std::time::Duration;
+
+use libp2p_identity::{Keypair, PeerId};
+use multiaddr::Multiaddr;
+use proptest::prelude::*;
+
+use super::*;
+
+type S = State<u8>;
+type E = Event<u8>;
+
+/// A fixed set of peers so proptest can shrink sequences meaningfully.
+fn peer(i: u8) -> PeerId {
+    Keypair::ed25519_from_bytes([i + 1; 32])
+        .expect("32 bytes")
+        .public()
+        .to_peer_id()
+}
+
+fn addr(i: u8) -> Multiaddr {
+    format!("/ip4/198.51.100.{}/tcp/4001", i + 1)
+        .parse()
+        .expect("valid multiaddr")
+}
+
+fn circuit(relay: u8, me: u8) -> Multiaddr {
+    format!(
+        "/ip4/198.51.100.{}/tcp/4001/p2p/{}/p2p-circuit/p2p/{}",
+        relay + 1,
+        peer(relay),
+        peer(me)
+    )
+    .parse()
+    .expect("valid multiaddr")
+}
+
+const BOOTSTRAP: u8 = 0;
+
+fn config() -> Config {
+    Config {
+        bootstrap: vec![(peer(BOOTSTRAP), addr(BOOTSTRAP))],
+        ..Config::default()
+    }
+}
+
+fn run(mut s: S, events: impl IntoIterator<Item = E>) -> (S, Vec<Command>) {
+    let mut all = Vec::new();
+    for e in events {
+        let (next, cmds) = s.step(e);
+        s = next;
+        all.extend(cmds);
+    }
+    (s, all)
+}
+
+fn connected(p: u8, c: u8, kind: PathKind) -> E {
+    Event::ConnectionEstablished {
+        peer: peer(p),
+        connection: c,
+        kind,
+    }
+}
+
+fn identified_relay(p: u8) -> E {
+    Event::PeerIdentified {
+        peer: peer(p),
+        listen_addrs: vec![addr(p)],
+        relay_capable: true,
+        kademlia: true,
+    }
+}
+
+/// Started, connected to the bootstrap peer, which is identified as a relay.
+fn discovering() -> S {
+    run(
+        S::new(config()),
+        [
+            Event::Started,
+            connected(BOOTSTRAP, 1, PathKind::Direct),
+            identified_relay(BOOTSTRAP),
+        ],
+    )
+    .0
+}
+
+fn participating() -> S {
+    run(
+        discovering(),
+        [
+            Event::KademliaBootstrapSucceeded,
+            Event::NatStatusChanged {
+                status: NatStatus::Public,
+            },
+        ],
+    )
+    .0
+}
+
+#[test]
+fn start_dials_bootstrap_and_arms_discovery_timeout() {
+    let cfg = Config {
+        external_addresses: vec![addr(9)],
+        ..config()
+    };
+    let (s, cmds) = S::new(cfg).step(Event::Started);
+    assert_eq!(s.phase(), Phase::Initializing);
+    assert_eq!(
+        cmds,
+        vec![
+            Command::AddExternalAddress { addr: addr(9) },
+            Command::KademliaAddAddress {
+                peer: peer(BOOTSTRAP),
+                addr: addr(BOOTSTRAP)
+            },
+            Command::Dial {
+                peer: peer(BOOTSTRAP),
+                addrs: vec![addr(BOOTSTRAP)],
+                reason: DialReason::Bootstrap
+            },
+            Command::StartTimer {
+                timer: Timer::DiscoveryTimeout { generation: 1 },
+                after: Duration::from_secs(30)
+            },
+        ]
+    );
+    // A second `Started` does nothing.
+    assert!(s.step(Event::Started).1.is_empty());
+}
+
+#[test]
+fn bootstrap_connection_starts_discovery_and_kademlia() {
+    let (s, _) = S::new(config()).step(Event::Started);
+    let (s, cmds) = s.step(connected(BOOTSTRAP, 1, PathKind::Direct));
+    assert_eq!(s.phase(), Phase::Discovering);
+    assert_eq!(cmds, vec![Command::KademliaBootstrap]);
+    // A second connection does not bootstrap again.
+    let (_, cmds) = s.step(connected(BOOTSTRAP, 2, PathKind::Direct));
+    assert!(cmds.is_empty());
+}
+
+#[test]
+fn participates_after_kademlia_and_autonat_and_publishes() {
+    let (s, cmds) = run(
+        discovering(),
+        [
+            Event::KademliaBootstrapSucceeded,
+            Event::NatStatusChanged {
+                status: NatStatus::Public,
+            },
+        ],
+    );
+    assert_eq!(s.phase(), Phase::Participating);
+    assert!(cmds.contains(&Command::PublishServices));
+    assert!(cmds.contains(&Command::StartTimer {
+        timer: Timer::Republish,
+        after: Duration::from_secs(300)
+    }));
+    // The republish timer publishes again and re-arms itself.
+    let (_, cmds) = s.step(Event::TimerFired(Timer::Republish));
+    assert_eq!(cmds[0], Command::PublishServices);
+    assert!(matches!(
+        cmds[1],
+        Command::StartTimer {
+            timer: Timer::Republish,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn identifying_a_dht_server_bootstraps_kademlia() {
+    let cfg = Config::default();
+    let (s, _) = run(
+        S::new(cfg),
+        [Event::Started, connected(5, 1, PathKind::Direct)],
+    );
+    let (s, cmds) = s.step(Event::PeerIdentified {
+        peer: peer(5),
+        listen_addrs: vec![addr(5)],
+        relay_capable: false,
+        kademlia: true,
+    });
+    assert!(cmds.contains(&Command::KademliaBootstrap));
+    // Only once per round.
+    let (_, cmds) = s.step(Event::PeerIdentified {
+        peer: peer(5),
+        listen_addrs: vec![addr(5)],
+        relay_capable: false,
+        kademlia: true,
+    });
+    assert!(!cmds.contains(&Command::KademliaBootstrap));
+}
+
+#[test]
+fn kademlia_failure_is_retried_on_the_next_bootstrap_connection() {
+    let (s, _) = discovering().step(Event::KademliaBootstrapFailed);
+    let (_, cmds) = s.step(connected(BOOTSTRAP, 2, PathKind::Direct));
+    assert_eq!(cmds, vec![Command::KademliaBootstrap]);
+}
+
+#[test]
+fn private_reserves_on_a_relay_and_public_releases_it() {
+    let (s, cmds) = discovering().step(Event::NatStatusChanged {
+        status: NatStatus::Private,
+    });
+    assert_eq!(
+        cmds,
+        vec![
+            Command::RequestRelayReservation {
+                relay: peer(BOOTSTRAP),
+                addrs: vec![addr(BOOTSTRAP)]
+            },
+            Command::StartTimer {
+                timer: Timer::ReservationTimeout { generation: 1 },
+                after: Duration::from_secs(20)
+            }
+        ]
+    );
+    let (s, _) = s.step(Event::RelayReservationAccepted {
+        relay: peer(BOOTSTRAP),
+        addr: circuit(BOOTSTRAP, 5),
+    });
+    assert!(matches!(s.relay(), RelayState::Reserved { .. }));
+    let (s, cmds) = s.step(Event::NatStatusChanged {
+        status: NatStatus::Public,
+    });
+    assert_eq!(s.relay(), &RelayState::Idle);
+    assert!(cmds.contains(&Command::ReleaseRelayReservation {
+        relay: peer(BOOTSTRAP)
+    }));
+}
+
+#[test]
+fn any_public_peer_can_be_the_relay_not_only_bootstrap_peers() {
+    let cfg = Config {
+        bootstrap: vec![],
+        nat_override: Some(NatStatus::Private),
+        ..Config::default()
+    };
+    let (_, cmds) = run(
+        S::new(cfg),
+        [
+            Event::Started,
+            connected(3, 1, PathKind::Direct),
+            identified_relay(3),
+        ],
+    );
+    assert!(cmds.contains(&Command::RequestRelayReservation {
+        relay: peer(3),
+        addrs: vec![addr(3)]
+    }));
+}
+
+#[test]
+fn a_peer_without_hop_is_never_asked_for_a_reservation() {
+    let cfg = Config {
+        nat_override: Some(NatStatus::Private),
+        ..config()
+    };
+    let (s, cmds) = run(
+        S::new(cfg),
+        [
+            Event::Started,
+            connected(BOOTSTRAP, 1, PathKind::Direct),
+            Event::PeerIdentified {
+                peer: peer(BOOTSTRAP),
+                listen_addrs: vec![addr(BOOTSTRAP)],
+                relay_capable: false,
+                kademlia: true,
+            },
+        ],
+    );
+    assert_eq!(s.relay(), &RelayState::Idle);
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::RequestRelayReservation { .. }))
+    );
+}
+
+#[test]
+fn refused_reservation_is_retried_with_backoff_preferring_other_relays() {
+    let (s, _) = run(
+        discovering(),
+        [
+            connected(2, 2, PathKind::Direct),
+            identified_relay(2),
+            Event::NatStatusChanged {
+                status: NatStatus::Private,
+            },
+        ],
+    );
+    assert_eq!(
+        s.relay(),
+        &RelayState::Requesting {
+            relay: peer(BOOTSTRAP)
+        }
+    );
+    // Refused: peer 2 has never failed, so it is asked at once; a retry timer is armed.
+    let (s, cmds) = s.step(Event::RelayReservationFailed {
+        relay: peer(BOOTSTRAP),
+        reason: "Reservation(Unsupported)".into(),
+    });
+    assert_eq!(
+        cmds,
+        vec![
+            Command::StartTimer {
+                timer: Timer::RelayRetry,
+                after: Duration::from_secs(1)
+            },
+            Command::RequestRelayReservation {
+                relay: peer(2),
+                addrs: vec![addr(2)]
+            },
+            Command::StartTimer {
+                timer: Timer::ReservationTimeout { generation: 2 },
+                after: Duration::from_secs(20)
+            },
+        ]
+    );
+    // Refused too: both have failed once; wait for the timer.
+    let (s, cmds) = s.step(Event::RelayReservationFailed {
+        relay: peer(2),
+        reason: "refused".into(),
+    });
+    assert!(cmds.is_empty(), "{cmds:?}");
+    assert_eq!(s.relay(), &RelayState::Idle);
+    // The timer retries the bootstrap peer (ties broken in its favour).
+    let (s, cmds) = s.step(Event::TimerFired(Timer::RelayRetry));
+    assert_eq!(
+        cmds[0],
+        Command::RequestRelayReservation {
+            relay: peer(BOOTSTRAP),
+            addrs: vec![addr(BOOTSTRAP)]
+        }
+    );
+    // A third failure doubles the delay again.
+    let (_, cmds) = s.step(Event::RelayReservationFailed {
+        relay: peer(BOOTSTRAP),
+        reason: "refused".into(),
+    });
+    assert_eq!(
+        cmds,
+        vec![Command::StartTimer {
+            timer: Timer::RelayRetry,
+            after: Duration::from_secs(4)
+        }]
+    );
+}
+
+#[test]
+fn unanswered_reservation_times_out_and_is_retried() {
+    let (s, _) = discovering().step(Event::NatStatusChanged {
+        status: NatStatus::Private,
+    });
+    // A stale timer from an older request does nothing.
+    let (s, cmds) = s.step(Event::TimerFired(Timer::ReservationTimeout {
+        generation: 0,
+    }));
+    assert!(cmds.is_empty());
+    let (s, cmds) = s.step(Event::TimerFired(Timer::ReservationTimeout {
+        generation: 1,
+    }));
+    assert_eq!(s.relay(), &RelayState::Idle);
+    assert_eq!(
+        cmds,
+        vec![
+            Command::ReleaseRelayReservation {
+                relay: peer(BOOTSTRAP)
+            },
+            Command::StartTimer {
+                timer: Timer::RelayRetry,
+                after: Duration::from_secs(1)
+            },
+        ]
+    );
+}
+
+#[test]
+fn lost_reservation_is_requested_again_and_republished() {
+    let (s, _) = run(
+        participating(),
+        [Event::NatStatusChanged {
+            status: NatStatus::Private,
+        }],
+    );
+    let (s, _) = s.step(Event::RelayReservationAccepted {
+        relay: peer(BOOTSTRAP),
+        addr: circuit(BOOTSTRAP, 5),
+    });
+    let (s, cmds) = s.step(Event::RelayReservationLost {
+        relay: peer(BOOTSTRAP),
+    });
+    assert_eq!(s.relay(), &RelayState::Idle);
+    assert!(cmds.contains(&Command::PublishServices));
+    assert!(cmds.contains(&Command::StartTimer {
+        timer: Timer::RelayRetry,
+        after: Duration::from_secs(1)
+    }));
+    let (s, _) = s.step(Event::TimerFired(Timer::RelayRetry));
+    assert!(matches!(s.relay(), RelayState::Requesting { .. }));
+}
+
+#[test]
+fn unwanted_reservation_is_released() {
+    let (_, cmds) = participating().step(Event::RelayReservationAccepted {
+        relay: peer(BOOTSTRAP),
+        addr: circuit(BOOTSTRAP, 5),
+    });
+    assert_eq!(
+        cmds,
+        vec![Command::ReleaseRelayReservation {
+            relay: peer(BOOTSTRAP)
+        }]
+    );
+}
+
+#[test]
+fn nat_override_ignores_autonat() {
+    let cfg = Config {
+        nat_override: Some(NatStatus::Private),
+        ..config()
+    };
+    let (s, _) = run(
+        S::new(cfg),
+        [
+            Event::Started,
+            Event::NatStatusChanged {
+                status: NatStatus::Public,
+            },
+        ],
+    );
+    assert_eq!(s.nat(), NatStatus::Private);
+}
+
+#[test]
+fn relayed_connection_to_a_public_peer_is_reversed_once() {
+    let (s, cmds) = run(
+        discovering(),
+        [connected(4, 9, PathKind::Relayed), identified_relay(4)],
+    );
+    let reversal = Command::Dial {
+        peer: peer(4),
+        addrs: vec![addr(4)],
+        reason: DialReason::Reversal,
+    };
+    assert_eq!(cmds.iter().filter(|c| **c == reversal).count(), 1);
+    // A second identify (e.g. a push) does not dial again.
+    let (s, cmds) = s.step(identified_relay(4));
+    assert!(!cmds.contains(&reversal));
+    // Once direct, nothing to reverse.
+    let (s, _) = s.step(connected(4, 10, PathKind::Direct));
+    assert_eq!(
+        s.select_path(&peer(4), false),
+        PathSelection::Use {
+            connection: 10,
+            kind: PathKind::Direct
+        }
+    );
+}
+
+#[test]
+fn relayed_connection_to_a_private_peer_is_not_reversed() {
+    let (_, cmds) = run(
+        discovering(),
+        [
+            connected(4, 9, PathKind::Relayed),
+            Event::PeerIdentified {
+                peer: peer(4),
+                listen_addrs: vec![addr(4)],
+                relay_capable: false,
+                kademlia: false,
+            },
+        ],
+    );
+    assert!(!cmds.iter().any(|c| matches!(c, Command::Dial { .. })));
+}
+
+#[test]
+fn mdns_discovery_dials_and_bootstraps_kademlia() {
+    let (s, _) = S::new(Config::default()).step(Event::Started);
+    let (s, cmds) = s.step(Event::MdnsDiscovered {
+        peers: vec![(peer(6), addr(6)), (peer(6), addr(7))],
+    });
+    assert!(cmds.contains(&Command::Dial {
+        peer: peer(6),
+        addrs: vec![addr(6), addr(7)],
+        reason: DialReason::Mdns
+    }));
+    assert!(cmds.contains(&Command::KademliaBootstrap));
+    assert_eq!(s.known_addrs(&peer(6)), &[addr(6), addr(7)]);
+    let (s, _) = s.step(Event::MdnsExpired {
+        peers: vec![(peer(6), addr(6))],
+    });
+    assert_eq!(s.known_addrs(&peer(6)), &[addr(7)]);
+}
+
+#[test]
+fn losing_every_connection_redials_bootstrap_with_backoff() {
+    let (s, cmds) = participating().step(Event::ConnectionClosed {
+        peer: peer(BOOTSTRAP),
+        connection: 1,
+    });
+    assert_eq!(s.phase(), Phase::Discovering);
+    assert!(cmds.contains(&Command::StartTimer {
+        timer: Timer::Redial,
+        after: Duration::from_secs(1)
+    }));
+    let (s, cmds) = s.step(Event::TimerFired(Timer::Redial));
+    assert_eq!(
+        cmds,
+        vec![
+            Command::Dial {
+                peer: peer(BOOTSTRAP),
+                addrs: vec![addr(BOOTSTRAP)],
+                reason: DialReason::Redial
+            },
+            Command::StartTimer {
+                timer: Timer::Redial,
+                after: Duration::from_secs(2)
+            }
+        ]
+    );
+    // Reconnected: the pending timer does nothing.
+    let (s, _) = s.step(connected(BOOTSTRAP, 3, PathKind::Direct));
+    let (_, cmds) = s.step(Event::TimerFired(Timer::Redial));
+    assert!(cmds.is_empty());
+}
+
+#[test]
+fn stale_discovery_timeout_is_ignored() {
+    // Round 1 participates early; losing the peer starts round 2; round 1's timer is stale.
+    let (s, _) = participating().step(Event::ConnectionClosed {
+        peer: peer(BOOTSTRAP),
+        connection: 1,
+    });
+    let (s, _) = s.step(Event::TimerFired(Timer::DiscoveryTimeout { generation: 1 }));
+    assert_eq!(s.phase(), Phase::Discovering);
+    let (s, _) = s.step(Event::TimerFired(Timer::DiscoveryTimeout { generation: 2 }));
+    assert_eq!(s.phase(), Phase::Participating);
+}
+
+#[test]
+fn hole_punch_failure_releases_waiting_streams_to_the_relay() {
+    let (s, _) = discovering().step(connected(4, 9, PathKind::Relayed));
+    assert_eq!(s.select_path(&peer(4), false), PathSelection::WaitForDirect);
+    let (s, _) = s.step(Event::HolePunchFailed {
+        peer: peer(4),
+        reason: "AttemptsExceeded(3)".into(),
+    });
+    assert_eq!(
+        s.select_path(&peer(4), false),
+        PathSelection::Use {
+            connection: 9,
+            kind: PathKind::Relayed
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties.
+
+fn nat_status() -> impl Strategy<Value = NatStatus> {
+    prop_oneof![
+        Just(NatStatus::Unknown),
+        Just(NatStatus::Public),
+        Just(NatStatus::Private)
+    ]
+}
+
+fn kind() -> impl Strategy<Value = PathKind> {
+    prop_oneof![Just(PathKind::Direct), Just(PathKind::Relayed)]
+}
+
+fn timer() -> impl Strategy<Value = Timer> {
+    prop_oneof![
+        (0u32..4).prop_map(|generation| Timer::DiscoveryTimeout { generation }),
+        Just(Timer::RelayRetry),
+        (0u32..4).prop_map(|generation| Timer::ReservationTimeout { generation }),
+        Just(Timer::Redial),
+        Just(Timer::Republish),
+    ]
+}
+
+/// Any event over 4 peers and 8 connection ids, except `Shutdown`.
+fn event() -> impl Strategy<Value = E> {
+    let p = 0u8..4;
+    prop_oneof![
+        Just(Event::Started),
+        (0u8..8).prop_map(|i| Event::Listening { addr: addr(i) }),
+        (p.clone(), 0u8..8, kind()).prop_map(|(p, c, k)| connected(p, c, k)),
+        (p.clone(), 0u8..8).prop_map(|(p, c)| Event::ConnectionClosed {
+            peer: peer(p),
+            connection: c
+        }),
+        Just(Event::KademliaBootstrapSucceeded),
+        Just(Event::KademliaBootstrapFailed),
+        (p.clone(), 0u8..8).prop_map(|(p, a)| Event::MdnsDiscovered {
+            peers: vec![(peer(p), addr(a))]
+        }),
+        (p.clone(), 0u8..8).prop_map(|(p, a)| Event::MdnsExpired {
+            peers: vec![(peer(p), addr(a))]
+        }),
+        (p.clone(), any::<bool>(), any::<bool>()).prop_map(|(p, relay, kad)| {
+            Event::PeerIdentified {
+                peer: peer(p),
+                listen_addrs: vec![addr(p)],
+                relay_capable: relay,
+                kademlia: kad,
+            }
+        }),
+        nat_status().prop_map(|status| Event::NatStatusChanged { status }),
+        (p.clone(), 0u8..4).prop_map(|(r, me)| Event::RelayReservationAccepted {
+            relay: peer(r),
+            addr: circuit(r, me)
+        }),
+        p.clone().prop_map(|r| Event::RelayReservationFailed {
+            relay: peer(r),
+            reason: "refused".into()
+        }),
+        p.clone()
+            .prop_map(|r| Event::RelayReservationLost { relay: peer(r) }),
+        p.clone()
+            .prop_map(|x| Event::HolePunchSucceeded { peer: peer(x) }),
+        p.prop_map(|x| Event::HolePunchFailed {
+            peer: peer(x),
+            reason: "failed".into()
+        }),
+        timer().prop_map(Event::TimerFired),
+    ]
+}
+
+fn events(max: usize) -> impl Strategy<Value = Vec<E>> {
+    prop::collection::vec(event(), 0..max)
+}
+
+fn start() -> S {
+    S::new(config()).step(Event::Started).0
+}
+
+fn sorted(cmds: &[Command]) -> Vec<String> {
+    let mut v: Vec<String> = cmds.iter().map(|c| format!("{c:?}")).collect();
+    v.sort();
+    v
+}
+
+proptest! {
+    #[test]
+    fn shutdown_absorbs_everything(prefix in events(40), suffix in events(40)) {
+        let (s, _) = run(start(), prefix);
+        let (s, cmds) = s.step(Event::Shutdown);
+        prop_assert_eq!(s.phase(), Phase::ShuttingDown);
+        prop_assert_eq!(cmds, vec![Command::Shutdown]);
+        let mut s = s;
+        for e in suffix.into_iter().chain([Event::Shutdown]) {
+            let before = s.clone();
+            let (next, cmds) = s.step(e);
+            prop_assert!(cmds.is_empty());
+            prop_assert_eq!(&next, &before);
+            s = next;
+        }
+    }
+
+    #[test]
+    // AutoNAT "completing" means a verdict: Public or Private. (A flip back to Unknown after
+    // Participating is not an ordering question: participation is not withdrawn.)
+    fn kademlia_then_autonat_equals_autonat_then_kademlia(
+        prefix in events(40),
+        status in prop_oneof![Just(NatStatus::Public), Just(NatStatus::Private)],
+    ) {
+        let (s, _) = run(start(), prefix);
+        let nat = Event::NatStatusChanged { status };
+        let (a, cmds_a) = run(s.clone(), [Event::KademliaBootstrapSucceeded, nat.clone()]);
+        let (b, cmds_b) = run(s, [nat, Event::KademliaBootstrapSucceeded]);
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(sorted(&cmds_a), sorted(&cmds_b));
+    }
+
+    #[test]
+    fn mdns_touches_no_other_dimension(prefix in events(40), p in 0u8..4, a in 0u8..8) {
+        let (s, _) = run(start(), prefix);
+        for e in [
+            Event::MdnsDiscovered { peers: vec![(peer(p), addr(a))] },
+            Event::MdnsExpired { peers: vec![(peer(p), addr(a))] },
+        ] {
+            let (next, _) = s.clone().step(e);
+            prop_assert_eq!(next.phase(), s.phase());
+            prop_assert_eq!(next.nat(), s.nat());
+            prop_assert_eq!(next.relay(), s.relay());
+        }
+    }
+
+    #[test]
+    fn nat_changes_touch_no_discovery_state(prefix in events(40), status in nat_status()) {
+        let (s, _) = run(start(), prefix);
+        let (next, _) = s.clone().step(Event::NatStatusChanged { status });
+        prop_assert_eq!(next.kademlia, s.kademlia);
+        prop_assert_eq!(&next.connections, &s.connections);
+        prop_assert_eq!(&next.peers, &s.peers);
+        // The phase can only move forward to Participating.
+        prop_assert!(
+            next.phase() == s.phase()
+                || (s.phase() == Phase::Discovering && next.phase() == Phase::Participating)
+        );
+    }
+
+    #[test]
+    fn connections_never_change_nat_status(prefix in events(40), p in 0u8..4, c in 0u8..8, k in kind()) {
+        let (s, _) = run(start(), prefix);
+        let (a, _) = s.clone().step(connected(p, c, k));
+        prop_assert_eq!(a.nat(), s.nat());
+        let (b, _) = s.clone().step(Event::ConnectionClosed { peer: peer(p), connection: c });
+        prop_assert_eq!(b.nat(), s.nat());
+    }
+
+    #[test]
+    fn losing_the_last_peer_regresses_to_discovering(prefix in events(40)) {
+        let (s, _) = run(participating(), prefix);
+        prop_assume!(s.phase() == Phase::Participating && s.connected_peers() > 0);
+        let open: Vec<(PeerId, u8)> = s
+            .connections
+            .iter()
+            .flat_map(|(p, c)| c.ids().map(move |id| (*p, id)))
+            .collect();
+        let (s, _) = run(
+            s,
+            open.into_iter().map(|(peer, connection)| Event::ConnectionClosed { peer, connection }),
+        );
+        prop_assert_eq!(s.phase(), Phase::Discovering);
+        prop_assert_eq!(s.connected_peers(), 0);
+    }
+
+    #[test]
+    fn discovery_timeout_forces_participating(prefix in events(40)) {
+        let (s, _) = run(start(), prefix);
+        prop_assume!(matches!(s.phase(), Phase::Initializing | Phase::Discovering));
+        let generation = s.discovery_generation;
+        let (s, cmds) = s.step(Event::TimerFired(Timer::DiscoveryTimeout { generation }));
+        prop_assert_eq!(s.phase(), Phase::Participating);
+        prop_assert!(cmds.contains(&Command::PublishServices));
+    }
+
+    #[test]
+    fn invariants_hold_after_any_sequence(seq in events(80)) {
+        let mut s = start();
+        for e in seq {
+            let (next, cmds) = s.step(e);
+            s = next;
+            // Never a reservation while public, never an empty dial.
+            prop_assert!(s.nat() != NatStatus::Public || *s.relay() == RelayState::Idle);
+            for c in &cmds {
+                if let Command::Dial { addrs, .. } | Command::RequestRelayReservation { addrs, .. } = c {
+                    prop_assert!(!addrs.is_empty());
+                    let mdns = matches!(c, Command::Dial { reason: DialReason::Mdns, .. });
+                    prop_assert!(mdns || addrs.iter().all(|a| !is_relayed(a)));
+                }
+            }
+            prop_assert!(s.peers.len() <= MAX_KNOWN_PEERS);
+            prop_assert!(s.peers.values().all(|p| p.addrs.len() <= MAX_ADDRS_PER_PEER));
+        }
+    }
+}

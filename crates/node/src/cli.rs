@@ -1,0 +1,306 @@
+//! Command-line flags and their translation into a [`NodeConfig`].
+//!
+//! Every value is parsed into its typed form by clap, so a malformed value is reported as
+//! `invalid value '<value>' for '--flag <FORM>': <what was expected>` before anything starts.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use libp2p::Multiaddr;
+
+use crate::{
+    config::{
+        BootstrapAddr, ExposeSpec, NatStatus, NodeConfig, RelayLimits, Timing, TunnelSpec,
+        default_listen_addrs,
+    },
+    identity::{self, IdentityError, Origin},
+};
+
+/// Punchgate: reach TCP services on machines behind NAT, peer to peer.
+///
+/// Every node is the same: it relays for others once public, reserves a relay slot when private,
+/// punches holes with DCUtR (TCP and QUIC), finds peers and services through Kademlia and mDNS,
+/// and exposes or consumes TCP tunnels.
+#[derive(Debug, Parser)]
+#[command(name = "punchgate", version, about, long_about)]
+pub struct Cli {
+    /// Key file holding this node's identity (created, mode 0600, if missing).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "identity.key",
+        env = "PUNCHGATE_IDENTITY"
+    )]
+    pub identity: PathBuf,
+
+    /// Address to listen on (repeatable). Default: /ip4/0.0.0.0/tcp/0 and
+    /// /ip4/0.0.0.0/udp/0/quic-v1.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<Multiaddr>,
+
+    /// Peer to join the mesh through, with its peer id (repeatable).
+    #[arg(long, value_name = "MULTIADDR/p2p/PEER_ID")]
+    pub bootstrap: Vec<BootstrapAddr>,
+
+    /// Offer a local TCP service to the mesh under NAME (repeatable).
+    #[arg(long, value_name = "NAME=HOST:PORT")]
+    pub expose: Vec<ExposeSpec>,
+
+    /// Listen on BIND and carry each connection to service SVC of peer PEER (repeatable).
+    #[arg(long, value_name = "PEER:SVC@BIND")]
+    pub tunnel: Vec<TunnelSpec>,
+
+    /// Skip AutoNAT and act as if behind NAT (private) or reachable (public).
+    #[arg(long, value_name = "STATUS")]
+    pub nat_status: Option<NatArg>,
+
+    /// An address others can reach this node at, if you know it (repeatable). Confirms it
+    /// without waiting for AutoNAT, which lets a public node relay for others at once.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external_address: Vec<Multiaddr>,
+
+    /// Turn off mDNS discovery on the local network.
+    #[arg(long)]
+    pub no_mdns: bool,
+
+    /// Let AutoNAT probe and serve peers at private (non-global) addresses: for private
+    /// networks and labs. Off on the internet, where such answers would be wrong.
+    #[arg(long)]
+    pub autonat_private_ips: bool,
+
+    /// How long a new tunnel connection to a peer reached only through a relay waits for a
+    /// hole punch before it uses the relay.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub direct_wait: Duration,
+
+    /// How long reaching a peer (dial, DHT lookup, relay) may take.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Participate (publish services) after this long even if discovery has not finished.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub discovery_timeout: Duration,
+
+    /// Relay circuits this node grants others are closed after this long.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub relay_circuit_duration: Duration,
+
+    /// Relay circuits this node grants others are closed after this many bytes.
+    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub relay_circuit_bytes: u64,
+
+    /// Relay circuits open at once, across all peers.
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_circuits)]
+    pub relay_max_circuits: usize,
+
+    /// Relay circuits open at once per peer.
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_circuits_per_peer)]
+    pub relay_max_circuits_per_peer: usize,
+
+    /// Relay reservations held for others at once.
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_reservations)]
+    pub relay_max_reservations: usize,
+
+    /// Tunnel connections served (and, separately, carried) at once; more wait.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tunnels: u32,
+
+    /// Log format on stderr.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// `--nat-status` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NatArg {
+    /// Behind NAT: reserve a relay slot at once.
+    Private,
+    /// Reachable: do not reserve a relay slot.
+    Public,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for scripts.
+    Json,
+}
+
+/// Turning flags into a config failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The identity file could not be used.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+impl Cli {
+    /// Loads (or creates) the identity and builds the node's config.
+    pub fn into_config(self) -> Result<(NodeConfig, Origin), CliError> {
+        let (keypair, origin) = identity::load_or_create(&self.identity)?;
+        let mut config = NodeConfig::new(keypair);
+        config.listen = if self.listen.is_empty() {
+            default_listen_addrs()
+        } else {
+            self.listen
+        };
+        config.bootstrap = self.bootstrap;
+        config.expose = self.expose;
+        config.tunnels = self.tunnel;
+        config.nat_override = self.nat_status.map(|n| match n {
+            NatArg::Private => NatStatus::Private,
+            NatArg::Public => NatStatus::Public,
+        });
+        config.external_addresses = self.external_address;
+        config.mdns = cfg!(feature = "mdns") && !self.no_mdns;
+        config.autonat_private_ips = self.autonat_private_ips;
+        config.relay = RelayLimits {
+            max_reservations: self.relay_max_reservations,
+            max_circuits: self.relay_max_circuits,
+            max_circuits_per_peer: self.relay_max_circuits_per_peer,
+            circuit_duration: self.relay_circuit_duration,
+            circuit_bytes: self.relay_circuit_bytes,
+        };
+        config.timing = Timing {
+            discovery_timeout: self.discovery_timeout,
+            direct_wait: self.direct_wait,
+            connect_timeout: self.connect_timeout,
+            ..Timing::default()
+        };
+        config.max_tunnels = self.max_tunnels as usize;
+        Ok((config, origin))
+    }
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let expected = || {
+        format!("'{s}' is not a duration: expected e.g. 500ms, 30s, 2m, 1h or a number of seconds")
+    };
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number.parse().map_err(|_| expected())?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(expected()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| expected())
+}
+
+/// `1GiB`, `512MiB`, `64KiB`, `1GB`, or a bare number of bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let expected =
+        || format!("'{s}' is not a size: expected e.g. 1GiB, 512MiB, 64KiB or a number of bytes");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: u64 = number.parse().map_err(|_| expected())?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(expected()),
+    };
+    match value.checked_mul(factor) {
+        Some(0) => Err(format!("'{s}' is zero: a circuit needs at least one byte")),
+        Some(bytes) => Ok(bytes),
+        None => Err(expected()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("punchgate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_listen_on_tcp_and_quic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("k");
+        let cli = parse(&["--identity", key.to_str().expect("utf-8")]).expect("parse");
+        let (config, origin) = cli.into_config().expect("config");
+        assert_eq!(origin, Origin::Created);
+        assert_eq!(config.listen, default_listen_addrs());
+        assert_eq!(config.timing.direct_wait, Duration::from_secs(3));
+        assert_eq!(config.relay.circuit_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_the_value_and_the_form() {
+        let cases: &[(&[&str], &str, &str)] = &[
+            (&["--expose", "ssh"], "--expose", "NAME=HOST:PORT"),
+            (&["--tunnel", "x:y"], "--tunnel", "PEER_ID:SERVICE@BIND"),
+            (
+                &["--bootstrap", "/ip4/1.2.3.4/tcp/1"],
+                "--bootstrap",
+                "/p2p/<PEER_ID>",
+            ),
+            (
+                &["--listen", "localhost:4001"],
+                "--listen",
+                "localhost:4001",
+            ),
+            (&["--nat-status", "maybe"], "--nat-status", "private"),
+            (&["--direct-wait", "soon"], "--direct-wait", "500ms"),
+            (
+                &["--relay-circuit-bytes", "lots"],
+                "--relay-circuit-bytes",
+                "1GiB",
+            ),
+            (&["--max-tunnels", "0"], "--max-tunnels", "0"),
+        ];
+        for (args, flag, form) in cases {
+            let err = parse(args).expect_err("invalid").to_string();
+            assert!(err.contains(flag), "{err}");
+            assert!(err.contains(args[1]), "{err}");
+            assert!(err.contains(form), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1d").is_err());
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn corrupt_identity_is_reported_not_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("k");
+        std::fs::write(&key, b"garbage").expect("write");
+        let cli = parse(&["--identity", key.to_str().expect("utf-8")]).expect("parse");
+        let err = cli.into_config().expect_err("corrupt").to_string();
+        assert!(err.contains("not a libp2p keypair"), "{err}");
+        assert_eq!(std::fs::read(&key).expect("read"), b"garbage");
+    }
+}

@@ -1,0 +1,458 @@
+//! What a node is told to do: typed, validated values. [`crate::cli`] parses flags into these;
+//! library users build them directly.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
+
+pub use punchgate_machine::NatStatus;
+
+/// A service name: 1–64 characters from `A–Z a–z 0–9 . _ -`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let valid = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(SpecError::new(
+                s,
+                "a service name of 1-64 characters from A-Z a-z 0-9 . _ -",
+            ))
+        }
+    }
+}
+
+/// A host name or IP address and a port, resolved when a tunnel connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let expected = "HOST:PORT, e.g. 127.0.0.1:22 or [::1]:22";
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| SpecError::new(s, expected))?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() || (host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err()) {
+            return Err(SpecError::new(s, expected));
+        }
+        let port = parse_port(port).ok_or_else(|| SpecError::new(s, expected))?;
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    s.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+/// `--expose NAME=HOST:PORT`: offer a local TCP service to the mesh under `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposeSpec {
+    /// The name peers ask for.
+    pub name: ServiceName,
+    /// Where the service listens.
+    pub target: HostPort,
+}
+
+impl FromStr for ExposeSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let expected = "NAME=HOST:PORT, e.g. ssh=127.0.0.1:22";
+        let (name, target) = s
+            .split_once('=')
+            .ok_or_else(|| SpecError::new(s, expected))?;
+        Ok(Self {
+            name: name.parse().map_err(|e: SpecError| {
+                SpecError::new(s, &format!("{expected} ({})", e.expected))
+            })?,
+            target: target.parse().map_err(|e: SpecError| {
+                SpecError::new(s, &format!("{expected} ({})", e.expected))
+            })?,
+        })
+    }
+}
+
+/// `--tunnel PEER:SVC@BIND`: listen on `bind` and carry each TCP connection to service `service`
+/// of `peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSpec {
+    /// The peer exposing the service.
+    pub peer: PeerId,
+    /// The service's name on that peer.
+    pub service: ServiceName,
+    /// Local address to listen on; port 0 picks a free port.
+    pub bind: SocketAddr,
+}
+
+impl FromStr for TunnelSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let expected = "PEER_ID:SERVICE@BIND, e.g. 12D3KooW...:ssh@127.0.0.1:2222 (BIND may be a bare port, meaning 127.0.0.1)";
+        let fail = |why: &str| SpecError::new(s, &format!("{expected}; {why}"));
+        let (target, bind) = s.rsplit_once('@').ok_or_else(|| fail("no '@'"))?;
+        let (peer, service) = target
+            .split_once(':')
+            .ok_or_else(|| fail("no ':' between peer id and service"))?;
+        let peer = peer
+            .parse::<PeerId>()
+            .map_err(|e| fail(&format!("'{peer}' is not a peer id: {e}")))?;
+        let service = service
+            .parse::<ServiceName>()
+            .map_err(|e| fail(&format!("'{service}' is not {}", e.expected)))?;
+        let bind = match bind.parse::<u16>() {
+            Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+            Err(_) => bind
+                .parse::<SocketAddr>()
+                .map_err(|_| fail(&format!("'{bind}' is not an IP:PORT or a port")))?,
+        };
+        Ok(Self {
+            peer,
+            service,
+            bind,
+        })
+    }
+}
+
+/// A `--bootstrap` address: a multiaddr that names its peer (`.../p2p/<PEER_ID>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapAddr {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its full address, `/p2p/` included.
+    pub addr: Multiaddr,
+}
+
+impl FromStr for BootstrapAddr {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let expected =
+            "a multiaddr ending in /p2p/<PEER_ID>, e.g. /ip4/203.0.113.7/tcp/4001/p2p/12D3KooW...";
+        let addr: Multiaddr = s
+            .parse()
+            .map_err(|e| SpecError::new(s, &format!("{expected}; {e}")))?;
+        match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => Ok(Self { peer, addr }),
+            _ => Err(SpecError::new(s, &format!("{expected}; no /p2p/ part"))),
+        }
+    }
+}
+
+/// A value that does not have the expected form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{value}' is not valid: expected {expected}")]
+pub struct SpecError {
+    /// The value as given.
+    pub value: String,
+    /// The form it should have.
+    pub expected: String,
+}
+
+impl SpecError {
+    fn new(value: &str, expected: &str) -> Self {
+        Self {
+            value: value.to_owned(),
+            expected: expected.to_owned(),
+        }
+    }
+}
+
+/// Limits this node grants others' relay reservations and circuits. Every node is a relay once
+/// it is public, so these are what its operator lends to the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once, across all peers.
+    pub max_reservations: usize,
+    /// Circuits open at once, across all peers.
+    pub max_circuits: usize,
+    /// Circuits open at once per peer.
+    pub max_circuits_per_peer: usize,
+    /// A circuit is closed after this long.
+    pub circuit_duration: Duration,
+    /// A circuit is closed after this many bytes (both directions together).
+    pub circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    /// Defaults for a tunnel mesh. libp2p's own (2 minutes, 128 KiB per circuit) suit hole-punch
+    /// coordination only; a tunnel that falls back to the relay needs room: one hour and 1 GiB per
+    /// circuit, 64 circuits (8 per peer), 128 reservations.
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            circuit_duration: Duration::from_secs(60 * 60),
+            circuit_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Timeouts and waits that shape a node's behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timing {
+    /// `Discovering` lasts at most this long before the node participates anyway.
+    pub discovery_timeout: Duration,
+    /// How long a new stream to a peer reached only through a relay waits for a hole punch
+    /// before it uses the relay.
+    pub direct_wait: Duration,
+    /// How long reaching a peer (dial, DHT lookup, relay) may take before a stream open fails.
+    pub connect_timeout: Duration,
+    /// How long the tunnel request/response exchange may take.
+    pub negotiation_timeout: Duration,
+    /// How long connecting to an exposed local service may take.
+    pub service_connect_timeout: Duration,
+    /// How often services and the peer record are published again.
+    pub republish_interval: Duration,
+    /// Delay before AutoNAT's first probe.
+    pub autonat_boot_delay: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            discovery_timeout: Duration::from_secs(30),
+            direct_wait: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(30),
+            negotiation_timeout: Duration::from_secs(10),
+            service_connect_timeout: Duration::from_secs(5),
+            republish_interval: Duration::from_secs(5 * 60),
+            autonat_boot_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// The node's identity; its peer id is derived from it.
+    pub keypair: Keypair,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start.
+    pub bootstrap: Vec<BootstrapAddr>,
+    /// Local services offered to the mesh.
+    pub expose: Vec<ExposeSpec>,
+    /// Remote services made available on local ports.
+    pub tunnels: Vec<TunnelSpec>,
+    /// Forces the NAT status instead of waiting for AutoNAT.
+    pub nat_override: Option<NatStatus>,
+    /// Addresses this node is known to be reachable at (confirmed without AutoNAT).
+    pub external_addresses: Vec<Multiaddr>,
+    /// Discover peers on the local network with mDNS (needs the `mdns` feature).
+    pub mdns: bool,
+    /// Let AutoNAT probe and serve peers seen at private or otherwise non-global addresses.
+    /// Needed on private networks and in labs; off on the internet.
+    pub autonat_private_ips: bool,
+    /// Limits granted to others' relay circuits.
+    pub relay: RelayLimits,
+    /// Timeouts and waits.
+    pub timing: Timing,
+    /// Tunnel connections served or carried at once; more wait.
+    pub max_tunnels: usize,
+}
+
+impl NodeConfig {
+    /// A node with `keypair` that listens on TCP and QUIC on every interface, ephemeral ports.
+    pub fn new(keypair: Keypair) -> Self {
+        Self {
+            keypair,
+            listen: default_listen_addrs(),
+            bootstrap: Vec::new(),
+            expose: Vec::new(),
+            tunnels: Vec::new(),
+            nat_override: None,
+            external_addresses: Vec::new(),
+            mdns: cfg!(feature = "mdns"),
+            autonat_private_ips: false,
+            relay: RelayLimits::default(),
+            timing: Timing::default(),
+            max_tunnels: 4096,
+        }
+    }
+
+    /// The peer id derived from the keypair.
+    pub fn peer_id(&self) -> PeerId {
+        self.keypair.public().to_peer_id()
+    }
+}
+
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The keypair is a secret: show only the peer id it yields.
+        f.debug_struct("NodeConfig")
+            .field("peer_id", &self.peer_id())
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("expose", &self.expose)
+            .field("tunnels", &self.tunnels)
+            .field("nat_override", &self.nat_override)
+            .field("external_addresses", &self.external_addresses)
+            .field("mdns", &self.mdns)
+            .field("autonat_private_ips", &self.autonat_private_ips)
+            .field("relay", &self.relay)
+            .field("timing", &self.timing)
+            .field("max_tunnels", &self.max_tunnels)
+            .finish()
+    }
+}
+
+/// `/ip4/0.0.0.0/tcp/0` and `/ip4/0.0.0.0/udp/0/quic-v1`.
+pub fn default_listen_addrs() -> Vec<Multiaddr> {
+    vec![
+        Multiaddr::empty()
+            .with(Protocol::Ip4([0, 0, 0, 0].into()))
+            .with(Protocol::Tcp(0)),
+        Multiaddr::empty()
+            .with(Protocol::Ip4([0, 0, 0, 0].into()))
+            .with(Protocol::Udp(0))
+            .with(Protocol::QuicV1),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+
+    #[test]
+    fn expose_parses_names_hosts_and_ipv6() {
+        let e: ExposeSpec = "ssh=127.0.0.1:22".parse().expect("valid");
+        assert_eq!(e.name.as_str(), "ssh");
+        assert_eq!(e.target.to_string(), "127.0.0.1:22");
+        let e: ExposeSpec = "db.main=[::1]:5432".parse().expect("valid");
+        assert_eq!(e.target.host, "::1");
+        assert_eq!(e.target.to_string(), "[::1]:5432");
+        let e: ExposeSpec = "web=localhost:8080".parse().expect("valid");
+        assert_eq!(e.target.host, "localhost");
+    }
+
+    #[test]
+    fn expose_errors_name_the_value_and_the_form() {
+        for bad in [
+            "ssh",
+            "ssh=",
+            "=1.2.3.4:22",
+            "s s=1.2.3.4:22",
+            "ssh=host",
+            "ssh=host:0",
+            "ssh=host:99999",
+            "ssh=::1:22",
+        ] {
+            let err = bad.parse::<ExposeSpec>().expect_err(bad).to_string();
+            assert!(err.contains(bad), "{err}");
+            assert!(err.contains("NAME=HOST:PORT"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tunnel_parses_addresses_and_bare_ports() {
+        let t: TunnelSpec = format!("{PEER}:echo@127.0.0.1:9000")
+            .parse()
+            .expect("valid");
+        assert_eq!(t.peer.to_string(), PEER);
+        assert_eq!(t.service.as_str(), "echo");
+        assert_eq!(t.bind, "127.0.0.1:9000".parse().expect("addr"));
+        let t: TunnelSpec = format!("{PEER}:ssh@2222").parse().expect("valid");
+        assert_eq!(t.bind, "127.0.0.1:2222".parse().expect("addr"));
+        let t: TunnelSpec = format!("{PEER}:ssh@[::1]:2222").parse().expect("valid");
+        assert_eq!(t.bind, "[::1]:2222".parse().expect("addr"));
+    }
+
+    #[test]
+    fn tunnel_errors_say_what_is_wrong() {
+        let cases = [
+            (format!("{PEER}:echo"), "no '@'"),
+            (format!("{PEER}@9000"), "no ':'"),
+            ("notapeer:echo@9000".to_owned(), "not a peer id"),
+            (format!("{PEER}:e cho@9000"), "service name"),
+            (format!("{PEER}:echo@nowhere"), "not an IP:PORT"),
+        ];
+        for (bad, why) in cases {
+            let err = bad.parse::<TunnelSpec>().expect_err(&bad).to_string();
+            assert!(err.contains(&bad), "{err}");
+            assert!(err.contains("PEER_ID:SERVICE@BIND"), "{err}");
+            assert!(err.contains(why), "{err} should contain {why}");
+        }
+    }
+
+    #[test]
+    fn bootstrap_needs_a_peer_id() {
+        let b: BootstrapAddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{PEER}")
+            .parse()
+            .expect("valid");
+        assert_eq!(b.peer.to_string(), PEER);
+        let err = "/ip4/127.0.0.1/tcp/4001"
+            .parse::<BootstrapAddr>()
+            .expect_err("no peer");
+        assert!(err.to_string().contains("no /p2p/ part"), "{err}");
+        let err = "127.0.0.1:4001"
+            .parse::<BootstrapAddr>()
+            .expect_err("not a multiaddr");
+        assert!(err.to_string().contains("/p2p/<PEER_ID>"), "{err}");
+    }
+
+    #[test]
+    fn debug_does_not_print_the_secret_key() {
+        let keypair = Keypair::generate_ed25519();
+        let secret = format!(
+            "{:?}",
+            keypair
+                .clone()
+                .try_into_ed25519()
+                .expect("ed25519")
+                .secret()
+                .as_ref()
+        );
+        let shown = format!("{:?}", NodeConfig::new(keypair));
+        assert!(shown.contains("peer_id"));
+        assert!(!shown.contains(&secret));
+    }
+}

@@ -1,0 +1,141 @@
+//! The composed `NetworkBehaviour`: every node runs all of it.
+
+use std::time::Duration;
+
+use libp2p::{
+    autonat, dcutr, identify,
+    identity::Keypair,
+    kad::{self, store::MemoryStore},
+    ping, relay,
+    swarm::NetworkBehaviour,
+};
+
+use super::stream;
+use crate::{config::NodeConfig, protocol};
+
+/// mDNS when the `mdns` feature is on (and enabled in the config), otherwise nothing.
+#[cfg(feature = "mdns")]
+pub type Mdns = libp2p::swarm::behaviour::toggle::Toggle<libp2p::mdns::tokio::Behaviour>;
+/// mDNS when the `mdns` feature is on (and enabled in the config), otherwise nothing.
+#[cfg(not(feature = "mdns"))]
+pub type Mdns = libp2p::swarm::dummy::Behaviour;
+
+/// Everything a node does on the network, one sub-behaviour per job.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Reserve slots on relays and dial through them when we are private.
+    pub relay_client: relay::client::Behaviour,
+    /// Relay for others once we have a confirmed public address.
+    pub relay: relay::Behaviour,
+    /// Upgrade relayed connections to direct ones (hole punching).
+    pub dcutr: dcutr::Behaviour,
+    /// Exchange listen addresses, observed addresses and protocols.
+    pub identify: identify::Behaviour,
+    /// Learn whether we are reachable (public) or not (private); confirms external addresses.
+    pub autonat: autonat::Behaviour,
+    /// Punchgate's DHT: peer records, service providers, peer routing.
+    pub kademlia: kad::Behaviour<MemoryStore>,
+    /// Zero-configuration discovery on the local network.
+    pub mdns: Mdns,
+    /// Liveness and round-trip times.
+    pub ping: ping::Behaviour,
+    /// Tunnel and gRPC streams on the connection we choose.
+    pub streams: stream::Behaviour,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Behaviour").finish_non_exhaustive()
+    }
+}
+
+/// Building the behaviour failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BehaviourError {
+    /// mDNS could not bind its multicast socket.
+    #[error("cannot start mDNS: {0}")]
+    Mdns(#[source] std::io::Error),
+}
+
+impl Behaviour {
+    /// Builds every sub-behaviour from the node's config.
+    pub fn new(
+        key: &Keypair,
+        relay_client: relay::client::Behaviour,
+        config: &NodeConfig,
+    ) -> Result<Self, BehaviourError> {
+        let peer_id = key.public().to_peer_id();
+
+        let relay = relay::Behaviour::new(
+            peer_id,
+            relay::Config {
+                max_reservations: config.relay.max_reservations,
+                max_circuits: config.relay.max_circuits,
+                max_circuits_per_peer: config.relay.max_circuits_per_peer,
+                max_circuit_duration: config.relay.circuit_duration,
+                max_circuit_bytes: config.relay.circuit_bytes,
+                ..relay::Config::default()
+            },
+        );
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(protocol::IDENTIFY_PROTOCOL_VERSION.to_owned(), key.public())
+                .with_agent_version(protocol::agent_version())
+                .with_push_listen_addr_updates(true),
+        );
+
+        // libp2p's AutoNAT defaults are tuned for the IPFS network (first probe after 15 s, retry
+        // after 90 s). A tunnel user waits on this verdict, so probe sooner and retry faster.
+        let autonat = autonat::Behaviour::new(
+            peer_id,
+            autonat::Config {
+                boot_delay: config.timing.autonat_boot_delay,
+                retry_interval: Duration::from_secs(15),
+                refresh_interval: Duration::from_secs(5 * 60),
+                throttle_server_period: Duration::from_secs(10),
+                only_global_ips: !config.autonat_private_ips,
+                ..autonat::Config::default()
+            },
+        );
+
+        let mut kad_config = kad::Config::new(protocol::KADEMLIA);
+        kad_config.set_query_timeout(Duration::from_secs(30));
+        let kademlia = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+
+        Ok(Self {
+            relay_client,
+            relay,
+            dcutr: dcutr::Behaviour::new(peer_id),
+            identify,
+            autonat,
+            kademlia,
+            mdns: mdns(peer_id, config.mdns)?,
+            ping: ping::Behaviour::default(),
+            streams: stream::Behaviour::new(),
+        })
+    }
+}
+
+#[cfg(feature = "mdns")]
+fn mdns(peer_id: libp2p::PeerId, enabled: bool) -> Result<Mdns, BehaviourError> {
+    let inner = if enabled {
+        Some(
+            libp2p::mdns::tokio::Behaviour::new(libp2p::mdns::Config::default(), peer_id)
+                .map_err(BehaviourError::Mdns)?,
+        )
+    } else {
+        None
+    };
+    Ok(inner.into())
+}
+
+#[cfg(not(feature = "mdns"))]
+fn mdns(_: libp2p::PeerId, enabled: bool) -> Result<Mdns, BehaviourError> {
+    if enabled {
+        tracing::warn!(
+            "mDNS requested, but this build has no `mdns` feature: LAN discovery is off"
+        );
+    }
+    Ok(libp2p::swarm::dummy::Behaviour)
+}

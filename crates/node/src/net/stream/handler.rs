@@ -1,0 +1,224 @@
+//! One handler per connection: negotiates outbound streams on request and hands inbound streams
+//! to their protocol's queue, holding them (bounded) while that queue is full.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    convert::Infallible,
+    io,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use futures::{
+    StreamExt as _,
+    channel::{mpsc, oneshot},
+};
+use libp2p::{
+    StreamProtocol,
+    swarm::{
+        ConnectionHandler, ConnectionHandlerEvent, StreamUpgradeError, SubstreamProtocol,
+        handler::{
+            ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+        },
+    },
+};
+
+use super::{ConnectionInfo, IncomingStream, OpenStreamError, Shared, upgrade::Upgrade};
+
+/// Inbound streams one connection holds while their protocol's queue is full. yamux lets a
+/// well-behaved remote open at most 256 streams we have not acknowledged, so this is never
+/// reached by a libp2p peer that plays by the rules; beyond it, new streams are dropped.
+pub const MAX_INBOUND_BACKLOG: usize = 256;
+
+/// Outbound streams one connection negotiates at a time.
+const MAX_OUTBOUND_IN_FLIGHT: usize = 64;
+
+/// A request from [`super::Control::open_stream`].
+#[derive(Debug)]
+pub(super) struct OutboundRequest {
+    pub(super) protocol: StreamProtocol,
+    pub(super) reply: oneshot::Sender<Result<libp2p::Stream, OpenStreamError>>,
+}
+
+pub struct Handler {
+    /// The connection this handler serves, copied into every inbound stream.
+    info: ConnectionInfo,
+    /// Accepted protocols and their queues.
+    shared: Arc<Mutex<Shared>>,
+    /// Requests for outbound streams on this connection.
+    requests: mpsc::Receiver<OutboundRequest>,
+    /// Outbound negotiations in flight, by the id passed as open info.
+    in_flight: HashMap<
+        u64,
+        (
+            StreamProtocol,
+            oneshot::Sender<Result<libp2p::Stream, OpenStreamError>>,
+        ),
+    >,
+    /// Id for the next outbound negotiation.
+    next_id: u64,
+    /// Inbound streams waiting for room in their protocol's queue, oldest first.
+    backlog: VecDeque<(mpsc::Sender<IncomingStream>, IncomingStream)>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("stream::Handler")
+            .field("info", &self.info)
+            .field("in_flight", &self.in_flight.len())
+            .field("backlog", &self.backlog.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handler {
+    pub(super) fn new(
+        info: ConnectionInfo,
+        shared: Arc<Mutex<Shared>>,
+        requests: mpsc::Receiver<OutboundRequest>,
+    ) -> Self {
+        Self {
+            info,
+            shared,
+            requests,
+            in_flight: HashMap::new(),
+            next_id: 0,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    fn on_inbound(&mut self, stream: libp2p::Stream, protocol: StreamProtocol) {
+        let Some(sender) = Shared::lock(&self.shared).sender_for(&protocol) else {
+            tracing::debug!(%protocol, "inbound stream for a protocol no longer accepted");
+            return;
+        };
+        if self.backlog.len() >= MAX_INBOUND_BACKLOG {
+            tracing::warn!(
+                peer = %self.info.peer,
+                %protocol,
+                backlog = MAX_INBOUND_BACKLOG,
+                "inbound stream dropped: the peer opened more streams than the backlog holds"
+            );
+            return;
+        }
+        let incoming = IncomingStream {
+            stream,
+            protocol,
+            info: self.info.clone(),
+        };
+        self.backlog.push_back((sender, incoming));
+    }
+
+    /// Moves backlogged streams into their queues while there is room. Registers for a wake-up
+    /// when the front one's queue is full (order is kept, per connection).
+    fn flush_backlog(&mut self, cx: &mut Context<'_>) {
+        while let Some((sender, _)) = self.backlog.front_mut() {
+            match sender.poll_ready(cx) {
+                Poll::Pending => return,
+                Poll::Ready(Err(_)) => {
+                    // The application stopped accepting this protocol.
+                    self.backlog.pop_front();
+                }
+                Poll::Ready(Ok(())) => {
+                    let Some((mut sender, incoming)) = self.backlog.pop_front() else {
+                        return;
+                    };
+                    // Room was just confirmed; a failure means the receiver went away.
+                    let _ = sender.start_send(incoming);
+                }
+            }
+        }
+    }
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = Infallible;
+    type ToBehaviour = Infallible;
+    type InboundProtocol = Upgrade;
+    type OutboundProtocol = Upgrade;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = u64;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+        let protocols = Shared::lock(&self.shared).protocols();
+        SubstreamProtocol::new(Upgrade { protocols }, ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        // Streams handed out keep the connection alive themselves; work in progress must too.
+        !self.in_flight.is_empty() || !self.backlog.is_empty()
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, u64, Self::ToBehaviour>> {
+        self.flush_backlog(cx);
+        // Forget requests whose caller gave up.
+        self.in_flight.retain(|_, (_, reply)| !reply.is_canceled());
+        if self.in_flight.len() >= MAX_OUTBOUND_IN_FLIGHT {
+            return Poll::Pending;
+        }
+        match self.requests.poll_next_unpin(cx) {
+            Poll::Ready(Some(OutboundRequest { protocol, reply })) => {
+                let id = self.next_id;
+                self.next_id = self.next_id.wrapping_add(1);
+                self.in_flight.insert(id, (protocol.clone(), reply));
+                Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                    protocol: SubstreamProtocol::new(
+                        Upgrade {
+                            protocols: vec![protocol],
+                        },
+                        id,
+                    ),
+                })
+            }
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
+        match event {}
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), u64>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: (stream, protocol),
+                ..
+            }) => self.on_inbound(stream, protocol),
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: (stream, _),
+                info: id,
+            }) => {
+                if let Some((_, reply)) = self.in_flight.remove(&id) {
+                    let _ = reply.send(Ok(stream));
+                }
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { info: id, error }) => {
+                let Some((protocol, reply)) = self.in_flight.remove(&id) else {
+                    return;
+                };
+                let error = match error {
+                    StreamUpgradeError::Timeout => OpenStreamError::Timeout,
+                    StreamUpgradeError::NegotiationFailed => {
+                        OpenStreamError::UnsupportedProtocol(protocol)
+                    }
+                    StreamUpgradeError::Io(e) => OpenStreamError::Io(e),
+                    StreamUpgradeError::Apply(never) => match never {},
+                };
+                let _ = reply.send(Err(error));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl From<io::Error> for OpenStreamError {
+    fn from(e: io::Error) -> Self {
+        OpenStreamError::Io(e)
+    }
+}

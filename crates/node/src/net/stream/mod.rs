@@ -1,0 +1,330 @@
+//! Raw byte-stream protocols (tunnels, gRPC) on the connection the caller chooses.
+//!
+//! Modelled on `libp2p-stream` (same [`Control`] / [`IncomingStreams`] shape), with three
+//! differences Punchgate needs and `libp2p-stream` 0.5 does not offer:
+//!
+//! - **Connection choice.** [`Control::open_stream`] opens on a given [`ConnectionId`], so a
+//!   tunnel rides the hole-punched connection rather than a random one of the peer's connections
+//!   (`libp2p-stream` picks at random, which puts new tunnels on the relay after a punch).
+//! - **Backpressure, not drops.** An inbound stream waits in its connection's bounded queue until
+//!   the application takes it; `libp2p-stream` drops a stream when its consumer lags.
+//! - **Metadata.** Every inbound stream carries its connection's id, remote address and whether
+//!   it is relayed, which gRPC's connect info and the tunnel logs need.
+//!
+//! Everything is bounded: the per-protocol queue (chosen by the caller of [`Control::accept`]),
+//! each connection's inbound backlog ([`MAX_INBOUND_BACKLOG`]), each connection's outbound
+//! request queue and its in-flight stream negotiations.
+
+mod handler;
+mod upgrade;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll},
+};
+
+use futures::{
+    SinkExt as _, StreamExt as _,
+    channel::{mpsc, oneshot},
+};
+use libp2p::{
+    Multiaddr, PeerId, Stream, StreamProtocol,
+    core::{Endpoint, transport::PortUse},
+    swarm::{
+        ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+        THandlerInEvent, THandlerOutEvent, ToSwarm,
+    },
+};
+
+use handler::Handler;
+pub use handler::MAX_INBOUND_BACKLOG;
+
+/// Outbound stream requests a connection queues before [`Control::open_stream`] waits.
+const OUTBOUND_REQUEST_QUEUE: usize = 32;
+
+/// What is known about the connection a stream runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The remote peer.
+    pub peer: PeerId,
+    /// The swarm's id for the connection.
+    pub connection: ConnectionId,
+    /// The remote's address as this side sees it (a `/p2p-circuit` address when relayed).
+    pub remote_addr: Multiaddr,
+    /// Whether the connection goes through a relay.
+    pub relayed: bool,
+    /// Whether this side dialled it.
+    pub outbound: bool,
+}
+
+/// An inbound stream with the connection it arrived on.
+#[derive(Debug)]
+pub struct IncomingStream {
+    /// The stream, ready for the protocol's bytes.
+    pub stream: Stream,
+    /// The protocol it was negotiated for.
+    pub protocol: StreamProtocol,
+    /// The connection it arrived on.
+    pub info: ConnectionInfo,
+}
+
+/// The protocol already has an [`IncomingStreams`].
+#[derive(Debug, thiserror::Error)]
+#[error("protocol {0} is already being accepted")]
+pub struct AlreadyRegistered(pub StreamProtocol);
+
+/// Opening an outbound stream failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenStreamError {
+    /// The connection is not (or no longer) open.
+    #[error("connection {0} is not open")]
+    ConnectionClosed(ConnectionId),
+    /// The remote does not speak the protocol.
+    #[error("the remote peer does not support {0}")]
+    UnsupportedProtocol(StreamProtocol),
+    /// Negotiating the stream did not finish in time.
+    #[error("stream negotiation timed out")]
+    Timeout,
+    /// The muxer or connection failed while opening the stream.
+    #[error("stream could not be opened: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// Opens and accepts streams. Cheap to clone; every clone shares the same behaviour.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl fmt::Debug for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Open a `protocol` stream on `connection`.
+    ///
+    /// Waits while the connection's request queue is full (backpressure). Cancel-safe: dropping
+    /// the future abandons the request; a stream negotiated afterwards is dropped.
+    pub async fn open_stream(
+        &self,
+        connection: ConnectionId,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OpenStreamError> {
+        let mut sender = Shared::lock(&self.shared)
+            .connections
+            .get(&connection)
+            .map(|c| c.requests.clone())
+            .ok_or(OpenStreamError::ConnectionClosed(connection))?;
+        let (reply, response) = oneshot::channel();
+        sender
+            .send(handler::OutboundRequest { protocol, reply })
+            .await
+            .map_err(|_| OpenStreamError::ConnectionClosed(connection))?;
+        response
+            .await
+            .map_err(|_| OpenStreamError::ConnectionClosed(connection))?
+    }
+
+    /// Accept inbound streams of `protocol`; at most `capacity` wait in the returned queue
+    /// (plus each connection's backlog) before remote peers are slowed down.
+    ///
+    /// Dropping the [`IncomingStreams`] stops accepting: new streams are then refused during
+    /// negotiation.
+    pub fn accept(
+        &self,
+        protocol: StreamProtocol,
+        capacity: usize,
+    ) -> Result<IncomingStreams, AlreadyRegistered> {
+        let mut shared = Shared::lock(&self.shared);
+        shared.inbound.retain(|_, sender| !sender.is_closed());
+        if shared.inbound.contains_key(&protocol) {
+            return Err(AlreadyRegistered(protocol));
+        }
+        let (sender, receiver) = mpsc::channel(capacity);
+        shared.inbound.insert(protocol, sender);
+        Ok(IncomingStreams { receiver })
+    }
+
+    /// The open connections to `peer`.
+    pub fn connections_of(&self, peer: PeerId) -> Vec<ConnectionInfo> {
+        Shared::lock(&self.shared)
+            .connections
+            .values()
+            .filter(|c| c.info.peer == peer)
+            .map(|c| c.info.clone())
+            .collect()
+    }
+
+    /// What is known about an open connection.
+    pub fn connection_info(&self, connection: ConnectionId) -> Option<ConnectionInfo> {
+        Shared::lock(&self.shared)
+            .connections
+            .get(&connection)
+            .map(|c| c.info.clone())
+    }
+}
+
+/// Inbound streams of one protocol. Dropping it stops accepting the protocol.
+#[must_use = "streams wait (and slow their peers down) until taken"]
+#[derive(Debug)]
+pub struct IncomingStreams {
+    receiver: mpsc::Receiver<IncomingStream>,
+}
+
+impl futures::Stream for IncomingStreams {
+    type Item = IncomingStream;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_next_unpin(cx)
+    }
+}
+
+impl IncomingStreams {
+    /// The next inbound stream; `None` once the node has stopped. Cancel-safe.
+    pub async fn next(&mut self) -> Option<IncomingStream> {
+        self.receiver.next().await
+    }
+}
+
+/// State shared by the behaviour, its handlers and every [`Control`].
+struct Shared {
+    /// Accepted protocols and the queue their streams go to.
+    inbound: HashMap<StreamProtocol, mpsc::Sender<IncomingStream>>,
+    /// Open connections: their metadata and the queue their handler reads requests from.
+    connections: HashMap<ConnectionId, ConnectionEntry>,
+}
+
+struct ConnectionEntry {
+    info: ConnectionInfo,
+    requests: mpsc::Sender<handler::OutboundRequest>,
+}
+
+impl Shared {
+    fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves plain maps behind: still consistent.
+        shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn protocols(&mut self) -> Vec<StreamProtocol> {
+        self.inbound.retain(|_, sender| !sender.is_closed());
+        self.inbound.keys().cloned().collect()
+    }
+
+    fn sender_for(&self, protocol: &StreamProtocol) -> Option<mpsc::Sender<IncomingStream>> {
+        self.inbound.get(protocol).cloned()
+    }
+}
+
+/// The [`NetworkBehaviour`]: creates one handler per connection and keeps [`Shared`] current.
+pub struct Behaviour {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("stream::Behaviour").finish_non_exhaustive()
+    }
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Behaviour {
+    /// A behaviour with no accepted protocols.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                inbound: HashMap::new(),
+                connections: HashMap::new(),
+            })),
+        }
+    }
+
+    /// A new [`Control`] for this behaviour.
+    pub fn new_control(&self) -> Control {
+        Control {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn new_handler(&self, info: ConnectionInfo) -> Handler {
+        let (requests, receiver) = mpsc::channel(OUTBOUND_REQUEST_QUEUE);
+        let connection = info.connection;
+        Shared::lock(&self.shared).connections.insert(
+            connection,
+            ConnectionEntry {
+                info: info.clone(),
+                requests,
+            },
+        );
+        Handler::new(info, self.shared.clone(), receiver)
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = std::convert::Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.new_handler(ConnectionInfo {
+            peer,
+            connection,
+            remote_addr: remote_addr.clone(),
+            relayed: punchgate_machine::node::is_relayed(local_addr),
+            outbound: false,
+        }))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.new_handler(ConnectionInfo {
+            peer,
+            connection,
+            remote_addr: addr.clone(),
+            relayed: punchgate_machine::node::is_relayed(addr),
+            outbound: true,
+        }))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = event {
+            Shared::lock(&self.shared)
+                .connections
+                .remove(&connection_id);
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}

@@ -1,0 +1,88 @@
+//! Builds the `Swarm`: transports, security, multiplexing, and the behaviour.
+
+use std::time::Duration;
+
+use libp2p::{Swarm, SwarmBuilder, noise, tcp, yamux};
+
+use super::behaviour::{Behaviour, BehaviourError};
+use crate::config::NodeConfig;
+
+/// Streams one connection may carry at once: every tunnelled TCP connection is a stream, and a
+/// busy tunnel port can have thousands.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+
+/// How long an idle connection (no streams, nothing kept alive) stays open.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Building the swarm failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A transport could not be set up (Noise keys, DNS configuration).
+    #[error("cannot set up the {transport} transport: {reason}")]
+    Transport {
+        /// Which transport.
+        transport: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A behaviour could not be built.
+    #[error(transparent)]
+    Behaviour(#[from] BehaviourError),
+}
+
+fn yamux_config() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    // yamux requires 256 KiB of connection window per stream: 4096 streams fit its 1 GiB cap.
+    config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION as usize);
+    config
+}
+
+/// Builds the node's swarm. Listening is left to the caller.
+pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
+    let transport_err = |transport| {
+        move |e: &dyn std::fmt::Display| BuildError::Transport {
+            transport,
+            reason: e.to_string(),
+        }
+    };
+    let mut behaviour_error = None;
+    let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux_config,
+        )
+        .map_err(|e| transport_err("TCP")(&e))?
+        .with_quic_config(|mut quic| {
+            quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
+            quic
+        })
+        .with_dns()
+        .map_err(|e| transport_err("DNS")(&e))?
+        .with_relay_client(noise::Config::new, yamux_config)
+        .map_err(|e| transport_err("relay")(&e))?
+        .with_behaviour(
+            |key, relay_client| match Behaviour::new(key, relay_client, config) {
+                Ok(b) => Ok(b),
+                Err(e) => {
+                    let message = e.to_string();
+                    behaviour_error = Some(e);
+                    Err(message.into())
+                }
+            },
+        );
+    let swarm = match swarm {
+        Ok(builder) => builder,
+        Err(e) => {
+            return Err(match behaviour_error {
+                Some(b) => BuildError::Behaviour(b),
+                None => transport_err("behaviour")(&e),
+            });
+        }
+    };
+    Ok(swarm
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build())
+}

@@ -1,0 +1,1103 @@
+//! The driver: the only code that touches the `Swarm`.
+//!
+//! It translates swarm events into [`punchgate_machine::Event`]s, executes the machine's
+//! [`Command`]s, runs the machine's timers, and serves [`Request`]s from handles. The one
+//! decision it keeps is bookkeeping the machine need not see: which DHT queries belong to which
+//! peer lookup, and which stream requests wait for which peer.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat,
+    core::transport::ListenerId,
+    dcutr, identify,
+    identity::Keypair,
+    kad::{
+        self, GetClosestPeersError, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey,
+    },
+    multiaddr::Protocol,
+    ping, relay,
+    swarm::{
+        ConnectionId, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use punchgate_machine::{
+    Command, Config as MachineConfig, DialReason, Event, NatStatus, PathKind, PathSelection, State,
+    Timer,
+};
+use tokio::{
+    sync::{broadcast, mpsc, oneshot},
+    time::Instant,
+};
+use tokio_util::{sync::CancellationToken, time::DelayQueue};
+
+use super::{ConnectError, NodeEvent, NodeStatus, Request, StartError, records};
+use crate::{
+    config::{NodeConfig, ServiceName, Timing},
+    net::{Behaviour, BehaviourEvent, stream::ConnectionInfo},
+    protocol,
+};
+
+/// Stream requests that may wait for a path at once.
+const MAX_WAITING: usize = 4096;
+/// Peers whose addresses we were told (handles, DHT answers) and remember.
+const MAX_HINTED_PEERS: usize = 1024;
+/// Addresses remembered per hinted peer.
+const MAX_HINTS_PER_PEER: usize = 32;
+
+pub(super) struct Driver {
+    swarm: Swarm<Behaviour>,
+    /// The state machine; `None` only while a step is in progress.
+    machine: Option<State<ConnectionId>>,
+    /// Signs the peer record.
+    keypair: Keypair,
+    /// Services this node exposes, published to the DHT.
+    services: Vec<ServiceName>,
+    timing: Timing,
+    /// Requests from handles.
+    requests: mpsc::Receiver<Request>,
+    /// Where [`NodeEvent`]s go.
+    events: broadcast::Sender<NodeEvent>,
+    /// Cancelled to stop the node (by anyone); cancelled by us when the machine says stop.
+    shutdown: CancellationToken,
+    /// The machine's timers.
+    timers: DelayQueue<Timer>,
+    /// Listeners that are relay reservations.
+    relay_listeners: HashMap<ListenerId, RelayListener>,
+    /// Addresses handles or DHT lookups gave us for peers.
+    hints: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Stream requests waiting for a connection or a hole punch.
+    waiting: Vec<Waiting>,
+    /// Peers being reached on behalf of waiting requests.
+    reaching: HashMap<PeerId, Reach>,
+    /// DHT queries looking a peer up.
+    lookups: HashMap<QueryId, PeerId>,
+    /// Per-peer timing of relayed → direct upgrades.
+    contacts: HashMap<PeerId, Contact>,
+    /// The machine said stop.
+    stopping: bool,
+}
+
+struct RelayListener {
+    relay: PeerId,
+    /// The relay accepted: a close now means the reservation was lost, not refused.
+    accepted: bool,
+}
+
+struct Waiting {
+    peer: PeerId,
+    /// After this, a relayed connection is good enough.
+    direct_deadline: Instant,
+    /// After this, the request fails.
+    give_up: Instant,
+    reply: oneshot::Sender<Result<ConnectionInfo, ConnectError>>,
+}
+
+#[derive(Default)]
+struct Reach {
+    /// A dial is in progress.
+    dialing: bool,
+    /// DHT queries in flight for this peer.
+    queries: usize,
+    /// Lookups that ended without a usable address.
+    failed_lookups: u32,
+    /// When to dial or look up again after a fruitless lookup.
+    retry_at: Option<Instant>,
+    /// The last dial error, for the final error message.
+    last_error: Option<String>,
+}
+
+struct Contact {
+    /// Our first dial of the peer, or its first connection to us.
+    first: Instant,
+    /// When its first relayed connection opened.
+    relayed_at: Option<Instant>,
+    /// Dials started after the relayed connection opened (hole-punch and reversal attempts).
+    direct_attempts: u32,
+}
+
+impl Driver {
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        config: &NodeConfig,
+        requests: mpsc::Receiver<Request>,
+        events: broadcast::Sender<NodeEvent>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let machine_config = MachineConfig {
+            bootstrap: config
+                .bootstrap
+                .iter()
+                .map(|b| (b.peer, b.addr.clone()))
+                .collect(),
+            external_addresses: config.external_addresses.clone(),
+            nat_override: config.nat_override,
+            discovery_timeout: config.timing.discovery_timeout,
+            republish_interval: config.timing.republish_interval,
+            ..MachineConfig::default()
+        };
+        Self {
+            swarm,
+            machine: Some(State::new(machine_config)),
+            keypair: config.keypair.clone(),
+            services: config.expose.iter().map(|e| e.name.clone()).collect(),
+            timing: config.timing.clone(),
+            requests,
+            events,
+            shutdown,
+            timers: DelayQueue::new(),
+            relay_listeners: HashMap::new(),
+            hints: HashMap::new(),
+            waiting: Vec::new(),
+            reaching: HashMap::new(),
+            lookups: HashMap::new(),
+            contacts: HashMap::new(),
+            stopping: false,
+        }
+    }
+
+    fn machine(&self) -> &State<ConnectionId> {
+        self.machine
+            .as_ref()
+            .expect("the machine is only absent during a step")
+    }
+
+    /// Opens the listeners and waits until each has reported an address. Runs before
+    /// [`Self::run`] so that outgoing TCP dials can reuse the listen port (hole punching needs
+    /// the port others observe to be the one we listen on).
+    pub(super) async fn listen(
+        &mut self,
+        addrs: &[Multiaddr],
+        timeout: Duration,
+    ) -> Result<Vec<Multiaddr>, StartError> {
+        let mut pending = HashMap::new();
+        for addr in addrs {
+            let id = self
+                .swarm
+                .listen_on(addr.clone())
+                .map_err(|e| StartError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            pending.insert(id, addr.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut reported = Vec::new();
+        while !pending.is_empty() {
+            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .map_err(|_| StartError::Listen {
+                    addr: pending
+                        .values()
+                        .next()
+                        .cloned()
+                        .unwrap_or_else(Multiaddr::empty),
+                    reason: format!("no address reported within {timeout:?}"),
+                })?;
+            match &event {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } if pending.remove(listener_id).is_some() => {
+                    reported.push(address.clone());
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason,
+                    ..
+                } => {
+                    if let Some(addr) = pending.remove(listener_id) {
+                        return Err(StartError::Listen {
+                            addr,
+                            reason: match reason {
+                                Ok(()) => "the listener closed".to_owned(),
+                                Err(e) => e.to_string(),
+                            },
+                        });
+                    }
+                }
+                SwarmEvent::ListenerError { listener_id, error } => {
+                    if let Some(addr) = pending.remove(listener_id) {
+                        return Err(StartError::Listen {
+                            addr,
+                            reason: error.to_string(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+            self.on_swarm_event(event);
+        }
+        Ok(reported)
+    }
+
+    /// The event loop. Returns when the node stops.
+    pub(super) async fn run(mut self) {
+        self.step(Event::Started);
+        while !self.stopping {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                // Swarm first: its events can answer requests waiting below.
+                biased;
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(request) = self.requests.recv() => self.on_request(request),
+                Some(expired) = self.timers.next() => {
+                    self.step(Event::TimerFired(expired.into_inner()));
+                }
+                () = sleep_until(deadline) => self.on_deadline(),
+                () = self.shutdown.cancelled() => self.step(Event::Shutdown),
+            }
+        }
+        for w in self.waiting.drain(..) {
+            let _ = w.reply.send(Err(ConnectError::Stopped));
+        }
+        tracing::info!("node stopped");
+    }
+
+    /// Feeds `event` (and any event a command produces at once) to the machine and executes the
+    /// commands it returns.
+    fn step(&mut self, event: Event<ConnectionId>) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let machine = self.machine.take().expect("steps do not nest");
+            let (phase, nat) = (machine.phase(), machine.nat());
+            let label = event.name();
+            let (machine, commands) = machine.step(event);
+            let (new_phase, new_nat) = (machine.phase(), machine.nat());
+            self.machine = Some(machine);
+            if new_phase != phase {
+                tracing::info!(event = %label, from = ?phase, to = ?new_phase, commands = ?commands, "phase transition");
+                let _ = self
+                    .events
+                    .send(NodeEvent::PhaseChanged { phase: new_phase });
+            } else {
+                tracing::debug!(event = %label, commands = ?commands, "event processed");
+            }
+            if new_nat != nat {
+                tracing::info!(from = ?nat, to = ?new_nat, "nat status changed");
+                let _ = self
+                    .events
+                    .send(NodeEvent::NatStatusChanged { status: new_nat });
+            }
+            for command in commands {
+                self.execute(command, &mut queue);
+            }
+        }
+    }
+
+    fn execute(&mut self, command: Command, queue: &mut VecDeque<Event<ConnectionId>>) {
+        match command {
+            Command::Dial {
+                peer,
+                addrs,
+                reason,
+            } => {
+                // A reversal dial goes ahead although a (relayed) connection exists.
+                let condition = match reason {
+                    DialReason::Reversal => PeerCondition::Always,
+                    _ => PeerCondition::DisconnectedAndNotDialing,
+                };
+                tracing::info!(%peer, ?reason, addrs = ?addrs, "dialing");
+                let opts = DialOpts::peer_id(peer)
+                    .condition(condition)
+                    .addresses(addrs)
+                    .build();
+                if let Err(error) = self.swarm.dial(opts) {
+                    tracing::debug!(%peer, %error, "dial not started");
+                }
+            }
+            Command::KademliaAddAddress { peer, addr } => {
+                self.swarm.behaviour_mut().kademlia.add_address(&peer, addr);
+            }
+            Command::KademliaBootstrap => {
+                if let Err(error) = self.swarm.behaviour_mut().kademlia.bootstrap() {
+                    tracing::debug!(%error, "kademlia bootstrap not started");
+                    queue.push_back(Event::KademliaBootstrapFailed);
+                }
+            }
+            Command::RequestRelayReservation { relay, addrs } => {
+                let addr = self.relay_address(relay, &addrs);
+                let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+                match self.swarm.listen_on(circuit.clone()) {
+                    Ok(id) => {
+                        tracing::info!(%relay, addr = %circuit, "requesting relay reservation");
+                        self.relay_listeners.insert(
+                            id,
+                            RelayListener {
+                                relay,
+                                accepted: false,
+                            },
+                        );
+                    }
+                    Err(error) => queue.push_back(Event::RelayReservationFailed {
+                        relay,
+                        reason: error.to_string(),
+                    }),
+                }
+            }
+            Command::ReleaseRelayReservation { relay } => {
+                let ids: Vec<ListenerId> = self
+                    .relay_listeners
+                    .iter()
+                    .filter(|(_, l)| l.relay == relay)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.relay_listeners.remove(&id);
+                    self.swarm.remove_listener(id);
+                }
+                tracing::info!(%relay, "released relay reservation");
+            }
+            Command::AddExternalAddress { addr } => {
+                tracing::info!(%addr, "external address added");
+                self.swarm.add_external_address(addr);
+            }
+            Command::PublishServices => self.publish(),
+            Command::StartTimer { timer, after } => {
+                self.timers.insert(timer, after);
+            }
+            Command::Shutdown => {
+                tracing::info!("shutting down");
+                self.stopping = true;
+                self.shutdown.cancel();
+            }
+        }
+    }
+
+    /// The address to reach `relay` at for a reservation: the one our direct connection to it
+    /// uses if we have one (so no new connection is opened), else the first non-loopback one.
+    fn relay_address(&self, relay: PeerId, addrs: &[Multiaddr]) -> Multiaddr {
+        let connected = self
+            .swarm
+            .behaviour()
+            .streams
+            .new_control()
+            .connections_of(relay)
+            .into_iter()
+            .find(|info| !info.relayed && info.outbound)
+            .map(|info| without_p2p(info.remote_addr));
+        connected
+            .or_else(|| addrs.iter().find(|a| !is_loopback(a)).cloned())
+            .or_else(|| addrs.first().cloned())
+            .map(without_p2p)
+            .unwrap_or_else(Multiaddr::empty)
+    }
+
+    /// Puts the signed peer record and one provider record per exposed service.
+    fn publish(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        let mut addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        // Circuit addresses first: they work from anywhere; then the rest.
+        let mut listen: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        listen.sort_by_key(|a| !punchgate_machine::node::is_relayed(a));
+        addrs.extend(listen);
+        let count = addrs.len();
+        let kademlia = &mut self.swarm.behaviour_mut().kademlia;
+        if let Some(value) = records::encode(&self.keypair, addrs) {
+            let record = Record::new(RecordKey::new(&protocol::peer_record_key(&me)), value);
+            if let Err(error) = kademlia.put_record(record, Quorum::One) {
+                tracing::warn!(%error, "cannot store the peer record");
+            }
+        }
+        for service in &self.services {
+            if let Err(error) =
+                kademlia.start_providing(RecordKey::new(&protocol::service_key(service.as_str())))
+            {
+                tracing::warn!(%service, %error, "cannot announce service");
+            }
+        }
+        tracing::info!(services = ?self.services.iter().map(|s| s.as_str()).collect::<Vec<_>>(), addrs = count, "published peer record and services");
+    }
+
+    // --- Requests from handles -----------------------------------------------------------
+
+    fn on_request(&mut self, request: Request) {
+        match request {
+            Request::Path { peer, reply } => self.on_path_request(peer, reply),
+            Request::AddAddresses { peer, addrs } => self.add_hints(peer, addrs),
+            Request::Status { reply } => {
+                let machine = self.machine();
+                let _ = reply.send(NodeStatus {
+                    phase: machine.phase(),
+                    nat: machine.nat(),
+                    relay: machine.relay().clone(),
+                    connected_peers: machine.connected_peers(),
+                    listen_addrs: self.swarm.listeners().cloned().collect(),
+                    external_addrs: self.swarm.external_addresses().cloned().collect(),
+                });
+            }
+        }
+    }
+
+    fn on_path_request(
+        &mut self,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<ConnectionInfo, ConnectError>>,
+    ) {
+        if self.stopping {
+            let _ = reply.send(Err(ConnectError::Stopped));
+            return;
+        }
+        if self.waiting.len() >= MAX_WAITING {
+            let _ = reply.send(Err(ConnectError::Busy));
+            return;
+        }
+        let now = Instant::now();
+        let waiting = Waiting {
+            peer,
+            direct_deadline: now + self.timing.direct_wait,
+            give_up: now + self.timing.connect_timeout,
+            reply,
+        };
+        match self.try_answer(waiting, now) {
+            None => {}
+            Some(waiting) => {
+                self.waiting.push(waiting);
+                if self.machine().select_path(&peer, false) == PathSelection::NotConnected {
+                    self.reach(peer);
+                }
+            }
+        }
+    }
+
+    /// Answers `w` if a path is available now; gives it back otherwise.
+    fn try_answer(&self, w: Waiting, now: Instant) -> Option<Waiting> {
+        if w.reply.is_closed() {
+            return None; // The caller gave up.
+        }
+        let waited_enough = now >= w.direct_deadline;
+        match self.machine().select_path(&w.peer, waited_enough) {
+            PathSelection::Use { connection, kind } => {
+                match self
+                    .swarm
+                    .behaviour()
+                    .streams
+                    .new_control()
+                    .connection_info(connection)
+                {
+                    Some(info) => {
+                        tracing::debug!(peer = %w.peer, path = %kind, %connection, "path chosen");
+                        let _ = w.reply.send(Ok(info));
+                        None
+                    }
+                    None => Some(w), // Closing as we speak; the close event re-evaluates.
+                }
+            }
+            PathSelection::WaitForDirect | PathSelection::NotConnected => Some(w),
+        }
+    }
+
+    /// Re-evaluates every request waiting for `peer`.
+    fn answer_waiting(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        let waiting = std::mem::take(&mut self.waiting);
+        for w in waiting {
+            if w.peer != peer {
+                self.waiting.push(w);
+            } else if let Some(w) = self.try_answer(w, now) {
+                self.waiting.push(w);
+            }
+        }
+        let still_waiting = self.waiting.iter().any(|w| w.peer == peer);
+        if !still_waiting {
+            self.reaching.remove(&peer);
+        } else if self.machine().select_path(&peer, false) == PathSelection::NotConnected {
+            self.reach(peer);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let requests = self.waiting.iter().map(|w| {
+            if w.direct_deadline > now {
+                w.direct_deadline.min(w.give_up)
+            } else {
+                w.give_up
+            }
+        });
+        let retries = self.reaching.values().filter_map(|r| r.retry_at);
+        requests.chain(retries).min()
+    }
+
+    fn on_deadline(&mut self) {
+        let now = Instant::now();
+        let waiting = std::mem::take(&mut self.waiting);
+        for w in waiting {
+            if now >= w.give_up {
+                let error = self.give_up_error(w.peer);
+                let _ = w.reply.send(Err(error));
+            } else if let Some(w) = self.try_answer(w, now) {
+                self.waiting.push(w);
+            }
+        }
+        let waiting = &self.waiting;
+        self.reaching
+            .retain(|peer, _| waiting.iter().any(|w| w.peer == *peer));
+        let due: Vec<PeerId> = self
+            .reaching
+            .iter()
+            .filter(|(_, r)| r.retry_at.is_some_and(|t| t <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            if let Some(reach) = self.reaching.get_mut(&peer) {
+                reach.retry_at = None;
+            }
+            self.reach(peer);
+        }
+    }
+
+    /// The error for a request that ran out of time reaching `peer`.
+    fn give_up_error(&self, peer: PeerId) -> ConnectError {
+        let reach = self.reaching.get(&peer);
+        match reach.and_then(|r| r.last_error.clone()) {
+            Some(reason) => ConnectError::Unreachable {
+                peer,
+                reason: format!("{reason} (gave up after {:?})", self.timing.connect_timeout),
+            },
+            None if reach.is_some_and(|r| r.failed_lookups > 0) => ConnectError::NotFound(peer),
+            None => ConnectError::Timeout {
+                peer,
+                after: self.timing.connect_timeout,
+            },
+        }
+    }
+
+    /// Dial `peer` at every address we know; look it up in the DHT when we know none. Failures
+    /// are retried (lookups with backoff) until the waiting requests give up.
+    fn reach(&mut self, peer: PeerId) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let reach = self.reaching.entry(peer).or_default();
+        if reach.dialing || reach.queries > 0 || reach.retry_at.is_some() {
+            return;
+        }
+        let mut addrs = self.hints.get(&peer).cloned().unwrap_or_default();
+        for addr in self.machine().known_addrs(&peer) {
+            if !addrs.contains(addr) {
+                addrs.push(addr.clone());
+            }
+        }
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                if let Some(reach) = self.reaching.get_mut(&peer) {
+                    reach.dialing = true;
+                }
+            }
+            Err(libp2p::swarm::DialError::NoAddresses) => self.start_lookup(peer),
+            Err(error) => {
+                if let Some(reach) = self.reaching.get_mut(&peer) {
+                    reach.last_error = Some(error_chain(&error));
+                }
+                self.start_lookup(peer);
+            }
+        }
+    }
+
+    fn start_lookup(&mut self, peer: PeerId) {
+        let Some(reach) = self.reaching.get_mut(&peer) else {
+            return;
+        };
+        if reach.queries > 0 || reach.retry_at.is_some() {
+            return;
+        }
+        reach.queries = 2;
+        tracing::info!(target_peer = %peer, attempt = reach.failed_lookups + 1, "starting DHT lookup for tunnel target");
+        let kademlia = &mut self.swarm.behaviour_mut().kademlia;
+        let by_record = kademlia.get_record(RecordKey::new(&protocol::peer_record_key(&peer)));
+        let by_routing = kademlia.get_closest_peers(peer);
+        self.lookups.insert(by_record, peer);
+        self.lookups.insert(by_routing, peer);
+    }
+
+    fn add_hints(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if !self.hints.contains_key(&peer) && self.hints.len() >= MAX_HINTED_PEERS {
+            // Forget a peer we are not trying to reach.
+            let victim = self
+                .hints
+                .keys()
+                .find(|p| !self.reaching.contains_key(p))
+                .copied();
+            match victim {
+                Some(victim) => {
+                    self.hints.remove(&victim);
+                }
+                None => return,
+            }
+        }
+        let known = self.hints.entry(peer).or_default();
+        for addr in addrs {
+            let addr = without_p2p_of(addr, &peer);
+            if !known.contains(&addr) {
+                if known.len() >= MAX_HINTS_PER_PEER {
+                    known.remove(0);
+                }
+                known.push(addr);
+            }
+        }
+    }
+
+    // --- Swarm events ----------------------------------------------------------------------
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                if let Some(listener) = self.relay_listeners.get_mut(&listener_id) {
+                    listener.accepted = true;
+                    let relay = listener.relay;
+                    tracing::info!(%relay, addr = %address, "relay reservation accepted");
+                    let _ = self.events.send(NodeEvent::RelayReservationAccepted {
+                        relay,
+                        addr: address.clone(),
+                    });
+                    self.step(Event::RelayReservationAccepted {
+                        relay,
+                        addr: address,
+                    });
+                } else {
+                    tracing::info!(%address, "listening on");
+                    let _ = self.events.send(NodeEvent::Listening {
+                        addr: address.clone(),
+                    });
+                    self.step(Event::Listening { addr: address });
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(listener) = self.relay_listeners.remove(&listener_id) {
+                    let relay = listener.relay;
+                    if listener.accepted {
+                        tracing::warn!(%relay, "relay reservation lost");
+                        self.step(Event::RelayReservationLost { relay });
+                    } else {
+                        let reason = match reason {
+                            Ok(()) => "closed".to_owned(),
+                            Err(e) => error_chain(&e),
+                        };
+                        tracing::warn!(%relay, %reason, "relay reservation failed");
+                        self.step(Event::RelayReservationFailed { relay, reason });
+                    }
+                }
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                tracing::warn!(?listener_id, error = %error_chain(&error), "listener error");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => self.on_connection_established(peer_id, connection_id, endpoint),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                cause,
+            } => {
+                tracing::info!(peer = %peer_id, remaining = num_established, endpoint = %endpoint.get_remote_address(), cause = ?cause.map(|c| c.to_string()), "connection closed");
+                let _ = self.events.send(NodeEvent::ConnectionClosed {
+                    info: ConnectionInfo {
+                        peer: peer_id,
+                        connection: connection_id,
+                        remote_addr: endpoint.get_remote_address().clone(),
+                        relayed: endpoint.is_relayed(),
+                        outbound: endpoint.is_dialer(),
+                    },
+                });
+                self.step(Event::ConnectionClosed {
+                    peer: peer_id,
+                    connection: connection_id,
+                });
+                if num_established == 0 {
+                    self.contacts.remove(&peer_id);
+                }
+                self.answer_waiting(peer_id);
+            }
+            SwarmEvent::Dialing {
+                peer_id: Some(peer),
+                ..
+            } => {
+                let contact = self.contacts.entry(peer).or_insert_with(|| Contact {
+                    first: Instant::now(),
+                    relayed_at: None,
+                    direct_attempts: 0,
+                });
+                if contact.relayed_at.is_some() {
+                    contact.direct_attempts += 1;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                let reason = error_chain(&error);
+                tracing::debug!(%peer, %reason, "dial failed");
+                if let Some(reach) = self.reaching.get_mut(&peer) {
+                    reach.dialing = false;
+                    reach.last_error = Some(reason);
+                    if !self.swarm.is_connected(&peer) {
+                        self.start_lookup(peer);
+                    }
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, error = %error_chain(&error), "incoming connection failed");
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+            }
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                tracing::debug!(%address, "external address candidate");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_connection_established(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: libp2p::core::ConnectedPoint,
+    ) {
+        let kind = if endpoint.is_relayed() {
+            PathKind::Relayed
+        } else {
+            PathKind::Direct
+        };
+        let remote_addr = endpoint.get_remote_address().clone();
+        tracing::info!(%peer, endpoint = %remote_addr, path = %kind, %connection, "connection opened");
+        let now = Instant::now();
+        let had_direct = self.machine().connection_count(&peer, PathKind::Direct) > 0;
+        let had_relayed = self.machine().connection_count(&peer, PathKind::Relayed) > 0;
+        let contact = self.contacts.entry(peer).or_insert_with(|| Contact {
+            first: now,
+            relayed_at: None,
+            direct_attempts: 0,
+        });
+        match kind {
+            PathKind::Relayed => {
+                contact.relayed_at.get_or_insert(now);
+                tracing::info!(peer_id = %peer, "connected via relay");
+            }
+            PathKind::Direct if had_relayed && !had_direct => {
+                let since_first_contact = now - contact.first;
+                let since_relayed = contact.relayed_at.map_or(Duration::ZERO, |t| now - t);
+                let attempts = contact.direct_attempts.max(1);
+                tracing::info!(
+                    %peer,
+                    since_first_contact_ms = since_first_contact.as_millis() as u64,
+                    since_relayed_ms = since_relayed.as_millis() as u64,
+                    attempts,
+                    addr = %remote_addr,
+                    "direct connection established"
+                );
+                let _ = self.events.send(NodeEvent::DirectConnectionUpgraded {
+                    peer,
+                    since_first_contact,
+                    since_relayed,
+                    attempts,
+                    remote_addr: remote_addr.clone(),
+                });
+            }
+            PathKind::Direct => {}
+        }
+        let _ = self.events.send(NodeEvent::ConnectionEstablished {
+            info: ConnectionInfo {
+                peer,
+                connection,
+                remote_addr,
+                relayed: kind == PathKind::Relayed,
+                outbound: endpoint.is_dialer(),
+            },
+        });
+        if let Some(reach) = self.reaching.get_mut(&peer) {
+            reach.dialing = false;
+        }
+        self.step(Event::ConnectionEstablished {
+            peer,
+            connection,
+            kind,
+        });
+        self.answer_waiting(peer);
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let relay_capable = info.protocols.contains(&protocol::RELAY_HOP);
+                let kademlia = info.protocols.contains(&protocol::KADEMLIA);
+                tracing::debug!(peer = %peer_id, agent = %info.agent_version, relay_capable, kademlia, addrs = ?info.listen_addrs, "peer identified");
+                self.step(Event::PeerIdentified {
+                    peer: peer_id,
+                    listen_addrs: info.listen_addrs,
+                    relay_capable,
+                    kademlia,
+                });
+            }
+            BehaviourEvent::Identify(identify::Event::Error { peer_id, error, .. }) => {
+                tracing::debug!(peer = %peer_id, %error, "identify failed");
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                tracing::info!(old = ?old, new = ?new, "autonat status changed");
+                let status = match new {
+                    autonat::NatStatus::Public(_) => NatStatus::Public,
+                    autonat::NatStatus::Private => NatStatus::Private,
+                    autonat::NatStatus::Unknown => NatStatus::Unknown,
+                };
+                self.step(Event::NatStatusChanged { status });
+            }
+            BehaviourEvent::Autonat(event) => tracing::debug!(?event, "autonat"),
+            BehaviourEvent::Kademlia(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            }) => self.on_kademlia_query(id, result, step.last),
+            BehaviourEvent::Kademlia(_) => {}
+            #[cfg(feature = "mdns")]
+            BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(peers)) => {
+                tracing::info!(peers = ?peers.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>(), "mdns discovered");
+                self.step(Event::MdnsDiscovered { peers });
+            }
+            #[cfg(feature = "mdns")]
+            BehaviourEvent::Mdns(libp2p::mdns::Event::Expired(peers)) => {
+                self.step(Event::MdnsExpired { peers });
+            }
+            #[cfg(not(feature = "mdns"))]
+            BehaviourEvent::Mdns(never) => match never {},
+            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            BehaviourEvent::Relay(event) => on_relay_server_event(event),
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(connection) => {
+                    tracing::info!(remote_peer = %remote_peer_id, %connection, "hole punch succeeded");
+                    self.step(Event::HolePunchSucceeded {
+                        peer: remote_peer_id,
+                    });
+                }
+                Err(error) => {
+                    let reason = error_chain(&error);
+                    tracing::warn!(remote_peer = %remote_peer_id, %reason, "hole punch failed, tunnels to this peer use the relay");
+                    let _ = self.events.send(NodeEvent::HolePunchFailed {
+                        peer: remote_peer_id,
+                        reason: reason.clone(),
+                    });
+                    self.step(Event::HolePunchFailed {
+                        peer: remote_peer_id,
+                        reason,
+                    });
+                    self.answer_waiting(remote_peer_id);
+                }
+            },
+            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => match result {
+                Ok(rtt) => tracing::info!(%peer, ?rtt, "ping"),
+                Err(error) => tracing::warn!(%peer, %error, "ping failed"),
+            },
+            BehaviourEvent::Streams(never) => match never {},
+        }
+    }
+
+    fn on_relay_client_event(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            } => tracing::debug!(relay = %relay_peer_id, renewal, "reservation request accepted"),
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                tracing::debug!(relay = %relay_peer_id, "outbound circuit established");
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                tracing::debug!(src = %src_peer_id, "inbound circuit established");
+            }
+        }
+    }
+
+    fn on_kademlia_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        match result {
+            QueryResult::Bootstrap(Ok(_)) if last => {
+                tracing::debug!("kademlia bootstrap succeeded");
+                self.step(Event::KademliaBootstrapSucceeded);
+            }
+            QueryResult::Bootstrap(Err(error)) => {
+                tracing::debug!(%error, "kademlia bootstrap failed");
+                self.step(Event::KademliaBootstrapFailed);
+            }
+            QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
+                if let Some(peer) = self.lookups.get(&id).copied() {
+                    match records::decode(&peer, &found.record.value) {
+                        Ok(addrs) if !addrs.is_empty() => {
+                            if let Some(mut query) =
+                                self.swarm.behaviour_mut().kademlia.query_mut(&id)
+                            {
+                                query.finish();
+                            }
+                            self.found_addresses(peer, addrs);
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%peer, from = ?found.peer, %error, "ignoring invalid peer record");
+                        }
+                    }
+                }
+            }
+            QueryResult::GetRecord(_) => {}
+            QueryResult::GetClosestPeers(result) => {
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                if let Some(peer) = self.lookups.get(&id).copied()
+                    && let Some(info) = peers.into_iter().find(|p| p.peer_id == peer)
+                    && !info.addrs.is_empty()
+                {
+                    self.found_addresses(peer, info.addrs);
+                }
+            }
+            QueryResult::PutRecord(Err(error)) => {
+                tracing::debug!(%error, "peer record not replicated");
+            }
+            QueryResult::StartProviding(Err(error)) => {
+                tracing::debug!(%error, "service announcement not replicated");
+            }
+            _ => {}
+        }
+        if last && let Some(peer) = self.lookups.remove(&id) {
+            self.lookup_part_done(peer);
+        }
+    }
+
+    fn found_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let Some(reach) = self.reaching.get_mut(&peer) else {
+            return;
+        };
+        if reach.dialing {
+            return;
+        }
+        tracing::info!(target_peer = %peer, addrs = ?addrs, "dialing tunnel target after DHT lookup");
+        // Let `reach` dial although the other query may still be running.
+        let queries = std::mem::take(&mut reach.queries);
+        self.add_hints(peer, addrs);
+        self.reach(peer);
+        if let Some(reach) = self.reaching.get_mut(&peer) {
+            reach.queries = queries;
+        }
+    }
+
+    fn lookup_part_done(&mut self, peer: PeerId) {
+        let connected = self.swarm.is_connected(&peer);
+        let Some(reach) = self.reaching.get_mut(&peer) else {
+            return;
+        };
+        reach.queries = reach.queries.saturating_sub(1);
+        if reach.queries == 0 && !reach.dialing && !connected {
+            reach.failed_lookups += 1;
+            let delay = Duration::from_secs(1 << (reach.failed_lookups - 1).min(3));
+            reach.retry_at = Some(Instant::now() + delay);
+            tracing::debug!(target_peer = %peer, ?delay, "peer not found yet; looking up again later");
+        }
+    }
+}
+
+fn on_relay_server_event(event: relay::Event) {
+    match event {
+        relay::Event::ReservationReqAccepted {
+            src_peer_id,
+            renewed,
+        } => tracing::info!(peer = %src_peer_id, renewed, "serving relay reservation"),
+        relay::Event::ReservationReqDenied { src_peer_id, .. } => {
+            tracing::warn!(peer = %src_peer_id, "relay reservation denied");
+        }
+        relay::Event::CircuitReqAccepted {
+            src_peer_id,
+            dst_peer_id,
+        } => tracing::info!(src = %src_peer_id, dst = %dst_peer_id, "relaying circuit"),
+        relay::Event::CircuitReqDenied {
+            src_peer_id,
+            dst_peer_id,
+            ..
+        } => tracing::warn!(src = %src_peer_id, dst = %dst_peer_id, "relay circuit denied"),
+        relay::Event::CircuitClosed {
+            src_peer_id,
+            dst_peer_id,
+            error,
+        } => {
+            tracing::info!(src = %src_peer_id, dst = %dst_peer_id, error = ?error.map(|e| e.to_string()), "relay circuit closed")
+        }
+        event => tracing::debug!(?event, "relay server"),
+    }
+}
+
+/// `sleep_until` that never fires for `None`.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+fn without_p2p(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
+}
+
+/// Strips a trailing `/p2p/<peer>` naming `peer` itself (kept on circuit addresses' relay part).
+fn without_p2p_of(mut addr: Multiaddr, peer: &PeerId) -> Multiaddr {
+    if addr.iter().last() == Some(Protocol::P2p(*peer)) {
+        addr.pop();
+    }
+    addr
+}
+
+/// An error and its sources, joined: libp2p's top-level messages ("Failed to negotiate
+/// transport protocol(s)") hide the useful part in the chain.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        message.push_str(": ");
+        message.push_str(&e.to_string());
+        source = e.source();
+    }
+    message
+}

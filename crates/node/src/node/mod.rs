@@ -1,0 +1,472 @@
+//! A running Punchgate node: the driver task around the swarm, and the handle applications use.
+//!
+//! [`Node::start`] builds the swarm, opens its listeners, binds the `--tunnel` ports and spawns
+//! the tasks (driver, tunnel server, tunnel clients). [`NodeHandle`] is what tunnels, the gRPC
+//! bridge and tests use: open a stream to a peer on the best path, accept streams of a protocol,
+//! watch [`NodeEvent`]s. [`Node::shutdown`] stops everything and returns once every task ended.
+
+mod driver;
+mod records;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use punchgate_machine::{NatStatus, PathKind, Phase, RelayState};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, mpsc, oneshot},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::{NodeConfig, TunnelSpec},
+    net::{
+        self,
+        stream::{AlreadyRegistered, ConnectionInfo, Control, IncomingStreams, OpenStreamError},
+    },
+    protocol, tunnel,
+};
+
+/// Requests queued from handles to the driver before callers wait.
+const REQUEST_QUEUE: usize = 256;
+/// [`NodeEvent`]s buffered per subscriber; a slower subscriber skips ahead (and is told so).
+const EVENT_BUFFER: usize = 1024;
+/// Inbound tunnel streams waiting for the tunnel server.
+const TUNNEL_ACCEPT_QUEUE: usize = 128;
+/// How long [`Node::start`] waits for its listeners to report an address.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Node::shutdown`] waits for tunnels to wind down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What happened on the node, for applications, tests and the lab.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A listener is up.
+    Listening {
+        /// The address.
+        addr: Multiaddr,
+    },
+    /// A connection opened.
+    ConnectionEstablished {
+        /// The connection.
+        info: ConnectionInfo,
+    },
+    /// A connection closed.
+    ConnectionClosed {
+        /// The connection.
+        info: ConnectionInfo,
+    },
+    /// The lifecycle phase changed.
+    PhaseChanged {
+        /// The new phase.
+        phase: Phase,
+    },
+    /// The NAT status the node acts on changed.
+    NatStatusChanged {
+        /// The new status.
+        status: NatStatus,
+    },
+    /// A relay accepted our reservation: peers can reach us at `addr`.
+    RelayReservationAccepted {
+        /// The relay.
+        relay: PeerId,
+        /// Our circuit address.
+        addr: Multiaddr,
+    },
+    /// A direct connection replaced a relayed-only path (hole punch or connection reversal).
+    DirectConnectionUpgraded {
+        /// The peer.
+        peer: PeerId,
+        /// From our first dial of the peer (or its first connection to us) to the direct
+        /// connection.
+        since_first_contact: Duration,
+        /// From the first relayed connection to the direct one.
+        since_relayed: Duration,
+        /// Direct dial attempts made before it succeeded.
+        attempts: u32,
+        /// The direct connection's remote address.
+        remote_addr: Multiaddr,
+    },
+    /// DCUtR gave up: streams to `peer` use the relay.
+    HolePunchFailed {
+        /// The peer.
+        peer: PeerId,
+        /// What DCUtR said.
+        reason: String,
+    },
+}
+
+/// A snapshot of the node's state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// NAT status acted on.
+    pub nat: NatStatus,
+    /// Own relay reservation.
+    pub relay: RelayState,
+    /// Peers with an open connection.
+    pub connected_peers: usize,
+    /// Current listen addresses (circuit addresses included).
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Confirmed external addresses.
+    pub external_addrs: Vec<Multiaddr>,
+}
+
+/// Starting a node failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The swarm could not be built.
+    #[error(transparent)]
+    Build(#[from] net::swarm::BuildError),
+    /// A `--listen` address could not be listened on.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// A `--tunnel` port could not be bound.
+    #[error("cannot bind tunnel port {bind} (for service '{service}' of {peer}): {source}")]
+    TunnelBind {
+        /// The local address.
+        bind: std::net::SocketAddr,
+        /// The remote service.
+        service: String,
+        /// The remote peer.
+        peer: PeerId,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Two `--expose` flags use the same name.
+    #[error("service '{0}' is exposed twice")]
+    DuplicateService(String),
+}
+
+/// Reaching a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The node is shutting down or has stopped.
+    #[error("the node is shutting down")]
+    Stopped,
+    /// Too many requests are waiting for a path already.
+    #[error("too many streams are waiting for a connection; try again")]
+    Busy,
+    /// No address is known and the DHT has none.
+    #[error("peer {0} not found: no known address and no DHT record")]
+    NotFound(PeerId),
+    /// Every known address failed.
+    #[error("cannot reach peer {peer}: {reason}")]
+    Unreachable {
+        /// The peer.
+        peer: PeerId,
+        /// The last dial error.
+        reason: String,
+    },
+    /// Reaching the peer took longer than the connect timeout.
+    #[error("timed out reaching peer {peer} after {after:?}")]
+    Timeout {
+        /// The peer.
+        peer: PeerId,
+        /// The timeout.
+        after: Duration,
+    },
+    /// A peer cannot be dialled by itself.
+    #[error("cannot open a stream to ourselves")]
+    SelfDial,
+}
+
+/// Opening a stream to a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// No connection could be had.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection was there but the stream could not be opened.
+    #[error(transparent)]
+    Stream(#[from] OpenStreamError),
+}
+
+/// Requests from handles to the driver.
+#[derive(Debug)]
+enum Request {
+    /// Find (dial, look up, wait for a punch) the connection a new stream to `peer` should use.
+    Path {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<ConnectionInfo, ConnectError>>,
+    },
+    /// Remember addresses where `peer` may be reached.
+    AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
+    /// Report the state machine's view.
+    Status { reply: oneshot::Sender<NodeStatus> },
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    peer_id: PeerId,
+    /// To the driver.
+    requests: mpsc::Sender<Request>,
+    /// Opens and accepts streams without going through the driver.
+    control: Control,
+    /// Source of [`NodeEvent`] subscriptions.
+    events: broadcast::Sender<NodeEvent>,
+    /// Cancelled when the node stops.
+    shutdown: CancellationToken,
+}
+
+impl NodeHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Subscribe to [`NodeEvent`]s from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Open a `protocol` stream to `peer` on the best path: a direct connection if there is one;
+    /// else, while only a relayed connection exists, wait a bounded time for a hole punch, then
+    /// use the relay. Dials (known addresses, then the DHT) when not connected.
+    ///
+    /// Cancel-safe.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<(Stream, ConnectionInfo), OpenError> {
+        let info = self.connect(peer).await?;
+        let stream = self.control.open_stream(info.connection, protocol).await?;
+        Ok((stream, info))
+    }
+
+    /// Reach `peer` and return the connection a new stream should use (see
+    /// [`Self::open_stream`]). Cancel-safe.
+    pub async fn connect(&self, peer: PeerId) -> Result<ConnectionInfo, ConnectError> {
+        if peer == self.peer_id {
+            return Err(ConnectError::SelfDial);
+        }
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::Path { peer, reply })
+            .await
+            .map_err(|_| ConnectError::Stopped)?;
+        response.await.map_err(|_| ConnectError::Stopped)?
+    }
+
+    /// Accept inbound `protocol` streams; at most `capacity` wait before peers are slowed down.
+    pub fn accept(
+        &self,
+        protocol: StreamProtocol,
+        capacity: usize,
+    ) -> Result<IncomingStreams, AlreadyRegistered> {
+        self.control.accept(protocol, capacity)
+    }
+
+    /// Tell the node where `peer` may be reached (for example a relay circuit address).
+    pub async fn add_addresses(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), ConnectError> {
+        self.requests
+            .send(Request::AddAddresses { peer, addrs })
+            .await
+            .map_err(|_| ConnectError::Stopped)
+    }
+
+    /// A snapshot of the node's state.
+    pub async fn status(&self) -> Result<NodeStatus, ConnectError> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::Status { reply })
+            .await
+            .map_err(|_| ConnectError::Stopped)?;
+        response.await.map_err(|_| ConnectError::Stopped)
+    }
+
+    /// What is known about an open connection.
+    pub fn connection_info(
+        &self,
+        connection: libp2p::swarm::ConnectionId,
+    ) -> Option<ConnectionInfo> {
+        self.control.connection_info(connection)
+    }
+
+    /// Ask the node to stop. [`Node::shutdown`] also waits for it.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Resolves once the node has started stopping.
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] stops it too, without waiting.
+#[derive(Debug)]
+pub struct Node {
+    handle: NodeHandle,
+    /// Every task the node spawned, to wait for at shutdown.
+    tasks: TaskTracker,
+    /// Local addresses of the `--tunnel` listeners, in the order given.
+    tunnel_addrs: Vec<std::net::SocketAddr>,
+    /// Listen addresses reported at start.
+    listen_addrs: Vec<Multiaddr>,
+}
+
+impl Node {
+    /// Builds the swarm, listens, binds tunnel ports and starts every task. Returns once each
+    /// listener has reported its address.
+    pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+        let mut services = HashMap::new();
+        for expose in &config.expose {
+            if services
+                .insert(expose.name.clone(), expose.target.clone())
+                .is_some()
+            {
+                return Err(StartError::DuplicateService(expose.name.to_string()));
+            }
+        }
+        let mut tunnel_listeners = Vec::with_capacity(config.tunnels.len());
+        for spec in &config.tunnels {
+            let listener = TcpListener::bind(spec.bind)
+                .await
+                .map_err(|source| tunnel_bind_error(spec, source))?;
+            tunnel_listeners.push((spec.clone(), listener));
+        }
+
+        let swarm = net::swarm::build(&config)?;
+        let control = swarm.behaviour().streams.new_control();
+        let peer_id = *swarm.local_peer_id();
+        tracing::info!(%peer_id, "local peer id");
+
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (request_tx, request_rx) = mpsc::channel(REQUEST_QUEUE);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let handle = NodeHandle {
+            peer_id,
+            requests: request_tx,
+            control: control.clone(),
+            events: events.clone(),
+            shutdown: shutdown.clone(),
+        };
+
+        let mut driver = driver::Driver::new(swarm, &config, request_rx, events, shutdown.clone());
+        let listen_addrs = driver.listen(&config.listen, LISTEN_TIMEOUT).await?;
+
+        let tunnel_addrs = tunnel_listeners
+            .iter()
+            .map(|(_, l)| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| tunnel_bind_error(&config.tunnels[0], source))?;
+
+        // Accept tunnel streams before the driver runs, so none arrives unaccepted.
+        let incoming = control
+            .accept(protocol::TUNNEL, TUNNEL_ACCEPT_QUEUE)
+            .expect("a fresh node accepts nothing yet");
+        let limits = tunnel::Limits::new(&config);
+        tasks.spawn(driver.run());
+        tasks.spawn(tunnel::server::run(
+            incoming,
+            Arc::new(services),
+            limits.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        for (spec, listener) in tunnel_listeners {
+            tracing::info!(
+                bind = %listener.local_addr().map_or_else(|_| spec.bind.to_string(), |a| a.to_string()),
+                peer = %spec.peer,
+                service = %spec.service,
+                "tunnel listening"
+            );
+            tasks.spawn(tunnel::client::run(
+                listener,
+                spec,
+                handle.clone(),
+                limits.clone(),
+                tasks.clone(),
+            ));
+        }
+        tasks.close();
+
+        Ok(Node {
+            handle,
+            tasks,
+            tunnel_addrs,
+            listen_addrs,
+        })
+    }
+
+    /// A handle to the node.
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.handle.peer_id
+    }
+
+    /// The listen addresses reported at start.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Where each `--tunnel` listens (port 0 resolved), in the order given.
+    pub fn tunnel_addrs(&self) -> &[std::net::SocketAddr] {
+        &self.tunnel_addrs
+    }
+
+    /// Stop: close tunnels, listeners and connections; returns once every task has ended (or
+    /// after a grace period, leaving stragglers to be dropped with the runtime).
+    pub async fn shutdown(self) {
+        self.handle.shutdown();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "some tasks did not stop in time");
+        }
+    }
+
+    /// Runs until the node stops (a [`NodeHandle::shutdown`] from anywhere), then waits for
+    /// every task like [`Self::shutdown`].
+    pub async fn run_until_stopped(self) {
+        self.handle.stopped().await;
+        self.shutdown().await;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+fn tunnel_bind_error(spec: &TunnelSpec, source: std::io::Error) -> StartError {
+    StartError::TunnelBind {
+        bind: spec.bind,
+        service: spec.service.to_string(),
+        peer: spec.peer,
+        source,
+    }
+}
+
+/// Which kind of path a connection is.
+pub(crate) fn path_kind(info: &ConnectionInfo) -> PathKind {
+    if info.relayed {
+        PathKind::Relayed
+    } else {
+        PathKind::Direct
+    }
+}

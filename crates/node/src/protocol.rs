@@ -1,0 +1,34 @@
+//! Protocol identifiers and wire constants, in one place.
+
+use libp2p::StreamProtocol;
+
+/// Tunnel streams: a length-prefixed JSON negotiation, then raw bytes.
+pub const TUNNEL: StreamProtocol = StreamProtocol::new("/punchgate/tunnel/1.0.0");
+
+/// Punchgate's own Kademlia DHT, separate from the public IPFS one.
+pub const KADEMLIA: StreamProtocol = StreamProtocol::new("/punchgate/kad/1.0.0");
+
+/// Identify's protocol version: peers that do not share it are still identified but not trusted
+/// as Punchgate relays.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/punchgate/1.0.0";
+
+/// The relay HOP protocol: a peer advertising it is public and serves reservations.
+pub const RELAY_HOP: StreamProtocol = StreamProtocol::new("/libp2p/circuit/relay/0.2.0/hop");
+
+/// Agent version sent in identify.
+pub fn agent_version() -> String {
+    format!("punchgate/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Largest negotiation frame (request or response) a peer may send.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// DHT key under which providers of service `name` are announced.
+pub fn service_key(name: &str) -> Vec<u8> {
+    format!("/punchgate/svc/{name}").into_bytes()
+}
+
+/// DHT key of the record naming a peer's addresses and services.
+pub fn peer_record_key(peer: &libp2p::PeerId) -> Vec<u8> {
+    format!("/punchgate/peer/{peer}").into_bytes()
+}

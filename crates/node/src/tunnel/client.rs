@@ -1,0 +1,135 @@
+//! Carries the TCP connections accepted on a `--tunnel` port: one libp2p stream each, on the
+//! best path to the peer (direct if there is one, the relay otherwise).
+
+use std::net::SocketAddr;
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    time::timeout,
+};
+use tokio_util::{compat::FuturesAsyncReadCompatExt as _, task::TaskTracker};
+
+use super::{
+    Limits, splice,
+    wire::{self, TunnelRequest, TunnelResponse},
+};
+use crate::{
+    config::TunnelSpec,
+    node::{NodeHandle, path_kind},
+    protocol,
+};
+
+/// Accepts connections on `listener` until the node stops.
+pub async fn run(
+    listener: TcpListener,
+    spec: TunnelSpec,
+    node: NodeHandle,
+    limits: Limits,
+    tasks: TaskTracker,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = limits.carrying.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = node.stopped() => break,
+        };
+        let (tcp, from) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(service = %spec.service, %error, "cannot accept a tunnel connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = node.stopped() => break,
+        };
+        let spec = spec.clone();
+        let node = node.clone();
+        let limits = limits.clone();
+        tasks.spawn(async move {
+            carry(tcp, from, &spec, &node, &limits).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn carry(
+    mut tcp: TcpStream,
+    from: SocketAddr,
+    spec: &TunnelSpec,
+    node: &NodeHandle,
+    limits: &Limits,
+) {
+    let _ = tcp.set_nodelay(true);
+    let service = spec.service.as_str();
+    let opened = tokio::select! {
+        opened = node.open_stream(spec.peer, protocol::TUNNEL) => opened,
+        () = node.stopped() => return,
+    };
+    let (stream, info) = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error");
+            return;
+        }
+    };
+    tracing::info!(
+        peer = %spec.peer,
+        %service,
+        path = %path_kind(&info),
+        remote_addr = %info.remote_addr,
+        connection = %info.connection,
+        client = %from,
+        "tunnel path"
+    );
+    let mut stream = stream.compat();
+
+    let negotiated = timeout(limits.negotiation_timeout, async {
+        wire::write(
+            &mut stream,
+            &TunnelRequest {
+                service: service.to_owned(),
+            },
+        )
+        .await?;
+        wire::read::<TunnelResponse, _>(&mut stream).await
+    })
+    .await;
+    match negotiated {
+        Ok(Ok(response)) if response.accepted => {}
+        Ok(Ok(response)) => {
+            let reason = response
+                .reason
+                .unwrap_or_else(|| "no reason given".to_owned());
+            tracing::warn!(%service, peer = %spec.peer, %reason, "client tunnel rejected");
+            return;
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%service, peer = %spec.peer, error = "no answer to the tunnel request", timeout = ?limits.negotiation_timeout, "client tunnel error");
+            return;
+        }
+    }
+
+    let result = tokio::select! {
+        result = splice(&mut tcp, &mut stream) => result,
+        () = node.stopped() => Err(std::io::Error::other("node shutting down")),
+    };
+    match result {
+        Ok((to_remote, from_remote)) => tracing::info!(
+            %service,
+            peer = %spec.peer,
+            bytes_to_remote = to_remote,
+            bytes_from_remote = from_remote,
+            "client tunnel closed"
+        ),
+        Err(error) => tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error"),
+    }
+}

@@ -1,0 +1,59 @@
+//! TCP tunnels over libp2p streams (`/punchgate/tunnel/1.0.0`).
+//!
+//! - [`wire`]: the negotiation frames (u32 big-endian length + JSON, at most 64 KiB).
+//! - [`server`]: accepts tunnel streams and connects them to `--expose`d local services.
+//! - [`client`]: listens on `--tunnel` ports and carries each TCP connection as one stream.
+//!
+//! After negotiation both sides copy bytes in both directions until each side has closed; a
+//! half-close (EOF one way) is passed on, so request/response protocols that shut down their
+//! write side keep working.
+
+pub mod client;
+pub mod server;
+pub mod wire;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::Semaphore,
+};
+
+use crate::config::NodeConfig;
+
+/// Copy buffer per direction per tunnel: one Noise frame's worth.
+pub const COPY_BUFFER: usize = 64 * 1024;
+
+/// Limits shared by a node's tunnel tasks.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request/response exchange deadline.
+    pub negotiation_timeout: Duration,
+    /// Deadline for connecting to the exposed local service.
+    pub service_connect_timeout: Duration,
+    /// Permits for tunnels served at once (inbound).
+    pub serving: Arc<Semaphore>,
+    /// Permits for tunnels carried at once (outbound, across all `--tunnel` ports).
+    pub carrying: Arc<Semaphore>,
+}
+
+impl Limits {
+    /// Limits from a node's config.
+    pub fn new(config: &NodeConfig) -> Self {
+        Self {
+            negotiation_timeout: config.timing.negotiation_timeout,
+            service_connect_timeout: config.timing.service_connect_timeout,
+            serving: Arc::new(Semaphore::new(config.max_tunnels)),
+            carrying: Arc::new(Semaphore::new(config.max_tunnels)),
+        }
+    }
+}
+
+/// Copies both ways until both directions are done; returns (a→b, b→a) byte counts.
+pub(crate) async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await
+}
