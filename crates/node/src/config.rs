@@ -70,13 +70,16 @@ impl FromStr for HostPort {
         let (host, port) = s
             .rsplit_once(':')
             .ok_or_else(|| SpecError::new(s, expected))?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if host.is_empty() || (host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err()) {
+        let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+        let valid = match bracketed {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            // An IPv6 address without brackets is ambiguous (`::1:22` is itself an address).
+            None => !host.is_empty() && !host.contains(':'),
+        };
+        if !valid {
             return Err(SpecError::new(s, expected));
         }
+        let host = bracketed.unwrap_or(host);
         let port = parse_port(port).ok_or_else(|| SpecError::new(s, expected))?;
         Ok(Self {
             host: host.to_owned(),

@@ -692,6 +692,10 @@ impl Driver {
                             Err(e) => error_chain(&e),
                         };
                         tracing::warn!(%relay, %reason, "relay reservation failed");
+                        let _ = self.events.send(NodeEvent::RelayReservationFailed {
+                            relay,
+                            reason: reason.clone(),
+                        });
                         self.step(Event::RelayReservationFailed { relay, reason });
                     }
                 }

@@ -74,6 +74,13 @@ pub enum NodeEvent {
         /// Our circuit address.
         addr: Multiaddr,
     },
+    /// A relay refused our reservation, or the request failed; it will be retried with backoff.
+    RelayReservationFailed {
+        /// The relay.
+        relay: PeerId,
+        /// Why.
+        reason: String,
+    },
     /// A direct connection replaced a relayed-only path (hole punch or connection reversal).
     DirectConnectionUpgraded {
         /// The peer.
@@ -244,6 +251,18 @@ impl NodeHandle {
         let info = self.connect(peer).await?;
         let stream = self.control.open_stream(info.connection, protocol).await?;
         Ok((stream, info))
+    }
+
+    /// Open a `protocol` stream on a connection chosen by the caller (for example one returned
+    /// by [`Self::connect`]). Cancel-safe.
+    pub async fn open_stream_on(
+        &self,
+        connection: &ConnectionInfo,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OpenStreamError> {
+        self.control
+            .open_stream(connection.connection, protocol)
+            .await
     }
 
     /// Reach `peer` and return the connection a new stream should use (see

@@ -57,6 +57,45 @@ pub async fn run(
     }
 }
 
+/// The tunnel request was not accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NegotiateError {
+    /// The server refused, with its reason.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The exchange failed.
+    #[error(transparent)]
+    Frame(#[from] wire::FrameError),
+    /// No answer in time.
+    #[error("no answer to the tunnel request within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Asks for `service` on a fresh tunnel stream and waits (bounded) for the answer; on `Ok` the
+/// stream carries the service's bytes.
+pub async fn negotiate<S>(
+    stream: &mut S,
+    service: &str,
+    within: std::time::Duration,
+) -> Result<(), NegotiateError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let exchange = async {
+        wire::write(stream, &TunnelRequest { service: service.to_owned() }).await?;
+        wire::read::<TunnelResponse, _>(stream).await
+    };
+    match timeout(within, exchange).await {
+        Ok(Ok(response)) if response.accepted => Ok(()),
+        Ok(Ok(response)) => Err(NegotiateError::Refused(
+            response.reason.unwrap_or_else(|| "no reason given".to_owned()),
+        )),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err(NegotiateError::Timeout(within)),
+    }
+}
+
 async fn carry(
     mut tcp: TcpStream,
     from: SocketAddr,
@@ -88,32 +127,14 @@ async fn carry(
     );
     let mut stream = stream.compat();
 
-    let negotiated = timeout(limits.negotiation_timeout, async {
-        wire::write(
-            &mut stream,
-            &TunnelRequest {
-                service: service.to_owned(),
-            },
-        )
-        .await?;
-        wire::read::<TunnelResponse, _>(&mut stream).await
-    })
-    .await;
-    match negotiated {
-        Ok(Ok(response)) if response.accepted => {}
-        Ok(Ok(response)) => {
-            let reason = response
-                .reason
-                .unwrap_or_else(|| "no reason given".to_owned());
+    match negotiate(&mut stream, service, limits.negotiation_timeout).await {
+        Ok(()) => {}
+        Err(NegotiateError::Refused(reason)) => {
             tracing::warn!(%service, peer = %spec.peer, %reason, "client tunnel rejected");
             return;
         }
-        Ok(Err(error)) => {
+        Err(error) => {
             tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%service, peer = %spec.peer, error = "no answer to the tunnel request", timeout = ?limits.negotiation_timeout, "client tunnel error");
             return;
         }
     }

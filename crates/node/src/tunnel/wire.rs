@@ -239,4 +239,23 @@ mod tests {
             Err(FrameError::Truncated)
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics_and_never_overreads(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(Some((_, used))) = decode::<TunnelRequest>(&bytes) {
+                proptest::prop_assert!(used <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn any_service_name_round_trips(service in ".{0,300}", tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut frame = encode(&TunnelRequest { service: service.clone() }).expect("small");
+            let len = frame.len();
+            frame.extend_from_slice(&tail);
+            let (req, used) = decode::<TunnelRequest>(&frame).expect("valid").expect("whole");
+            proptest::prop_assert_eq!(req.service, service);
+            proptest::prop_assert_eq!(used, len);
+        }
+    }
 }

@@ -114,6 +114,26 @@ pub async fn echo_round_trip(addr: SocketAddr, payload: &[u8]) {
     assert!(back == payload, "echoed bytes differ");
 }
 
+/// Writes `payload` to `stream`, half-closes, and checks every byte comes back.
+pub async fn echo_over<S>(stream: &mut S, payload: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let send = async {
+        w.write_all(payload).await.expect("write");
+        w.shutdown().await.expect("half-close");
+    };
+    let receive = async {
+        let mut back = Vec::with_capacity(payload.len());
+        r.read_to_end(&mut back).await.expect("read echo");
+        back
+    };
+    let ((), back) = tokio::join!(send, receive);
+    assert_eq!(back.len(), payload.len(), "echoed length");
+    assert!(back == payload, "echoed bytes differ");
+}
+
 /// A deterministic pseudo-random payload (so a byte mix-up cannot go unnoticed).
 pub fn payload(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

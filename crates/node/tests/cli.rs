@@ -1,0 +1,113 @@
+//! The real binary: bad flags and a corrupt key file fail fast with a message that says what was
+//! wrong; a good configuration starts and stops cleanly on SIGTERM.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_punchgate");
+
+fn run(args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(args)
+        .env("PUNCHGATE_IDENTITY", dir.path().join("id.key"))
+        .output()
+        .expect("run punchgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn malformed_flags_exit_2_naming_flag_value_and_form() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--expose", "ssh:22"], &["--expose", "ssh:22", "NAME=HOST:PORT"]),
+        (&["--tunnel", "peer@2222"], &["--tunnel", "peer@2222", "PEER_ID:SERVICE@BIND"]),
+        (&["--bootstrap", "/ip4/1.2.3.4/tcp/1"], &["--bootstrap", "/p2p/<PEER_ID>"]),
+        (&["--nat-status", "open"], &["--nat-status", "open", "private"]),
+        (&["--listen", "0.0.0.0:4001"], &["--listen", "0.0.0.0:4001"]),
+    ];
+    for (args, wanted) in cases {
+        let (code, stderr) = run(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        for w in *wanted {
+            assert!(stderr.contains(w), "{args:?}: '{w}' not in {stderr}");
+        }
+    }
+}
+
+#[test]
+fn corrupt_identity_file_is_an_error_and_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("id.key");
+    std::fs::write(&key, b"\x00\x01garbage").expect("write");
+    let out = Command::new(BIN)
+        .args(["--identity", key.to_str().expect("utf-8"), "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not a libp2p keypair"), "{stderr}");
+    assert!(stderr.contains("id.key"), "{stderr}");
+    assert_eq!(std::fs::read(&key).expect("read"), b"\x00\x01garbage");
+}
+
+#[test]
+fn a_port_in_use_is_reported_with_the_tunnel_it_belongs_to() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    let (code, stderr) = run(&[
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--tunnel",
+        &format!("{peer}:ssh@127.0.0.1:{port}"),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("cannot bind tunnel port 127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("'ssh'"), "{stderr}");
+}
+
+#[test]
+fn starts_prints_its_addresses_and_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .args(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .env("PUNCHGATE_IDENTITY", dir.path().join("id.key"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    assert!(first.starts_with("peer id: 12D3KooW"), "{first}");
+    let peer = first.trim_start_matches("peer id: ").to_owned();
+    let tcp = lines.next().expect("a line").expect("utf-8");
+    let quic = lines.next().expect("a line").expect("utf-8");
+    assert!(tcp.starts_with("listening on /ip4/127.0.0.1/tcp/") && tcp.ends_with(&peer), "{tcp}");
+    assert!(quic.contains("/quic-v1/p2p/"), "{quic}");
+    // The identity was created with mode 0600.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("id.key")).expect("key file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
