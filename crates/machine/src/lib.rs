@@ -12,6 +12,8 @@
 //!   for a hole punch.
 //! - [`backoff`]: retry delays for relay reservations and reconnects.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod node;
 pub mod paths;

@@ -3,17 +3,20 @@
 //! Every value is parsed into its typed form by clap, so a malformed value is reported as
 //! `invalid value '<value>' for '--flag <FORM>': <what was expected>` before anything starts.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use libp2p::Multiaddr;
+use tracing_subscriber::EnvFilter;
 
 use crate::{
+    Node,
     config::{
         BootstrapAddr, ExposeSpec, NatStatus, NodeConfig, RelayLimits, Timing, TunnelSpec,
         default_listen_addrs,
     },
     identity::{self, IdentityError, Origin},
+    node::StartError,
 };
 
 /// Punchgate: reach TCP services on machines behind NAT, peer to peer.
@@ -135,6 +138,95 @@ pub enum CliError {
     /// The identity file could not be used.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+}
+
+/// Running the binary failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The flags could not be turned into a config.
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The node could not start.
+    #[error("cannot start the node: {0}")]
+    Start(#[from] Box<StartError>),
+}
+
+/// The `punchgate` binary: logging, the node, and a clean stop on Ctrl-C or SIGTERM. Errors are
+/// printed as one line (no backtrace: they are the user's to fix) and give exit code 1.
+pub fn run_main(cli: Cli) -> ExitCode {
+    init_tracing(cli.log_format);
+    let result = tokio::runtime::Runtime::new()
+        .map_err(RunError::Runtime)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), RunError> {
+    let identity_path = cli.identity.clone();
+    let (config, origin) = cli.into_config()?;
+    let peer_id = config.peer_id();
+    let path = identity_path.display();
+    match origin {
+        Origin::Created => tracing::info!(%peer_id, %path, "generated new identity"),
+        Origin::Loaded => tracing::info!(%peer_id, %path, "loaded identity"),
+    }
+
+    let node = Node::start(config).await.map_err(Box::new)?;
+    // Addresses a user can paste into another node's --bootstrap.
+    println!("peer id: {peer_id}");
+    for addr in node.listen_addrs() {
+        println!("listening on {addr}/p2p/{peer_id}");
+    }
+    for addr in node.tunnel_addrs() {
+        println!("tunnel listening on {addr}");
+    }
+
+    let handle = node.handle().clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received, shutting down");
+        handle.shutdown();
+    });
+    node.run_until_stopped().await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; Ctrl-C still works");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 impl Cli {

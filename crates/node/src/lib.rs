@@ -18,6 +18,8 @@
 //! Decisions live in `punchgate-machine`, which cannot reach tokio or the swarm; this crate
 //! only observes and executes.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod config;
 pub mod identity;

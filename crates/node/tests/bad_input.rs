@@ -81,7 +81,10 @@ async fn every_bad_request_is_refused_with_a_reason_and_the_node_keeps_serving()
     let mut s = raw_stream(&a, &b).await;
     match negotiate(&mut s, "dead", within).await {
         Err(NegotiateError::Refused(reason)) => {
-            assert!(reason.starts_with("service 'dead' is unreachable"), "{reason}");
+            assert!(
+                reason.starts_with("service 'dead' is unreachable"),
+                "{reason}"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -97,17 +100,25 @@ async fn every_bad_request_is_refused_with_a_reason_and_the_node_keeps_serving()
 
     // Not JSON.
     let mut s = raw_stream(&a, &b).await;
-    s.write_all(&[0, 0, 0, 3, b'{', b'x', b'}']).await.expect("write");
+    s.write_all(&[0, 0, 0, 3, b'{', b'x', b'}'])
+        .await
+        .expect("write");
     s.flush().await.expect("flush");
     let reason = refusal(&mut s).await;
-    assert!(reason.starts_with("bad tunnel request: malformed frame"), "{reason}");
+    assert!(
+        reason.starts_with("bad tunnel request: malformed frame"),
+        "{reason}"
+    );
 
     // A frame cut short by the client closing its side.
     let mut s = raw_stream(&a, &b).await;
     s.write_all(&[0, 0, 0, 10, b'{']).await.expect("write");
     s.shutdown().await.expect("half-close");
     let reason = refusal(&mut s).await;
-    assert!(reason.contains("closed in the middle of a frame"), "{reason}");
+    assert!(
+        reason.contains("closed in the middle of a frame"),
+        "{reason}"
+    );
 
     // Silence: the request never comes.
     let mut s = raw_stream(&a, &b).await;
@@ -137,7 +148,9 @@ async fn a_refused_tunnel_closes_the_client_connection_and_others_still_work() {
     // The other tunnel port is unaffected, also concurrently with more refusals.
     let refused = async {
         for _ in 0..5 {
-            let mut s = tokio::net::TcpStream::connect(a.tunnel_addrs()[1]).await.expect("connect");
+            let mut s = tokio::net::TcpStream::connect(a.tunnel_addrs()[1])
+                .await
+                .expect("connect");
             let _ = s.read(&mut buf).await;
         }
     };
@@ -153,7 +166,9 @@ async fn an_unknown_peer_is_reported_not_found_within_the_connect_timeout() {
     let mut config = config(&[TCP]);
     config.timing.connect_timeout = Duration::from_secs(2);
     let a = Node::start(config).await.expect("start A");
-    let stranger = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+    let stranger = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
     let started = std::time::Instant::now();
     let err = a
         .handle()

@@ -25,10 +25,22 @@ fn run(args: &[&str]) -> (i32, String) {
 #[test]
 fn malformed_flags_exit_2_naming_flag_value_and_form() {
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--expose", "ssh:22"], &["--expose", "ssh:22", "NAME=HOST:PORT"]),
-        (&["--tunnel", "peer@2222"], &["--tunnel", "peer@2222", "PEER_ID:SERVICE@BIND"]),
-        (&["--bootstrap", "/ip4/1.2.3.4/tcp/1"], &["--bootstrap", "/p2p/<PEER_ID>"]),
-        (&["--nat-status", "open"], &["--nat-status", "open", "private"]),
+        (
+            &["--expose", "ssh:22"],
+            &["--expose", "ssh:22", "NAME=HOST:PORT"],
+        ),
+        (
+            &["--tunnel", "peer@2222"],
+            &["--tunnel", "peer@2222", "PEER_ID:SERVICE@BIND"],
+        ),
+        (
+            &["--bootstrap", "/ip4/1.2.3.4/tcp/1"],
+            &["--bootstrap", "/p2p/<PEER_ID>"],
+        ),
+        (
+            &["--nat-status", "open"],
+            &["--nat-status", "open", "private"],
+        ),
         (&["--listen", "0.0.0.0:4001"], &["--listen", "0.0.0.0:4001"]),
     ];
     for (args, wanted) in cases {
@@ -46,7 +58,13 @@ fn corrupt_identity_file_is_an_error_and_is_kept() {
     let key = dir.path().join("id.key");
     std::fs::write(&key, b"\x00\x01garbage").expect("write");
     let out = Command::new(BIN)
-        .args(["--identity", key.to_str().expect("utf-8"), "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args([
+            "--identity",
+            key.to_str().expect("utf-8"),
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -69,7 +87,10 @@ fn a_port_in_use_is_reported_with_the_tunnel_it_belongs_to() {
         &format!("{peer}:ssh@127.0.0.1:{port}"),
     ]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains(&format!("cannot bind tunnel port 127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind tunnel port 127.0.0.1:{port}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("'ssh'"), "{stderr}");
 }
 
@@ -77,7 +98,13 @@ fn a_port_in_use_is_reported_with_the_tunnel_it_belongs_to() {
 fn starts_prints_its_addresses_and_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(BIN)
-        .args(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .args([
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
         .env("PUNCHGATE_IDENTITY", dir.path().join("id.key"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -90,16 +117,24 @@ fn starts_prints_its_addresses_and_exits_0_on_sigterm() {
     let peer = first.trim_start_matches("peer id: ").to_owned();
     let tcp = lines.next().expect("a line").expect("utf-8");
     let quic = lines.next().expect("a line").expect("utf-8");
-    assert!(tcp.starts_with("listening on /ip4/127.0.0.1/tcp/") && tcp.ends_with(&peer), "{tcp}");
+    assert!(
+        tcp.starts_with("listening on /ip4/127.0.0.1/tcp/") && tcp.ends_with(&peer),
+        "{tcp}"
+    );
     assert!(quic.contains("/quic-v1/p2p/"), "{quic}");
     // The identity was created with mode 0600.
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(dir.path().join("id.key")).expect("key file").permissions(),
+        &std::fs::metadata(dir.path().join("id.key"))
+            .expect("key file")
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
 
     let pid = child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -107,7 +142,10 @@ fn starts_prints_its_addresses_and_exits_0_on_sigterm() {
             assert_eq!(status.code(), Some(0));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "did not exit after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

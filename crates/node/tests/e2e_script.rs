@@ -12,7 +12,10 @@ fn e2e_tunnel_script_passes() {
         .expect("run the e2e script");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "script failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     assert!(stdout.contains("PASS: client -> A"), "{stdout}");
     assert!(stdout.contains("echoed 1048576 bytes intact"), "{stdout}");
 }

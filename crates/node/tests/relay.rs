@@ -50,7 +50,10 @@ async fn tunnel_through_a_relay_circuit_then_direct_for_new_connections() {
         .await
         .expect("add address");
     let first = a.handle().connect(b.peer_id()).await.expect("reach B");
-    assert!(first.relayed, "the first path to B is the circuit: {first:?}");
+    assert!(
+        first.relayed,
+        "the first path to B is the circuit: {first:?}"
+    );
 
     // A tunnel stream pinned to the circuit carries 2 MiB both ways: far beyond libp2p's default
     // 128 KiB circuit limit. It stays on the relay even once a direct connection exists.

@@ -810,19 +810,20 @@ impl Driver {
                 contact.relayed_at.get_or_insert(now);
                 tracing::info!(peer_id = %peer, "connected via relay");
             }
-            PathKind::Direct if had_relayed && !had_direct => {
+            PathKind::Direct if !had_direct => {
                 let since_first_contact = now - contact.first;
-                let since_relayed = contact.relayed_at.map_or(Duration::ZERO, |t| now - t);
+                let since_relayed = contact.relayed_at.filter(|_| had_relayed).map(|t| now - t);
                 let attempts = contact.direct_attempts.max(1);
                 tracing::info!(
                     %peer,
                     since_first_contact_ms = since_first_contact.as_millis() as u64,
-                    since_relayed_ms = since_relayed.as_millis() as u64,
+                    relayed_before = since_relayed.is_some(),
+                    since_relayed_ms = since_relayed.map_or(0, |d| d.as_millis() as u64),
                     attempts,
                     addr = %remote_addr,
                     "direct connection established"
                 );
-                let _ = self.events.send(NodeEvent::DirectConnectionUpgraded {
+                let _ = self.events.send(NodeEvent::DirectConnection {
                     peer,
                     since_first_contact,
                     since_relayed,
@@ -924,7 +925,7 @@ impl Driver {
                 }
             },
             BehaviourEvent::Ping(ping::Event { peer, result, .. }) => match result {
-                Ok(rtt) => tracing::info!(%peer, ?rtt, "ping"),
+                Ok(rtt) => tracing::info!(%peer, rtt_ms = rtt.as_secs_f64() * 1000.0, "ping"),
                 Err(error) => tracing::warn!(%peer, %error, "ping failed"),
             },
             BehaviourEvent::Streams(never) => match never {},

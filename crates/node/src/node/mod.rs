@@ -81,16 +81,17 @@ pub enum NodeEvent {
         /// Why.
         reason: String,
     },
-    /// A direct connection replaced a relayed-only path (hole punch or connection reversal).
-    DirectConnectionUpgraded {
+    /// The first direct connection to a peer opened (dialled, accepted, hole-punched or
+    /// reversed).
+    DirectConnection {
         /// The peer.
         peer: PeerId,
-        /// From our first dial of the peer (or its first connection to us) to the direct
-        /// connection.
+        /// From our first dial of the peer (or its first connection to us) to now.
         since_first_contact: Duration,
-        /// From the first relayed connection to the direct one.
-        since_relayed: Duration,
-        /// Direct dial attempts made before it succeeded.
+        /// From the first relayed connection to now, if the peer was reached through a relay
+        /// first.
+        since_relayed: Option<Duration>,
+        /// Direct dial attempts made (at least 1).
         attempts: u32,
         /// The direct connection's remote address.
         remote_addr: Multiaddr,

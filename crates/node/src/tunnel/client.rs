@@ -83,13 +83,21 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let exchange = async {
-        wire::write(stream, &TunnelRequest { service: service.to_owned() }).await?;
+        wire::write(
+            stream,
+            &TunnelRequest {
+                service: service.to_owned(),
+            },
+        )
+        .await?;
         wire::read::<TunnelResponse, _>(stream).await
     };
     match timeout(within, exchange).await {
         Ok(Ok(response)) if response.accepted => Ok(()),
         Ok(Ok(response)) => Err(NegotiateError::Refused(
-            response.reason.unwrap_or_else(|| "no reason given".to_owned()),
+            response
+                .reason
+                .unwrap_or_else(|| "no reason given".to_owned()),
         )),
         Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(NegotiateError::Timeout(within)),
