@@ -109,6 +109,35 @@ impl std::fmt::Display for PathTaken {
     }
 }
 
+/// How the first direct A–B connection came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectVia {
+    /// Punched through an introduction: B dialled A the moment B's relay told it to, while A
+    /// dialled B's observed address.
+    Introduction,
+    /// DCUtR punched it after a relayed connection.
+    HolePunch,
+    /// B dialled A after a relayed connection (connection reversal: A is public).
+    Reversal,
+    /// A dialled B directly (B is public, or on the same LAN).
+    Dial,
+    /// B had already dialled A for other reasons (A is a public DHT server, mDNS).
+    PeerDialled,
+}
+
+impl std::fmt::Display for DirectVia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DirectVia::Introduction => "introduction",
+            DirectVia::HolePunch => "DCUtR",
+            DirectVia::Reversal => "reversal",
+            DirectVia::Dial => "dial",
+            DirectVia::PeerDialled => "peer dialled",
+        })
+    }
+}
+
 /// What one run of a cell showed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CellResult {
@@ -128,6 +157,8 @@ pub struct CellResult {
     pub final_path: PathTaken,
     /// A direct A–B connection was established.
     pub direct: bool,
+    /// How the first direct connection came about.
+    pub direct_via: Option<DirectVia>,
     /// A's first dial of B → the first direct connection, ms.
     pub time_to_direct_ms: Option<u64>,
     /// A's first relayed connection to B → the first direct connection, ms (absent when A
@@ -280,8 +311,8 @@ impl Cell {
         Ok(cell)
     }
 
-    /// B is reachable: it holds a relay reservation, or AutoNAT found it public; and it has
-    /// published its peer record since.
+    /// B is reachable: it holds a relay reservation, or AutoNAT found it public; and its peer
+    /// record has been stored in the DHT since.
     async fn wait_reachable_b(&self) -> Result<()> {
         let reachable = |e: &Value| {
             matches(e, "relay reservation accepted", &[])
@@ -294,18 +325,29 @@ impl Cell {
                 reachable,
             )
             .await?;
+        // The first record published after that must be the one stored: an earlier put (no
+        // circuit address yet) can finish later and would send A down the wrong path.
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let events = self.b.events();
             let since = events.iter().position(reachable).unwrap_or(0);
-            if events[since..]
+            let seq = events[since..]
                 .iter()
-                .any(|e| matches(e, "published peer record and services", &[]))
-            {
+                .find(|e| matches(e, "published peer record and services", &[]))
+                .and_then(|e| e.get("seq").and_then(Value::as_u64));
+            let stored = seq.is_some_and(|seq| {
+                events.iter().any(|e| {
+                    matches(e, "peer record stored", &[])
+                        && e.get("seq")
+                            .and_then(Value::as_u64)
+                            .is_some_and(|s| s >= seq)
+                })
+            });
+            if stored {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("peer-b never published its record after becoming reachable");
+                bail!("peer-b never stored its record in the DHT after becoming reachable");
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -408,6 +450,35 @@ impl Cell {
                 .find(|e| matches(e, "nat status changed", &[]))
                 .and_then(|e| field(e, "to"))
         };
+        let direct_via = direct.as_ref().map(|e| {
+            let connection = field(e, "connection").unwrap_or_default();
+            let by_dcutr = a_events.iter().any(|d| {
+                matches(
+                    d,
+                    "hole punch succeeded",
+                    &[
+                        ("remote_peer", &self.b.peer_id),
+                        ("connection", &connection),
+                    ],
+                )
+            });
+            let introduced = b_events
+                .iter()
+                .any(|d| matches(d, "introduced: dialing", &[("peer", &self.a.peer_id)]));
+            let relayed_before = e.get("relayed_before").and_then(Value::as_bool) == Some(true);
+            let outbound = e.get("outbound").and_then(Value::as_bool) == Some(true);
+            if by_dcutr {
+                DirectVia::HolePunch
+            } else if introduced {
+                DirectVia::Introduction
+            } else if outbound {
+                DirectVia::Dial
+            } else if relayed_before {
+                DirectVia::Reversal
+            } else {
+                DirectVia::PeerDialled
+            }
+        });
         let mdns_discovered = a_events.iter().any(|e| {
             matches(e, "mdns discovered", &[])
                 && field(e, "peers").is_some_and(|p| p.contains(&self.b.peer_id))
@@ -425,6 +496,7 @@ impl Cell {
             first_path: *first,
             final_path: *last,
             direct: direct.is_some(),
+            direct_via,
             time_to_direct_ms: direct
                 .as_ref()
                 .and_then(|e| number(e, "since_first_contact_ms")),

@@ -27,6 +27,8 @@ pub struct Row {
     pub met: usize,
     /// Runs that ended with a direct A–B connection.
     pub direct: usize,
+    /// How the direct connections came about, with counts (e.g. "hole punch 19, dial 1").
+    pub via: String,
     /// Median first-dial → direct time, ms.
     pub median_ms: Option<f64>,
     /// 95th percentile first-dial → direct time, ms.
@@ -63,6 +65,7 @@ pub fn rows(results: &[(Scenario, Transport, Result<CellResult, String>)]) -> Ve
                     success: 0,
                     met: 0,
                     direct: 0,
+                    via: String::new(),
                     median_ms: None,
                     p95_ms: None,
                     median_relayed_to_direct_ms: None,
@@ -89,6 +92,18 @@ pub fn rows(results: &[(Scenario, Transport, Result<CellResult, String>)]) -> Ve
             .filter(|(s, t, _)| *s == row.scenario && *t == row.transport)
             .filter_map(|(_, _, r)| r.as_ref().ok())
             .collect();
+        let mut via: Vec<(String, usize)> = Vec::new();
+        for v in ok.iter().filter_map(|r| r.direct_via) {
+            match via.iter_mut().find(|(name, _)| *name == v.to_string()) {
+                Some((_, n)) => *n += 1,
+                None => via.push((v.to_string(), 1)),
+            }
+        }
+        row.via = via
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let times: Vec<f64> = ok
             .iter()
             .filter_map(|r| r.time_to_direct_ms)
@@ -128,15 +143,15 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
 /// The rows as a Markdown table.
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| A's NAT × B's NAT | transport | expected | met | tunnel ok | direct | median to direct (ms) | p95 (ms) | median relayed→direct (ms) | median round trips | attempts |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| A's NAT × B's NAT | transport | expected | met | tunnel ok | direct | via | median to direct (ms) | p95 (ms) | median relayed→direct (ms) | median round trips | attempts |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let cell =
         |v: Option<f64>, digits: usize| v.map_or("–".to_owned(), |v| format!("{v:.digits$}"));
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {}/{} | {}/{} | {}/{} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {}/{} | {}/{} | {}/{} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.transport,
             r.expected,
@@ -146,6 +161,7 @@ pub fn markdown(rows: &[Row]) -> String {
             r.runs,
             r.direct,
             r.runs,
+            if r.via.is_empty() { "–" } else { &r.via },
             cell(r.median_ms, 0),
             cell(r.p95_ms, 0),
             cell(r.median_relayed_to_direct_ms, 0),

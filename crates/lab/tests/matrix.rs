@@ -97,10 +97,7 @@ async fn moderate_x_moderate_tcp_learns_private_and_punches() {
     let r = check(pair(Moderate, Moderate), Transport::Tcp).await;
     assert_eq!(r.nat_a.as_deref(), Some("Private"));
     assert_eq!(r.nat_b.as_deref(), Some("Private"));
-    assert!(
-        r.relayed_to_direct_ms.is_some(),
-        "the direct connection came after a relayed one"
-    );
+    assert_punched(&r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,9 +105,19 @@ async fn moderate_x_moderate_quic_learns_private_and_punches() {
     let r = check(pair(Moderate, Moderate), Transport::Quic).await;
     assert_eq!(r.nat_a.as_deref(), Some("Private"));
     assert_eq!(r.nat_b.as_deref(), Some("Private"));
+    assert_punched(&r);
+}
+
+/// Neither side can be dialled unasked: the direct connection must come from a punch.
+fn assert_punched(r: &CellResult) {
+    use punchgate_lab::cell::DirectVia;
     assert!(
-        r.relayed_to_direct_ms.is_some(),
-        "the direct connection came after a relayed one"
+        matches!(
+            r.direct_via,
+            Some(DirectVia::Introduction | DirectVia::HolePunch)
+        ),
+        "expected a punch, got {:?}",
+        r.direct_via
     );
 }
 

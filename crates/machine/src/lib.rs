@@ -10,6 +10,8 @@
 //! - [`node`]: the node's lifecycle: `(State, Event) -> (State, Vec<Command>)`.
 //! - [`paths`]: which of a peer's connections a new stream should use: direct, relayed, or wait
 //!   for a hole punch.
+//! - [`reach`]: how to reach a peer we are not connected to: dial, punch through an
+//!   introduction by its relay, or look it up.
 //! - [`backoff`]: retry delays for relay reservations and reconnects.
 
 #![forbid(unsafe_code)]
@@ -17,6 +19,7 @@
 pub mod backoff;
 pub mod node;
 pub mod paths;
+pub mod reach;
 
 pub use backoff::Backoff;
 pub use node::{Command, Config, DialReason, Event, NatStatus, Phase, RelayState, State, Timer};

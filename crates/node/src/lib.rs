@@ -9,6 +9,7 @@
 //! - [`cli`]: command-line flags → [`config::NodeConfig`].
 //! - [`identity`]: the persistent Ed25519 key file.
 //! - [`protocol`]: protocol ids and wire constants.
+//! - [`frame`]: length-prefixed JSON frames (tunnel negotiation, introductions).
 //! - [`net`]: the libp2p side: swarm construction, the composed behaviour, and our stream
 //!   behaviour (streams on the connection we choose, with backpressure).
 //! - [`node`]: the running node: the driver that feeds the pure state machine
@@ -22,6 +23,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod frame;
 pub mod identity;
 pub mod net;
 pub mod node;

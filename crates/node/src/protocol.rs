@@ -5,6 +5,12 @@ use libp2p::StreamProtocol;
 /// Tunnel streams: a length-prefixed JSON negotiation, then raw bytes.
 pub const TUNNEL: StreamProtocol = StreamProtocol::new("/punchgate/tunnel/1.0.0");
 
+/// Introductions, requester → relay: "tell this peer to dial me now".
+pub const INTRODUCE: StreamProtocol = StreamProtocol::new("/punchgate/introduce/1.0.0");
+
+/// Introductions, relay → target: "this peer, observed at these addresses, is dialling you".
+pub const INTRODUCTION: StreamProtocol = StreamProtocol::new("/punchgate/introduction/1.0.0");
+
 /// Punchgate's own Kademlia DHT, separate from the public IPFS one.
 pub const KADEMLIA: StreamProtocol = StreamProtocol::new("/punchgate/kad/1.0.0");
 

@@ -83,6 +83,12 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
         }
     };
     Ok(swarm
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                // Outbound streams propose one protocol and send data at once instead of waiting
+                // a round trip for the confirmation (multistream-select V1 "lazy"). Every
+                // tunnel connection, relay circuit, hole punch and introduction opens one.
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build())
 }

@@ -27,16 +27,17 @@ use libp2p::{
     },
 };
 use punchgate_machine::{
-    Command, Config as MachineConfig, DialReason, Event, NatStatus, PathKind, PathSelection, State,
-    Timer,
+    Command, Config as MachineConfig, DialReason, Event, NatStatus, PathKind, PathSelection,
+    RelayState, State, Timer,
+    reach::{self, ReachStep},
 };
 use tokio::{
     sync::{broadcast, mpsc, oneshot},
     time::Instant,
 };
-use tokio_util::{sync::CancellationToken, time::DelayQueue};
+use tokio_util::{sync::CancellationToken, task::TaskTracker, time::DelayQueue};
 
-use super::{ConnectError, NodeEvent, NodeStatus, Request, StartError, records};
+use super::{ConnectError, NodeEvent, NodeStatus, Request, StartError, introduce, records};
 use crate::{
     config::{NodeConfig, ServiceName, Timing},
     net::{Behaviour, BehaviourEvent, stream::ConnectionInfo},
@@ -49,6 +50,12 @@ const MAX_WAITING: usize = 4096;
 const MAX_HINTED_PEERS: usize = 1024;
 /// Addresses remembered per hinted peer.
 const MAX_HINTS_PER_PEER: usize = 32;
+/// Our own observed addresses kept for the peer record.
+const MAX_OBSERVED_SELF: usize = 4;
+/// Introductions we ask for at once.
+const MAX_INTRODUCTIONS_IN_FLIGHT: usize = 32;
+/// A peer is punched through an introduction at most this often.
+const PUNCH_INTERVAL: Duration = Duration::from_secs(10);
 
 pub(super) struct Driver {
     swarm: Swarm<Behaviour>,
@@ -61,6 +68,10 @@ pub(super) struct Driver {
     timing: Timing,
     /// Requests from handles.
     requests: mpsc::Receiver<Request>,
+    /// For tasks the driver spawns to report back.
+    requests_tx: mpsc::Sender<Request>,
+    /// Tasks the driver spawns (introduction requests), waited for at shutdown.
+    tasks: TaskTracker,
     /// Where [`NodeEvent`]s go.
     events: broadcast::Sender<NodeEvent>,
     /// Cancelled to stop the node (by anyone); cancelled by us when the machine says stop.
@@ -69,8 +80,18 @@ pub(super) struct Driver {
     timers: DelayQueue<Timer>,
     /// Listeners that are relay reservations.
     relay_listeners: HashMap<ListenerId, RelayListener>,
-    /// Addresses handles or DHT lookups gave us for peers.
-    hints: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Addresses handles or DHT records gave us for peers.
+    hints: HashMap<PeerId, records::PeerAddrs>,
+    /// Addresses others observe us at (identify), newest first, for our peer record.
+    observed_self: VecDeque<Multiaddr>,
+    /// When each peer was last punched through an introduction.
+    punched: HashMap<PeerId, Instant>,
+    /// Introduction requests in flight.
+    introductions_in_flight: usize,
+    /// Sequence number of the last published peer record (logged, for observers).
+    record_seq: u64,
+    /// Peer-record puts in flight, with their sequence numbers.
+    record_puts: HashMap<QueryId, u64>,
     /// Stream requests waiting for a connection or a hole punch.
     waiting: Vec<Waiting>,
     /// Peers being reached on behalf of waiting requests.
@@ -117,7 +138,7 @@ struct Contact {
     first: Instant,
     /// When its first relayed connection opened.
     relayed_at: Option<Instant>,
-    /// Dials started after the relayed connection opened (hole-punch and reversal attempts).
+    /// Direct dial attempts started (ours and our behaviours').
     direct_attempts: u32,
 }
 
@@ -126,8 +147,10 @@ impl Driver {
         swarm: Swarm<Behaviour>,
         config: &NodeConfig,
         requests: mpsc::Receiver<Request>,
+        requests_tx: mpsc::Sender<Request>,
         events: broadcast::Sender<NodeEvent>,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Self {
         let machine_config = MachineConfig {
             bootstrap: config
@@ -148,11 +171,18 @@ impl Driver {
             services: config.expose.iter().map(|e| e.name.clone()).collect(),
             timing: config.timing.clone(),
             requests,
+            requests_tx,
+            tasks,
             events,
             shutdown,
             timers: DelayQueue::new(),
             relay_listeners: HashMap::new(),
             hints: HashMap::new(),
+            observed_self: VecDeque::new(),
+            punched: HashMap::new(),
+            introductions_in_flight: 0,
+            record_seq: 0,
+            record_puts: HashMap::new(),
             waiting: Vec::new(),
             reaching: HashMap::new(),
             lookups: HashMap::new(),
@@ -303,11 +333,14 @@ impl Driver {
                     _ => PeerCondition::DisconnectedAndNotDialing,
                 };
                 tracing::info!(%peer, ?reason, addrs = ?addrs, "dialing");
+                let direct = addrs
+                    .iter()
+                    .any(|a| !punchgate_machine::node::is_relayed(a));
                 let opts = DialOpts::peer_id(peer)
                     .condition(condition)
                     .addresses(addrs)
                     .build();
-                if let Err(error) = self.swarm.dial(opts) {
+                if let Err(error) = self.dial(peer, opts, direct) {
                     tracing::debug!(%peer, %error, "dial not started");
                 }
             }
@@ -369,6 +402,31 @@ impl Driver {
         }
     }
 
+    /// Starts a dial of `peer` and notes it for the hole-punch timings: the first dial is the
+    /// peer's first contact; a dial with a direct address counts as an attempt. (The swarm reports only the
+    /// dials behaviours start, as `SwarmEvent::Dialing`.)
+    fn dial(
+        &mut self,
+        peer: PeerId,
+        opts: DialOpts,
+        direct: bool,
+    ) -> Result<(), libp2p::swarm::DialError> {
+        self.swarm.dial(opts)?;
+        self.note_dial(peer, direct);
+        Ok(())
+    }
+
+    fn note_dial(&mut self, peer: PeerId, direct: bool) {
+        let contact = self.contacts.entry(peer).or_insert_with(|| Contact {
+            first: Instant::now(),
+            relayed_at: None,
+            direct_attempts: 0,
+        });
+        if direct {
+            contact.direct_attempts += 1;
+        }
+    }
+
     /// The address to reach `relay` at for a reservation: the one our direct connection to it
     /// uses if we have one (so no new connection is opened), else the first non-loopback one.
     fn relay_address(&self, relay: PeerId, addrs: &[Multiaddr]) -> Multiaddr {
@@ -396,12 +454,22 @@ impl Driver {
         let mut listen: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
         listen.sort_by_key(|a| !punchgate_machine::node::is_relayed(a));
         addrs.extend(listen);
-        let count = addrs.len();
+        let record = records::PeerAddrs {
+            addrs,
+            observed: self.observed_self.iter().cloned().collect(),
+        };
+        let count = record.addrs.len();
+        let observed = record.observed.len();
         let kademlia = &mut self.swarm.behaviour_mut().kademlia;
-        if let Some(value) = records::encode(&self.keypair, addrs) {
+        self.record_seq += 1;
+        let seq = self.record_seq;
+        if let Some(value) = records::encode(&self.keypair, &record) {
             let record = Record::new(RecordKey::new(&protocol::peer_record_key(&me)), value);
-            if let Err(error) = kademlia.put_record(record, Quorum::One) {
-                tracing::warn!(%error, "cannot store the peer record");
+            match kademlia.put_record(record, Quorum::One) {
+                Ok(query) => {
+                    self.record_puts.insert(query, seq);
+                }
+                Err(error) => tracing::warn!(%error, "cannot store the peer record"),
             }
         }
         for service in &self.services {
@@ -411,7 +479,7 @@ impl Driver {
                 tracing::warn!(%service, %error, "cannot announce service");
             }
         }
-        tracing::info!(services = ?self.services.iter().map(|s| s.as_str()).collect::<Vec<_>>(), addrs = count, "published peer record and services");
+        tracing::info!(services = ?self.services.iter().map(|s| s.as_str()).collect::<Vec<_>>(), addrs = count, observed, seq, "published peer record and services");
     }
 
     // --- Requests from handles -----------------------------------------------------------
@@ -419,7 +487,18 @@ impl Driver {
     fn on_request(&mut self, request: Request) {
         match request {
             Request::Path { peer, reply } => self.on_path_request(peer, reply),
-            Request::AddAddresses { peer, addrs } => self.add_hints(peer, addrs),
+            Request::AddAddresses { peer, addrs } => self.add_hints(
+                peer,
+                records::PeerAddrs {
+                    addrs,
+                    observed: Vec::new(),
+                },
+            ),
+            Request::Introduced { from, peer, addrs } => self.on_introduced(from, peer, addrs),
+            Request::IntroduceResult { peer, via, result } => {
+                self.introductions_in_flight = self.introductions_in_flight.saturating_sub(1);
+                self.on_introduce_result(peer, via, result);
+            }
             Request::Status { reply } => {
                 let machine = self.machine();
                 let _ = reply.send(NodeStatus {
@@ -568,8 +647,9 @@ impl Driver {
         }
     }
 
-    /// Dial `peer` at every address we know; look it up in the DHT when we know none. Failures
-    /// are retried (lookups with backoff) until the waiting requests give up.
+    /// Reach `peer` as [`reach::plan`] says: dial what we know (punching through an
+    /// introduction when its relay is ours too), or look it up in the DHT. Failures are retried
+    /// (lookups with backoff) until the waiting requests give up.
     fn reach(&mut self, peer: PeerId) {
         if self.swarm.is_connected(&peer) {
             return;
@@ -578,18 +658,37 @@ impl Driver {
         if reach.dialing || reach.queries > 0 || reach.retry_at.is_some() {
             return;
         }
-        let mut addrs = self.hints.get(&peer).cloned().unwrap_or_default();
+        let known = self.hints.get(&peer).cloned().unwrap_or_default();
+        let mut addrs = known.addrs;
         for addr in self.machine().known_addrs(&peer) {
             if !addrs.contains(addr) {
                 addrs.push(addr.clone());
             }
         }
+        let machine = self.machine();
+        let steps = reach::plan(&addrs, &known.observed, |relay| {
+            machine.connection_count(relay, PathKind::Direct) > 0
+        });
+        for step in steps {
+            match step {
+                ReachStep::Punch { via, addrs } => self.punch(peer, via, addrs),
+                ReachStep::Dial { addrs } => self.dial_to_reach(peer, addrs),
+                // Behaviours (Kademlia's routing table, identify's cache) may still know it.
+                ReachStep::Lookup => self.dial_to_reach(peer, Vec::new()),
+            }
+        }
+    }
+
+    fn dial_to_reach(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let direct = addrs
+            .iter()
+            .any(|a| !punchgate_machine::node::is_relayed(a));
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .addresses(addrs)
             .extend_addresses_through_behaviour()
             .build();
-        match self.swarm.dial(opts) {
+        match self.dial(peer, opts, direct) {
             Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
                 if let Some(reach) = self.reaching.get_mut(&peer) {
                     reach.dialing = true;
@@ -602,6 +701,120 @@ impl Driver {
                 }
                 self.start_lookup(peer);
             }
+        }
+    }
+
+    /// Dials `peer`'s observed addresses (on their own, so a circuit connecting first does not
+    /// cancel them: the open NAT mapping is the point) and asks `via` to introduce us, so
+    /// `peer` dials us at the same time.
+    fn punch(&mut self, peer: PeerId, via: PeerId, addrs: Vec<Multiaddr>) {
+        let now = Instant::now();
+        if self
+            .punched
+            .get(&peer)
+            .is_some_and(|t| now - *t < PUNCH_INTERVAL)
+            || self.introductions_in_flight >= MAX_INTRODUCTIONS_IN_FLIGHT
+        {
+            return;
+        }
+        let control = self.swarm.behaviour().streams.new_control();
+        let Some(relay) = control.connections_of(via).into_iter().find(|c| !c.relayed) else {
+            return;
+        };
+        if self.punched.len() >= MAX_HINTED_PEERS {
+            self.punched.retain(|_, t| now - *t < PUNCH_INTERVAL);
+        }
+        self.punched.insert(peer, now);
+        tracing::info!(%peer, %via, addrs = ?addrs, "punching through an introduction");
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(addrs)
+            .build();
+        if let Err(error) = self.dial(peer, opts, true) {
+            tracing::debug!(%peer, %error, "punch dial not started");
+        }
+        self.introductions_in_flight += 1;
+        let report = self.requests_tx.clone();
+        let listen_ports: Vec<u16> = self
+            .swarm
+            .listeners()
+            .filter(|a| !punchgate_machine::node::is_relayed(a))
+            .filter_map(introduce::port_of)
+            .collect();
+        self.tasks.spawn(async move {
+            let result = introduce::request(control, relay, peer, listen_ports)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = report
+                .send(Request::IntroduceResult { peer, via, result })
+                .await;
+        });
+    }
+
+    fn on_introduce_result(
+        &mut self,
+        peer: PeerId,
+        via: PeerId,
+        result: Result<Vec<Multiaddr>, String>,
+    ) {
+        match result {
+            Ok(addrs) => {
+                tracing::debug!(%peer, %via, addrs = ?addrs, "introduction made");
+                // The relay sees the peer somewhere its record did not say: dial that too
+                // (later than the peer's dial, so this one relies on a retransmission).
+                let known = self
+                    .hints
+                    .get(&peer)
+                    .map(|h| h.observed.clone())
+                    .unwrap_or_default();
+                let new: Vec<Multiaddr> =
+                    addrs.into_iter().filter(|a| !known.contains(a)).collect();
+                if !new.is_empty() && self.machine().connection_count(&peer, PathKind::Direct) == 0
+                {
+                    let opts = DialOpts::peer_id(peer)
+                        .condition(PeerCondition::Always)
+                        .addresses(new)
+                        .build();
+                    let _ = self.dial(peer, opts, true);
+                }
+            }
+            Err(reason) => tracing::debug!(%peer, %via, %reason, "introduction failed"),
+        }
+    }
+
+    /// Our relay says `peer` wants a direct connection: dial its observed addresses now, so the
+    /// dials cross. TCP dials act as the listener in the upgrade (both sides dial: a TCP
+    /// simultaneous open), QUIC dials as a plain client (the peer's endpoint accepts it).
+    fn on_introduced(&mut self, from: PeerId, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let ours = match self.machine().relay() {
+            RelayState::Reserved { relay, .. } | RelayState::Requesting { relay } => *relay == from,
+            RelayState::Idle => false,
+        };
+        if !ours {
+            tracing::debug!(%from, %peer, "ignoring an introduction from a peer that is not our relay");
+            return;
+        }
+        if self.machine().connection_count(&peer, PathKind::Direct) > 0 || addrs.is_empty() {
+            return;
+        }
+        tracing::info!(%peer, via = %from, addrs = ?addrs, "introduced: dialing");
+        let (quic, tcp): (Vec<Multiaddr>, Vec<Multiaddr>) = addrs
+            .into_iter()
+            .partition(|a| a.iter().any(|p| p == Protocol::QuicV1));
+        if !tcp.is_empty() {
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::Always)
+                .addresses(tcp)
+                .override_role()
+                .build();
+            let _ = self.dial(peer, opts, true);
+        }
+        if !quic.is_empty() {
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::Always)
+                .addresses(quic)
+                .build();
+            let _ = self.dial(peer, opts, true);
         }
     }
 
@@ -621,7 +834,7 @@ impl Driver {
         self.lookups.insert(by_routing, peer);
     }
 
-    fn add_hints(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+    fn add_hints(&mut self, peer: PeerId, found: records::PeerAddrs) {
         if !self.hints.contains_key(&peer) && self.hints.len() >= MAX_HINTED_PEERS {
             // Forget a peer we are not trying to reach.
             let victim = self
@@ -637,15 +850,19 @@ impl Driver {
             }
         }
         let known = self.hints.entry(peer).or_default();
-        for addr in addrs {
-            let addr = without_p2p_of(addr, &peer);
-            if !known.contains(&addr) {
-                if known.len() >= MAX_HINTS_PER_PEER {
-                    known.remove(0);
+        let merge = |list: &mut Vec<Multiaddr>, new: Vec<Multiaddr>| {
+            for addr in new {
+                let addr = without_p2p_of(addr, &peer);
+                if !list.contains(&addr) {
+                    if list.len() >= MAX_HINTS_PER_PEER {
+                        list.remove(0);
+                    }
+                    list.push(addr);
                 }
-                known.push(addr);
             }
-        }
+        };
+        merge(&mut known.addrs, found.addrs);
+        merge(&mut known.observed, found.observed);
     }
 
     // --- Swarm events ----------------------------------------------------------------------
@@ -739,14 +956,8 @@ impl Driver {
                 peer_id: Some(peer),
                 ..
             } => {
-                let contact = self.contacts.entry(peer).or_insert_with(|| Contact {
-                    first: Instant::now(),
-                    relayed_at: None,
-                    direct_attempts: 0,
-                });
-                if contact.relayed_at.is_some() {
-                    contact.direct_attempts += 1;
-                }
+                // A behaviour's dial (DCUtR's hole punch, Kademlia, AutoNAT's dial-back).
+                self.note_dial(peer, true);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -771,13 +982,28 @@ impl Driver {
                 tracing::debug!(%send_back_addr, error = %error_chain(&error), "incoming connection failed");
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
-                tracing::info!(%address, "external address confirmed");
+                if punchgate_machine::node::is_relayed(&address) {
+                    // libp2p's relay client confirms our circuit address as external. We take it
+                    // back: with it the relay server would advertise HOP (telling peers we are a
+                    // public relay) and Kademlia would serve from behind a NAT. Peers learn
+                    // circuit addresses from identify and our signed record instead.
+                    self.swarm.remove_external_address(&address);
+                    tracing::debug!(%address, "circuit address not kept as external");
+                } else {
+                    tracing::info!(%address, "external address confirmed");
+                }
             }
             SwarmEvent::ExternalAddrExpired { address } => {
                 tracing::info!(%address, "external address expired");
             }
             SwarmEvent::NewExternalAddrCandidate { address } => {
                 tracing::debug!(%address, "external address candidate");
+                if !punchgate_machine::node::is_relayed(&address) {
+                    let address = without_p2p(address);
+                    self.observed_self.retain(|a| *a != address);
+                    self.observed_self.push_front(address);
+                    self.observed_self.truncate(MAX_OBSERVED_SELF);
+                }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
@@ -818,9 +1044,11 @@ impl Driver {
                     %peer,
                     since_first_contact_ms = since_first_contact.as_millis() as u64,
                     relayed_before = since_relayed.is_some(),
+                    outbound = endpoint.is_dialer(),
                     since_relayed_ms = since_relayed.map_or(0, |d| d.as_millis() as u64),
                     attempts,
                     addr = %remote_addr,
+                    %connection,
                     "direct connection established"
                 );
                 let _ = self.events.send(NodeEvent::DirectConnection {
@@ -961,13 +1189,13 @@ impl Driver {
             QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
                 if let Some(peer) = self.lookups.get(&id).copied() {
                     match records::decode(&peer, &found.record.value) {
-                        Ok(addrs) if !addrs.is_empty() => {
+                        Ok(record) if !record.addrs.is_empty() => {
                             if let Some(mut query) =
                                 self.swarm.behaviour_mut().kademlia.query_mut(&id)
                             {
                                 query.finish();
                             }
-                            self.found_addresses(peer, addrs);
+                            self.found_addresses(peer, record);
                         }
                         Ok(_) => {}
                         Err(error) => {
@@ -986,11 +1214,22 @@ impl Driver {
                     && let Some(info) = peers.into_iter().find(|p| p.peer_id == peer)
                     && !info.addrs.is_empty()
                 {
-                    self.found_addresses(peer, info.addrs);
+                    self.found_addresses(
+                        peer,
+                        records::PeerAddrs {
+                            addrs: info.addrs,
+                            observed: Vec::new(),
+                        },
+                    );
                 }
             }
+            QueryResult::PutRecord(Ok(_)) => {
+                let seq = self.record_puts.remove(&id);
+                tracing::info!(seq, "peer record stored");
+            }
             QueryResult::PutRecord(Err(error)) => {
-                tracing::debug!(%error, "peer record not replicated");
+                let seq = self.record_puts.remove(&id);
+                tracing::debug!(seq, %error, "peer record not replicated");
             }
             QueryResult::StartProviding(Err(error)) => {
                 tracing::debug!(%error, "service announcement not replicated");
@@ -1002,17 +1241,17 @@ impl Driver {
         }
     }
 
-    fn found_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+    fn found_addresses(&mut self, peer: PeerId, found: records::PeerAddrs) {
         let Some(reach) = self.reaching.get_mut(&peer) else {
             return;
         };
         if reach.dialing {
             return;
         }
-        tracing::info!(target_peer = %peer, addrs = ?addrs, "dialing tunnel target after DHT lookup");
+        tracing::info!(target_peer = %peer, addrs = ?found.addrs, observed = ?found.observed, "dialing tunnel target after DHT lookup");
         // Let `reach` dial although the other query may still be running.
         let queries = std::mem::take(&mut reach.queries);
-        self.add_hints(peer, addrs);
+        self.add_hints(peer, found);
         self.reach(peer);
         if let Some(reach) = self.reaching.get_mut(&peer) {
             reach.queries = queries;

@@ -6,6 +6,7 @@
 //! watch [`NodeEvent`]s. [`Node::shutdown`] stops everything and returns once every task ended.
 
 mod driver;
+mod introduce;
 mod records;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -33,6 +34,8 @@ const REQUEST_QUEUE: usize = 256;
 const EVENT_BUFFER: usize = 1024;
 /// Inbound tunnel streams waiting for the tunnel server.
 const TUNNEL_ACCEPT_QUEUE: usize = 128;
+/// Introduction streams waiting to be handled.
+const INTRODUCE_ACCEPT_QUEUE: usize = 32;
 /// How long [`Node::start`] waits for its listeners to report an address.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Node::shutdown`] waits for tunnels to wind down.
@@ -212,6 +215,19 @@ enum Request {
     AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
     /// Report the state machine's view.
     Status { reply: oneshot::Sender<NodeStatus> },
+    /// Peer `from` (our relay, if we are to act on it) says `peer` wants a direct connection
+    /// and is observed at `addrs`: dial it now.
+    Introduced {
+        from: PeerId,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    /// An introduction we asked `via` for finished.
+    IntroduceResult {
+        peer: PeerId,
+        via: PeerId,
+        result: Result<Vec<Multiaddr>, String>,
+    },
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -301,6 +317,14 @@ impl NodeHandle {
             .map_err(|_| ConnectError::Stopped)
     }
 
+    /// Hands an introduction to the driver.
+    pub(crate) async fn introduced(&self, from: PeerId, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let _ = self
+            .requests
+            .send(Request::Introduced { from, peer, addrs })
+            .await;
+    }
+
     /// A snapshot of the node's state.
     pub async fn status(&self) -> Result<NodeStatus, ConnectError> {
         let (reply, response) = oneshot::channel();
@@ -380,7 +404,15 @@ impl Node {
             shutdown: shutdown.clone(),
         };
 
-        let mut driver = driver::Driver::new(swarm, &config, request_rx, events, shutdown.clone());
+        let mut driver = driver::Driver::new(
+            swarm,
+            &config,
+            request_rx,
+            handle.requests.clone(),
+            events,
+            shutdown.clone(),
+            tasks.clone(),
+        );
         let listen_addrs = driver.listen(&config.listen, LISTEN_TIMEOUT).await?;
 
         let tunnel_addrs = tunnel_listeners
@@ -389,12 +421,28 @@ impl Node {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| tunnel_bind_error(&config.tunnels[0], source))?;
 
-        // Accept tunnel streams before the driver runs, so none arrives unaccepted.
-        let incoming = control
-            .accept(protocol::TUNNEL, TUNNEL_ACCEPT_QUEUE)
-            .expect("a fresh node accepts nothing yet");
+        // Accept streams before the driver runs, so none arrives unaccepted.
+        let accept = |protocol, capacity| {
+            control
+                .accept(protocol, capacity)
+                .expect("a fresh node accepts each protocol once")
+        };
+        let incoming = accept(protocol::TUNNEL, TUNNEL_ACCEPT_QUEUE);
+        let introduce_requests = accept(introduce::INTRODUCE, INTRODUCE_ACCEPT_QUEUE);
+        let introductions = accept(introduce::INTRODUCTION, INTRODUCE_ACCEPT_QUEUE);
         let limits = tunnel::Limits::new(&config);
         tasks.spawn(driver.run());
+        tasks.spawn(introduce::serve(
+            introduce_requests,
+            control.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        tasks.spawn(introduce::receive(
+            introductions,
+            handle.clone(),
+            tasks.clone(),
+        ));
         tasks.spawn(tunnel::server::run(
             incoming,
             Arc::new(services),

@@ -1,26 +1,45 @@
-//! The peer record a node publishes in the DHT: its addresses (circuit addresses included),
-//! signed with its key so a reader can check who wrote it.
+//! The record a node publishes in the DHT under `/punchgate/peer/<PEER_ID>`: its addresses
+//! (circuit addresses included) and the addresses others observe it at, in a libp2p signed
+//! envelope so a reader can check who wrote it.
 //!
 //! Kademlia stores whatever a peer puts under a key; a forged record for someone else's key fails
 //! the signature or peer-id check here and is ignored.
 
-use libp2p::{
-    Multiaddr, PeerId,
-    core::{PeerRecord, SignedEnvelope},
-    identity::Keypair,
-    multiaddr::Protocol,
-};
+use libp2p::{Multiaddr, PeerId, core::SignedEnvelope, identity::Keypair, multiaddr::Protocol};
+use serde::{Deserialize, Serialize};
 
-/// At most this many addresses go into a record.
+/// At most this many addresses of each kind go into a record.
 pub(crate) const MAX_RECORD_ADDRS: usize = 32;
+/// Signature domain: a signature over this record is useless anywhere else.
+const DOMAIN: &str = "punchgate-peer-record";
+/// Envelope payload type.
+const PAYLOAD_TYPE: &[u8] = b"/punchgate/peer-record/1";
+
+/// What a peer record says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PeerAddrs {
+    /// Listen and external addresses, circuit addresses included.
+    pub(crate) addrs: Vec<Multiaddr>,
+    /// Addresses other peers observed this node at (its NAT's mapping of its listen ports).
+    pub(crate) observed: Vec<Multiaddr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    addrs: Vec<String>,
+    #[serde(default)]
+    observed: Vec<String>,
+}
 
 /// A record that cannot be trusted.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RecordError {
     #[error("not a signed envelope: {0}")]
     Envelope(String),
+    #[error("bad signature or payload type: {0}")]
+    Signature(String),
     #[error("not a valid peer record: {0}")]
-    Record(String),
+    Payload(String),
     #[error("record signed by {found}, expected {expected}")]
     WrongPeer {
         expected: Box<PeerId>,
@@ -28,44 +47,66 @@ pub(crate) enum RecordError {
     },
 }
 
-/// Signs a peer record for `addrs` (deduplicated, capped at [`MAX_RECORD_ADDRS`]).
-pub(crate) fn encode(keypair: &Keypair, addrs: Vec<Multiaddr>) -> Option<Vec<u8>> {
-    let mut unique: Vec<Multiaddr> = Vec::new();
-    for addr in addrs {
-        let addr = without_trailing_p2p(addr);
-        if !unique.contains(&addr) && unique.len() < MAX_RECORD_ADDRS {
-            unique.push(addr);
-        }
-    }
-    PeerRecord::new(keypair, unique)
+/// Signs a record (addresses deduplicated, at most [`MAX_RECORD_ADDRS`] of each kind).
+pub(crate) fn encode(keypair: &Keypair, record: &PeerAddrs) -> Option<Vec<u8>> {
+    let payload = Payload {
+        addrs: unique(&record.addrs),
+        observed: unique(&record.observed),
+    };
+    let payload = serde_json::to_vec(&payload).ok()?;
+    SignedEnvelope::new(keypair, DOMAIN.to_owned(), PAYLOAD_TYPE.to_vec(), payload)
         .ok()
-        .map(|r| r.into_signed_envelope().into_protobuf_encoding())
+        .map(SignedEnvelope::into_protobuf_encoding)
 }
 
-/// Checks a record found under `expected`'s key and returns its addresses.
-pub(crate) fn decode(expected: &PeerId, bytes: &[u8]) -> Result<Vec<Multiaddr>, RecordError> {
+/// Checks a record found under `expected`'s key and returns what it says. Addresses that do not
+/// parse are skipped.
+pub(crate) fn decode(expected: &PeerId, bytes: &[u8]) -> Result<PeerAddrs, RecordError> {
     let envelope = SignedEnvelope::from_protobuf_encoding(bytes)
         .map_err(|e| RecordError::Envelope(e.to_string()))?;
-    let record = PeerRecord::from_signed_envelope(envelope)
-        .map_err(|e| RecordError::Record(e.to_string()))?;
-    if record.peer_id() != *expected {
+    let (payload, key) = envelope
+        .payload_and_signing_key(DOMAIN.to_owned(), PAYLOAD_TYPE)
+        .map_err(|e| RecordError::Signature(e.to_string()))?;
+    let signer = key.to_peer_id();
+    if signer != *expected {
         return Err(RecordError::WrongPeer {
             expected: Box::new(*expected),
-            found: Box::new(record.peer_id()),
+            found: Box::new(signer),
         });
     }
-    Ok(record.addresses().to_vec())
+    let payload: Payload =
+        serde_json::from_slice(payload).map_err(|e| RecordError::Payload(e.to_string()))?;
+    let parse = |list: Vec<String>| -> Vec<Multiaddr> {
+        list.iter()
+            .filter_map(|a| a.parse().ok())
+            .take(MAX_RECORD_ADDRS)
+            .collect()
+    };
+    Ok(PeerAddrs {
+        addrs: parse(payload.addrs),
+        observed: parse(payload.observed),
+    })
 }
 
+fn unique(addrs: &[Multiaddr]) -> Vec<String> {
+    let mut out: Vec<Multiaddr> = Vec::new();
+    for addr in addrs {
+        let addr = without_trailing_p2p(addr.clone());
+        if !out.contains(&addr) && out.len() < MAX_RECORD_ADDRS {
+            out.push(addr);
+        }
+    }
+    out.iter().map(ToString::to_string).collect()
+}
+
+/// Drops a trailing `/p2p/<self>` (kept on circuit addresses, where it names the target).
 fn without_trailing_p2p(mut addr: Multiaddr) -> Multiaddr {
-    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) && !is_circuit(&addr) {
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_)))
+        && !punchgate_machine::node::is_relayed(&addr)
+    {
         addr.pop();
     }
     addr
-}
-
-fn is_circuit(addr: &Multiaddr) -> bool {
-    punchgate_machine::node::is_relayed(addr)
 }
 
 #[cfg(test)]
@@ -77,6 +118,7 @@ mod tests {
         let alice = Keypair::generate_ed25519();
         let bob = Keypair::generate_ed25519();
         let addr: Multiaddr = "/ip4/198.51.100.1/tcp/4001".parse().expect("addr");
+        let observed: Multiaddr = "/ip4/203.0.113.7/tcp/4001".parse().expect("addr");
         let circuit: Multiaddr = format!(
             "/ip4/198.51.100.9/tcp/4001/p2p/{}/p2p-circuit/p2p/{}",
             bob.public().to_peer_id(),
@@ -84,13 +126,15 @@ mod tests {
         )
         .parse()
         .expect("addr");
-        let bytes =
-            encode(&alice, vec![addr.clone(), circuit.clone(), addr.clone()]).expect("sign");
+        let record = PeerAddrs {
+            addrs: vec![addr.clone(), circuit.clone(), addr.clone()],
+            observed: vec![observed.clone()],
+        };
+        let bytes = encode(&alice, &record).expect("sign");
         let alice_id = alice.public().to_peer_id();
-        assert_eq!(
-            decode(&alice_id, &bytes).expect("valid"),
-            vec![addr, circuit]
-        );
+        let decoded = decode(&alice_id, &bytes).expect("valid");
+        assert_eq!(decoded.addrs, vec![addr, circuit]);
+        assert_eq!(decoded.observed, vec![observed]);
         // Alice's record filed under Bob's key is refused.
         let err = decode(&bob.public().to_peer_id(), &bytes).expect_err("wrong peer");
         assert!(matches!(err, RecordError::WrongPeer { .. }), "{err}");
