@@ -940,6 +940,7 @@ impl Driver {
                         connection: connection_id,
                         remote_addr: endpoint.get_remote_address().clone(),
                         relayed: endpoint.is_relayed(),
+                        relay: relay_of_endpoint(&endpoint),
                         outbound: endpoint.is_dialer(),
                     },
                 });
@@ -1067,6 +1068,7 @@ impl Driver {
                 connection,
                 remote_addr,
                 relayed: kind == PathKind::Relayed,
+                relay: relay_of_endpoint(&endpoint),
                 outbound: endpoint.is_dialer(),
             },
         });
@@ -1299,6 +1301,15 @@ fn on_relay_server_event(event: relay::Event) {
             tracing::info!(src = %src_peer_id, dst = %dst_peer_id, error = ?error.map(|e| e.to_string()), "relay circuit closed")
         }
         event => tracing::debug!(?event, "relay server"),
+    }
+}
+
+/// The relay a connection goes through: in the dialled address, or (inbound) in our own
+/// circuit listen address.
+fn relay_of_endpoint(endpoint: &libp2p::core::ConnectedPoint) -> Option<PeerId> {
+    match endpoint {
+        libp2p::core::ConnectedPoint::Dialer { address, .. } => reach::relay_of(address),
+        libp2p::core::ConnectedPoint::Listener { local_addr, .. } => reach::relay_of(local_addr),
     }
 }
 

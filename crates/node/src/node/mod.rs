@@ -335,6 +335,12 @@ impl NodeHandle {
         response.await.map_err(|_| ConnectError::Stopped)
     }
 
+    /// Inbound streams of `protocol` waiting for the application (see
+    /// [`Control::waiting`]).
+    pub fn waiting(&self, protocol: &StreamProtocol) -> usize {
+        self.control.waiting(protocol)
+    }
+
     /// What is known about an open connection.
     pub fn connection_info(
         &self,

@@ -5,7 +5,10 @@ use std::{
     collections::{HashMap, VecDeque},
     convert::Infallible,
     io,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -57,8 +60,12 @@ pub struct Handler {
     >,
     /// Id for the next outbound negotiation.
     next_id: u64,
+    /// This connection's sender into each protocol's queue, and the queue's count of waiting
+    /// streams. One sender per protocol: every clone of an mpsc sender adds a guaranteed slot,
+    /// so a clone per stream would make the queue unbounded.
+    queues: HashMap<StreamProtocol, (mpsc::Sender<IncomingStream>, Arc<AtomicUsize>)>,
     /// Inbound streams waiting for room in their protocol's queue, oldest first.
-    backlog: VecDeque<(mpsc::Sender<IncomingStream>, IncomingStream)>,
+    backlog: VecDeque<IncomingStream>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -83,13 +90,24 @@ impl Handler {
             requests,
             in_flight: HashMap::new(),
             next_id: 0,
+            queues: HashMap::new(),
             backlog: VecDeque::new(),
         }
     }
 
     fn on_inbound(&mut self, stream: libp2p::Stream, protocol: StreamProtocol) {
-        let Some(sender) = Shared::lock(&self.shared).sender_for(&protocol) else {
-            tracing::debug!(%protocol, "inbound stream for a protocol no longer accepted");
+        let queue = match self.queues.get(&protocol) {
+            Some((sender, _)) if !sender.is_closed() => self.queues.get(&protocol),
+            _ => {
+                let Some(queue) = Shared::lock(&self.shared).queue_for(&protocol) else {
+                    tracing::debug!(%protocol, "inbound stream for a protocol no longer accepted");
+                    return;
+                };
+                self.queues.insert(protocol.clone(), queue);
+                self.queues.get(&protocol)
+            }
+        };
+        let Some((_, waiting)) = queue else {
             return;
         };
         if self.backlog.len() >= MAX_INBOUND_BACKLOG {
@@ -101,31 +119,50 @@ impl Handler {
             );
             return;
         }
-        let incoming = IncomingStream {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        self.backlog.push_back(IncomingStream {
             stream,
             protocol,
             info: self.info.clone(),
-        };
-        self.backlog.push_back((sender, incoming));
+        });
     }
 
     /// Moves backlogged streams into their queues while there is room. Registers for a wake-up
     /// when the front one's queue is full (order is kept, per connection).
     fn flush_backlog(&mut self, cx: &mut Context<'_>) {
-        while let Some((sender, _)) = self.backlog.front_mut() {
+        while let Some(front) = self.backlog.front() {
+            let Some((sender, waiting)) = self.queues.get_mut(&front.protocol) else {
+                // Cannot happen: a stream is backlogged only with its queue known.
+                self.backlog.pop_front();
+                continue;
+            };
             match sender.poll_ready(cx) {
                 Poll::Pending => return,
                 Poll::Ready(Err(_)) => {
                     // The application stopped accepting this protocol.
+                    waiting.fetch_sub(1, Ordering::Relaxed);
                     self.backlog.pop_front();
                 }
                 Poll::Ready(Ok(())) => {
-                    let Some((mut sender, incoming)) = self.backlog.pop_front() else {
+                    let Some(stream) = self.backlog.pop_front() else {
                         return;
                     };
                     // Room was just confirmed; a failure means the receiver went away.
-                    let _ = sender.start_send(incoming);
+                    if sender.start_send(stream).is_err() {
+                        waiting.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
+            }
+        }
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        // The connection closed: its backlogged streams are gone.
+        for stream in self.backlog.drain(..) {
+            if let Some((_, waiting)) = self.queues.get(&stream.protocol) {
+                waiting.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }

@@ -22,7 +22,10 @@ use std::{
     collections::HashMap,
     fmt,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -56,6 +59,8 @@ pub struct ConnectionInfo {
     pub remote_addr: Multiaddr,
     /// Whether the connection goes through a relay.
     pub relayed: bool,
+    /// The relay, when it does.
+    pub relay: Option<PeerId>,
     /// Whether this side dialled it.
     pub outbound: bool,
 }
@@ -142,13 +147,29 @@ impl Control {
         capacity: usize,
     ) -> Result<IncomingStreams, AlreadyRegistered> {
         let mut shared = Shared::lock(&self.shared);
-        shared.inbound.retain(|_, sender| !sender.is_closed());
+        shared.inbound.retain(|_, q| !q.sender.is_closed());
         if shared.inbound.contains_key(&protocol) {
             return Err(AlreadyRegistered(protocol));
         }
         let (sender, receiver) = mpsc::channel(capacity);
-        shared.inbound.insert(protocol, sender);
-        Ok(IncomingStreams { receiver })
+        let waiting = Arc::new(AtomicUsize::new(0));
+        shared.inbound.insert(
+            protocol,
+            InboundQueue {
+                sender,
+                waiting: waiting.clone(),
+            },
+        );
+        Ok(IncomingStreams { receiver, waiting })
+    }
+
+    /// Inbound streams of `protocol` that arrived and wait for the application: the measure of
+    /// backpressure (held in connection backlogs and the accept queue, never dropped).
+    pub fn waiting(&self, protocol: &StreamProtocol) -> usize {
+        Shared::lock(&self.shared)
+            .inbound
+            .get(protocol)
+            .map_or(0, |q| q.waiting.load(Ordering::Relaxed))
     }
 
     /// The open connections to `peer`.
@@ -175,29 +196,42 @@ impl Control {
 #[derive(Debug)]
 pub struct IncomingStreams {
     receiver: mpsc::Receiver<IncomingStream>,
+    /// Shared with the handlers: streams arrived and not yet taken.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl futures::Stream for IncomingStreams {
     type Item = IncomingStream;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.receiver.poll_next_unpin(cx)
+        let next = self.receiver.poll_next_unpin(cx);
+        if let Poll::Ready(Some(_)) = &next {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        next
     }
 }
 
 impl IncomingStreams {
     /// The next inbound stream; `None` once the node has stopped. Cancel-safe.
     pub async fn next(&mut self) -> Option<IncomingStream> {
-        self.receiver.next().await
+        futures::StreamExt::next(self).await
     }
 }
 
 /// State shared by the behaviour, its handlers and every [`Control`].
 struct Shared {
     /// Accepted protocols and the queue their streams go to.
-    inbound: HashMap<StreamProtocol, mpsc::Sender<IncomingStream>>,
+    inbound: HashMap<StreamProtocol, InboundQueue>,
     /// Open connections: their metadata and the queue their handler reads requests from.
     connections: HashMap<ConnectionId, ConnectionEntry>,
+}
+
+/// Where one protocol's inbound streams go.
+struct InboundQueue {
+    sender: mpsc::Sender<IncomingStream>,
+    /// Streams arrived and not yet taken by the application.
+    waiting: Arc<AtomicUsize>,
 }
 
 struct ConnectionEntry {
@@ -212,12 +246,17 @@ impl Shared {
     }
 
     fn protocols(&mut self) -> Vec<StreamProtocol> {
-        self.inbound.retain(|_, sender| !sender.is_closed());
+        self.inbound.retain(|_, q| !q.sender.is_closed());
         self.inbound.keys().cloned().collect()
     }
 
-    fn sender_for(&self, protocol: &StreamProtocol) -> Option<mpsc::Sender<IncomingStream>> {
-        self.inbound.get(protocol).cloned()
+    fn queue_for(
+        &self,
+        protocol: &StreamProtocol,
+    ) -> Option<(mpsc::Sender<IncomingStream>, Arc<AtomicUsize>)> {
+        self.inbound
+            .get(protocol)
+            .map(|q| (q.sender.clone(), q.waiting.clone()))
     }
 }
 
@@ -286,6 +325,8 @@ impl NetworkBehaviour for Behaviour {
             connection,
             remote_addr: remote_addr.clone(),
             relayed: punchgate_machine::node::is_relayed(local_addr),
+            // Inbound circuits: our listen address names the relay.
+            relay: punchgate_machine::reach::relay_of(local_addr),
             outbound: false,
         }))
     }
@@ -303,6 +344,7 @@ impl NetworkBehaviour for Behaviour {
             connection,
             remote_addr: addr.clone(),
             relayed: punchgate_machine::node::is_relayed(addr),
+            relay: punchgate_machine::reach::relay_of(addr),
             outbound: true,
         }))
     }

@@ -1,0 +1,250 @@
+//! [`P2pStream`]: a libp2p stream that tonic and hyper can use as a connection.
+//!
+//! It implements tokio's `AsyncRead`/`AsyncWrite`, hyper's `rt::Read`/`rt::Write` and tonic's
+//! `Connected`. Its [`P2pConnectInfo`] tells a server handler which peer called, over which
+//! address, whether through a relay, how many bytes went each way, and gives a synthetic socket
+//! address for code that needs a `SocketAddr`.
+
+use std::{
+    io,
+    net::{Ipv6Addr, SocketAddr, SocketAddrV6},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use hyper_util::rt::TokioIo;
+use libp2p::{Multiaddr, PeerId};
+use punchgate::net::stream::ConnectionInfo;
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
+
+use crate::{quota::RelayTicket, server::LiveGuard};
+
+/// Bytes sent and received on one gRPC connection (one libp2p stream). Cheap to clone; every
+/// clone reads the same counters.
+#[derive(Debug, Clone, Default)]
+pub struct ByteCounters(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    tx: AtomicU64,
+    rx: AtomicU64,
+}
+
+impl ByteCounters {
+    /// Bytes written to the peer.
+    pub fn tx(&self) -> u64 {
+        self.0.tx.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read from the peer.
+    pub fn rx(&self) -> u64 {
+        self.0.rx.load(Ordering::Relaxed)
+    }
+
+    fn add_tx(&self, n: usize) {
+        self.0.tx.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn add_rx(&self, n: usize) {
+        self.0.rx.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// What a gRPC connection over Punchgate is. A server handler reads it with
+/// `request.extensions().get::<P2pConnectInfo>()`.
+#[derive(Debug, Clone)]
+pub struct P2pConnectInfo {
+    /// The peer at the other end.
+    pub peer: PeerId,
+    /// Its address as this side sees it (a `/p2p-circuit` address when relayed).
+    pub remote_addr: Multiaddr,
+    /// Whether the libp2p connection goes through a relay.
+    pub relayed: bool,
+    /// The libp2p connection carrying the stream.
+    pub connection: libp2p::swarm::ConnectionId,
+    /// A socket address that is the same for the same peer everywhere and always:
+    /// `fd00::/8` (unique local) plus a hash of the peer id. For applications whose
+    /// bookkeeping wants a `SocketAddr`; nothing listens there.
+    pub socket_addr: SocketAddr,
+    /// Bytes sent and received on this connection so far.
+    pub counters: ByteCounters,
+}
+
+impl P2pConnectInfo {
+    /// Connect info for a stream on `connection`.
+    pub fn new(connection: &ConnectionInfo) -> Self {
+        Self {
+            peer: connection.peer,
+            remote_addr: connection.remote_addr.clone(),
+            relayed: connection.relayed,
+            connection: connection.connection,
+            socket_addr: synthetic_socket_addr(&connection.peer),
+            counters: ByteCounters::default(),
+        }
+    }
+}
+
+/// `fd` followed by the first 15 bytes of SHA-256(peer id), port from the next two bytes: the
+/// same address for the same peer on every machine and every run.
+pub fn synthetic_socket_addr(peer: &PeerId) -> SocketAddr {
+    let hash = Sha256::digest(peer.to_bytes());
+    let mut octets = [0u8; 16];
+    octets[0] = 0xfd;
+    octets[1..].copy_from_slice(&hash[..15]);
+    let port = u16::from_be_bytes([hash[15], hash[16]]).max(1);
+    SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(octets), port, 0, 0))
+}
+
+/// A libp2p stream as a gRPC connection.
+#[derive(Debug)]
+pub struct P2pStream {
+    io: Compat<libp2p::Stream>,
+    info: P2pConnectInfo,
+    /// Held while a relayed connection counts against a relay quota; released on drop.
+    _ticket: Option<RelayTicket>,
+    /// Counts the connection as live (inbound), for duplicate detection.
+    _live: Option<LiveGuard>,
+}
+
+impl P2pStream {
+    /// Wraps `stream`, which runs on `connection`.
+    pub fn new(stream: libp2p::Stream, connection: &ConnectionInfo) -> Self {
+        Self {
+            io: stream.compat(),
+            info: P2pConnectInfo::new(connection),
+            _ticket: None,
+            _live: None,
+        }
+    }
+
+    /// Keeps `ticket` (a relay quota slot) for as long as the stream lives.
+    pub(crate) fn with_ticket(mut self, ticket: Option<RelayTicket>) -> Self {
+        self._ticket = ticket;
+        self
+    }
+
+    /// Counts the connection as live until the stream is dropped.
+    pub(crate) fn with_live(mut self, live: LiveGuard) -> Self {
+        self._live = Some(live);
+        self
+    }
+
+    /// What this connection is.
+    pub fn info(&self) -> &P2pConnectInfo {
+        &self.info
+    }
+}
+
+impl tonic::transport::server::Connected for P2pStream {
+    type ConnectInfo = P2pConnectInfo;
+
+    fn connect_info(&self) -> P2pConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for P2pStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.info.counters.add_rx(buf.filled().len() - before);
+        result
+    }
+}
+
+impl AsyncWrite for P2pStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            this.info.counters.add_tx(n);
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+// hyper's traits, through hyper-util's adapter over our tokio implementation (counters included).
+impl hyper::rt::Read for P2pStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut io = TokioIo::new(self.get_mut());
+        hyper::rt::Read::poll_read(Pin::new(&mut io), cx, buf)
+    }
+}
+
+impl hyper::rt::Write for P2pStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut io = TokioIo::new(self.get_mut());
+        hyper::rt::Write::poll_write(Pin::new(&mut io), cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut io = TokioIo::new(self.get_mut());
+        hyper::rt::Write::poll_flush(Pin::new(&mut io), cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut io = TokioIo::new(self.get_mut());
+        hyper::rt::Write::poll_shutdown(Pin::new(&mut io), cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_address_is_stable_unique_local_and_per_peer() {
+        let a = libp2p::identity::Keypair::ed25519_from_bytes([1; 32])
+            .expect("key")
+            .public()
+            .to_peer_id();
+        let b = libp2p::identity::Keypair::ed25519_from_bytes([2; 32])
+            .expect("key")
+            .public()
+            .to_peer_id();
+        let addr = synthetic_socket_addr(&a);
+        assert_eq!(addr, synthetic_socket_addr(&a));
+        assert_ne!(addr, synthetic_socket_addr(&b));
+        let SocketAddr::V6(v6) = addr else {
+            panic!("IPv6 expected");
+        };
+        assert_eq!(v6.ip().octets()[0], 0xfd);
+        assert_ne!(v6.port(), 0);
+        // Pinned: the same peer maps to the same address in every version.
+        assert_eq!(
+            addr.to_string(),
+            "[fd2e:a99e:4b7:226e:bb09:856f:dd2c:3df7]:43733"
+        );
+    }
+}

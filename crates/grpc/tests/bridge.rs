@@ -1,0 +1,396 @@
+//! The bridge between real nodes on loopback: calls both ways, connect info, 8 MiB messages,
+//! 100 connections opened at once, duplicate refusal, byte counters, and a tunnel on the same
+//! node at the same time.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use libp2p::identity::Keypair;
+use punchgate::{
+    Node,
+    config::{BootstrapAddr, NodeConfig},
+};
+use punchgate_grpc::{
+    BridgeConfig, ConnectOptions, Incoming, P2pConnectInfo, Target, connect, connect_with,
+    echo::{self, Echo, EchoServer, EchoService, Payload},
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::{Request, Response, Status, Streaming};
+
+fn config() -> NodeConfig {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut config = NodeConfig::new(Keypair::generate_ed25519());
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
+    config.mdns = false;
+    config.autonat_private_ips = true;
+    config
+}
+
+fn bootstrap(node: &Node) -> BootstrapAddr {
+    format!("{}/p2p/{}", node.listen_addrs()[0], node.peer_id())
+        .parse()
+        .expect("bootstrap")
+}
+
+/// Echo that also records the connect info of every call.
+#[derive(Clone, Default)]
+struct Recording {
+    seen: Arc<Mutex<Vec<P2pConnectInfo>>>,
+}
+
+#[tonic::async_trait]
+impl Echo for Recording {
+    async fn unary(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        if let Some(info) = request.extensions().get::<P2pConnectInfo>() {
+            self.seen.lock().expect("lock").push(info.clone());
+        }
+        EchoService.unary(request).await
+    }
+
+    type StreamStream = <EchoService as Echo>::StreamStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        EchoService.stream(request).await
+    }
+}
+
+struct Pair {
+    server: Node,
+    client: Node,
+    bridge: BridgeConfig,
+    seen: Arc<Mutex<Vec<P2pConnectInfo>>>,
+}
+
+async fn pair(refuse_duplicates: bool, expose: Option<std::net::SocketAddr>) -> Pair {
+    gated_pair(refuse_duplicates, expose, None).await
+}
+
+/// Like `pair`, but the server only starts taking connections once `gate` fires.
+async fn gated_pair(
+    refuse_duplicates: bool,
+    expose: Option<std::net::SocketAddr>,
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Pair {
+    let mut server_config = config();
+    if let Some(echo) = expose {
+        server_config.expose = vec![format!("echo={echo}").parse().expect("expose")];
+    }
+    let server = Node::start(server_config).await.expect("server node");
+    let mut client_config = config();
+    client_config.bootstrap = vec![bootstrap(&server)];
+    if expose.is_some() {
+        client_config.tunnels = vec![
+            format!("{}:echo@0", server.peer_id())
+                .parse()
+                .expect("tunnel"),
+        ];
+    }
+    let client = Node::start(client_config).await.expect("client node");
+
+    let bridge = BridgeConfig::default();
+    let recording = Recording::default();
+    let seen = recording.seen.clone();
+    let mut incoming = Incoming::new(server.handle(), &bridge).expect("accept gRPC");
+    if refuse_duplicates {
+        incoming = incoming.refuse_duplicate_peers();
+    }
+    let service = EchoServer::new(recording)
+        .max_decoding_message_size(bridge.max_message_size)
+        .max_encoding_message_size(bridge.max_message_size);
+    let server_future = bridge
+        .server()
+        .add_service(service)
+        .serve_with_incoming(incoming);
+    tokio::spawn(async move {
+        if let Some(gate) = gate {
+            let _ = gate.await;
+        }
+        server_future.await
+    });
+    Pair {
+        server,
+        client,
+        bridge,
+        seen,
+    }
+}
+
+fn target(node: &Node) -> Target {
+    format!("punchgate://{}", node.peer_id())
+        .parse()
+        .expect("target")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_and_streaming_calls_with_connect_info() {
+    let p = pair(false, None).await;
+    let channel = connect(p.client.handle(), &target(&p.server), &p.bridge)
+        .await
+        .expect("channel");
+    let mut client = echo::client(channel, &p.bridge);
+    let reply = client
+        .unary(Payload {
+            data: b"hello".to_vec(),
+            reply_size: 0,
+        })
+        .await
+        .expect("unary");
+    assert_eq!(reply.into_inner().data, b"hello");
+
+    let requests = futures::stream::iter((0..20u8).map(|i| Payload {
+        data: vec![i; 1000],
+        reply_size: 0,
+    }));
+    let mut replies = client.stream(requests).await.expect("stream").into_inner();
+    let mut n = 0u8;
+    while let Some(reply) = replies.message().await.expect("reply") {
+        assert_eq!(reply.data, vec![n; 1000]);
+        n += 1;
+    }
+    assert_eq!(n, 20);
+
+    let seen = p.seen.lock().expect("lock").clone();
+    let info = seen.first().expect("connect info recorded");
+    assert_eq!(info.peer, p.client.peer_id());
+    assert!(!info.relayed);
+    assert_eq!(
+        info.socket_addr,
+        punchgate_grpc::stream::synthetic_socket_addr(&p.client.peer_id())
+    );
+    assert!(
+        info.remote_addr
+            .to_string()
+            .starts_with("/ip4/127.0.0.1/tcp/")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_mib_messages_pass_both_ways() {
+    let p = pair(false, None).await;
+    let channel = connect(p.client.handle(), &target(&p.server), &p.bridge)
+        .await
+        .expect("channel");
+    let mut client = echo::client(channel, &p.bridge);
+    let big = vec![7u8; 8 << 20];
+    let reply = client
+        .unary(Payload {
+            data: big.clone(),
+            reply_size: 0,
+        })
+        .await
+        .expect("8 MiB unary");
+    assert!(reply.into_inner().data == big);
+    let reply = client
+        .unary(Payload {
+            data: Vec::new(),
+            reply_size: 12 << 20,
+        })
+        .await
+        .expect("12 MiB reply");
+    assert_eq!(reply.into_inner().data.len(), 12 << 20);
+}
+
+/// 100 connections (libp2p streams) arrive while the server is not taking any: more than its
+/// accept queue holds. They wait (backpressure) instead of being dropped, and every one is
+/// served once the server starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_connections_opened_at_once_are_all_served() {
+    const N: usize = 100;
+    let (open_gate, gate) = tokio::sync::oneshot::channel();
+    let p = gated_pair(false, None, Some(gate)).await;
+    assert!(N > p.bridge.accept_queue);
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (all_opened_tx, all_opened) = tokio::sync::watch::channel(0usize);
+    let observer: punchgate_grpc::Observer = {
+        let opened = opened.clone();
+        Arc::new(move |_: &P2pConnectInfo| {
+            let n = opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let _ = all_opened_tx.send(n);
+        })
+    };
+    let calls = (0..N as u32).map(|i| {
+        let (node, target, bridge, observer) = (
+            p.client.handle().clone(),
+            target(&p.server),
+            p.bridge.clone(),
+            observer.clone(),
+        );
+        async move {
+            let options = ConnectOptions {
+                relays: None,
+                observer: Some(observer),
+            };
+            let channel = connect_with(&node, &target, &bridge, options)
+                .await
+                .expect("channel");
+            let reply = echo::client(channel, &bridge)
+                .unary(Payload {
+                    data: i.to_be_bytes().to_vec(),
+                    reply_size: 0,
+                })
+                .await
+                .expect("served");
+            assert_eq!(reply.into_inner().data, i.to_be_bytes());
+        }
+    });
+    let calls = tokio::spawn(futures::future::join_all(calls));
+    let mut all_opened = all_opened;
+    tokio::time::timeout(Duration::from_secs(30), all_opened.wait_for(|n| *n == N))
+        .await
+        .expect("all streams opened in time")
+        .expect("watch");
+    // Every stream has reached the server and waits there, beyond its accept queue.
+    let server = p.server.handle().clone();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while server.waiting(&p.bridge.protocol) < N {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("all streams waiting at the server");
+    open_gate.send(()).expect("server waiting");
+    tokio::time::timeout(Duration::from_secs(60), calls)
+        .await
+        .expect("all served in time")
+        .expect("calls task");
+    assert_eq!(p.seen.lock().expect("lock").len(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_connection_can_be_refused() {
+    let p = pair(true, None).await;
+    let first = connect(p.client.handle(), &target(&p.server), &p.bridge)
+        .await
+        .expect("first channel");
+    let mut first = echo::client(first, &p.bridge);
+    first
+        .unary(Payload::default())
+        .await
+        .expect("first connection works");
+    // A second connection from the same peer while the first lives is refused.
+    let second = connect(p.client.handle(), &target(&p.server), &p.bridge)
+        .await
+        .expect("the libp2p stream opens");
+    let refused = echo::client(second, &p.bridge)
+        .unary(Payload::default())
+        .await;
+    assert!(refused.is_err(), "duplicate must be refused");
+    // The first keeps working; once it is gone a new one is admitted.
+    first
+        .unary(Payload::default())
+        .await
+        .expect("first unaffected");
+    drop(first);
+    let admitted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let channel = connect(p.client.handle(), &target(&p.server), &p.bridge)
+                .await
+                .expect("channel");
+            if echo::client(channel, &p.bridge)
+                .unary(Payload::default())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        admitted.is_ok(),
+        "a new connection is admitted after the first closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_counters_see_the_traffic_on_both_sides() {
+    let p = pair(false, None).await;
+    let client_side: Arc<Mutex<Vec<P2pConnectInfo>>> = Arc::default();
+    let observer = {
+        let client_side = client_side.clone();
+        Arc::new(move |info: &P2pConnectInfo| client_side.lock().expect("lock").push(info.clone()))
+    };
+    let channel = connect_with(
+        p.client.handle(),
+        &target(&p.server),
+        &p.bridge,
+        ConnectOptions {
+            relays: None,
+            observer: Some(observer),
+        },
+    )
+    .await
+    .expect("channel");
+    echo::client(channel, &p.bridge)
+        .unary(Payload {
+            data: vec![1; 300_000],
+            reply_size: 200_000,
+        })
+        .await
+        .expect("call");
+    let client = client_side.lock().expect("lock")[0].counters.clone();
+    let server = p.seen.lock().expect("lock")[0].counters.clone();
+    assert!(
+        client.tx() >= 300_000 && client.rx() >= 200_000,
+        "client {client:?}"
+    );
+    // The server's counters see at least what the client sent (the reply may still be in flight
+    // when it recorded the info, but not the request).
+    assert!(server.rx() >= 300_000, "server {server:?}");
+    assert!(
+        client.tx() < 400_000,
+        "HTTP/2 overhead stays small: {client:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_a_tunnel_share_one_node() {
+    let echo_addr = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    };
+    let p = pair(false, Some(echo_addr)).await;
+    let channel = connect(p.client.handle(), &target(&p.server), &p.bridge)
+        .await
+        .expect("channel");
+    let mut grpc_client = echo::client(channel, &p.bridge);
+    let grpc = grpc_client.unary(Payload {
+        data: b"grpc".to_vec(),
+        reply_size: 0,
+    });
+    let tunnel = async {
+        let mut s = tokio::net::TcpStream::connect(p.client.tunnel_addrs()[0])
+            .await
+            .expect("tunnel");
+        s.write_all(b"tunnel").await.expect("write");
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf).await.expect("read");
+        buf
+    };
+    let (grpc, tunnel) = tokio::join!(grpc, tunnel);
+    assert_eq!(grpc.expect("grpc").into_inner().data, b"grpc");
+    assert_eq!(&tunnel, b"tunnel");
+    // One connection between the two nodes carries both.
+    let status = p.client.handle().status().await.expect("status");
+    assert_eq!(status.connected_peers, 1);
+}
