@@ -73,6 +73,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run as `kaspa-p2p` (Kaspa's handshake over Punchgate); used by the lab.
+    Kaspa {
+        /// `kaspa-p2p` arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn parse_transport(s: &str) -> Result<Transport, String> {
@@ -85,12 +91,25 @@ fn parse_transport(s: &str) -> Result<Transport, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Command::Node { args } = args.command {
-        let cli = <punchgate::cli::Cli as Parser>::parse_from(
-            std::iter::once("punchgate".to_owned()).chain(args),
-        );
-        return punchgate::cli::run_main(cli);
+    match args.command {
+        Command::Node { args } => {
+            let cli = <punchgate::cli::Cli as Parser>::parse_from(
+                std::iter::once("punchgate".to_owned()).chain(args),
+            );
+            punchgate::cli::run_main(cli)
+        }
+        Command::Kaspa { args } => {
+            let cli = <punchgate_kaspa::cli::Args as Parser>::parse_from(
+                std::iter::once("kaspa-p2p".to_owned()).chain(args),
+            );
+            punchgate_kaspa::cli::run_main(cli)
+        }
+        command => with_lab(command),
     }
+}
+
+/// The commands that build namespaces.
+fn with_lab(command: Command) -> ExitCode {
     // Namespaces without root: enter a user namespace before any thread exists.
     if let Err(error) = patchbay::init_userns() {
         eprintln!("error: cannot enter a user namespace: {error:#}");
@@ -98,7 +117,7 @@ fn main() -> ExitCode {
     }
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(run(args.command)));
+        .and_then(|rt| rt.block_on(run(command)));
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -127,7 +146,9 @@ async fn run(command: Command) -> Result<bool> {
             out,
             logs,
         } => matrix(&bin, runs, delay_ms, jobs, only, out, &logs).await,
-        Command::Node { .. } => unreachable!("handled before the runtime starts"),
+        Command::Node { .. } | Command::Kaspa { .. } => {
+            unreachable!("run without a lab, before the runtime starts")
+        }
     }
 }
 

@@ -34,7 +34,10 @@ pub struct Peer {
     pub out: PathBuf,
     device: Device,
     bin: PathBuf,
+    /// Arguments before the node's own (`node`, or `kaspa server`, ...).
+    program: Vec<String>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Log lines already present before the current run started.
     log_offset: usize,
@@ -49,6 +52,20 @@ impl Peer {
         dir: &Path,
         args: Vec<String>,
     ) -> Result<Peer> {
+        Self::start_program(device, bin, &["node"], Vec::new(), name, dir, args).await
+    }
+
+    /// Starts `bin <program...> --identity dir/<name>.key --log-format json <args>` with `env`
+    /// in `device`'s namespace. The program must print `peer id:` and `listening on` lines.
+    pub async fn start_program(
+        device: &Device,
+        bin: &Path,
+        program: &[&str],
+        env: Vec<(String, String)>,
+        name: &str,
+        dir: &Path,
+        args: Vec<String>,
+    ) -> Result<Peer> {
         let mut peer = Peer {
             name: name.to_owned(),
             peer_id: String::new(),
@@ -58,7 +75,9 @@ impl Peer {
             out: dir.join(format!("{name}.out")),
             device: device.clone(),
             bin: bin.to_owned(),
+            program: program.iter().map(|s| (*s).to_owned()).collect(),
             args,
+            env,
             child: None,
             log_offset: 0,
         };
@@ -77,7 +96,8 @@ impl Peer {
         let out_offset = count_lines(&self.out);
         self.log_offset = count_lines(&self.log);
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("node")
+        cmd.args(&self.program)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--identity")
             .arg(dir.join(format!("{}.key", self.name)))
             .args(["--log-format", "json"])
@@ -182,6 +202,28 @@ impl Peer {
     ) -> Result<Value> {
         self.wait_for(within, message, |e| matches(e, message, fields))
             .await
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub async fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                bail!("{} is not running", self.name);
+            };
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not exit within {within:?} (log: {})",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// SIGTERM, then wait (10 s at most) for a clean exit; SIGKILL if it does not come.

@@ -218,7 +218,8 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr at `RUST_LOG` (default `info`), as text or JSON lines.
+pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -46,6 +46,8 @@ use crate::{
 
 /// Stream requests that may wait for a path at once.
 const MAX_WAITING: usize = 4096;
+/// Exact dials ([`Request::DialExact`]) in flight at once.
+const MAX_EXACT_DIALS: usize = 64;
 /// Peers whose addresses we were told (handles, DHT answers) and remember.
 const MAX_HINTED_PEERS: usize = 1024;
 /// Addresses remembered per hinted peer.
@@ -100,6 +102,8 @@ pub(super) struct Driver {
     lookups: HashMap<QueryId, PeerId>,
     /// Per-peer timing of relayed → direct upgrades.
     contacts: HashMap<PeerId, Contact>,
+    /// Exact dials waiting for their outcome, by the dial's connection id.
+    exact_dials: HashMap<ConnectionId, oneshot::Sender<Result<ConnectionInfo, ConnectError>>>,
     /// The machine said stop.
     stopping: bool,
 }
@@ -187,6 +191,7 @@ impl Driver {
             reaching: HashMap::new(),
             lookups: HashMap::new(),
             contacts: HashMap::new(),
+            exact_dials: HashMap::new(),
             stopping: false,
         }
     }
@@ -427,6 +432,41 @@ impl Driver {
         }
     }
 
+    fn dial_exact(
+        &mut self,
+        peer: PeerId,
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<ConnectionInfo, ConnectError>>,
+    ) {
+        if self.stopping {
+            let _ = reply.send(Err(ConnectError::Stopped));
+            return;
+        }
+        self.exact_dials.retain(|_, r| !r.is_closed());
+        if self.exact_dials.len() >= MAX_EXACT_DIALS {
+            let _ = reply.send(Err(ConnectError::Busy));
+            return;
+        }
+        let direct = !punchgate_machine::node::is_relayed(&addr);
+        tracing::info!(%peer, %addr, "dialing");
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(vec![addr])
+            .build();
+        let connection = opts.connection_id();
+        match self.dial(peer, opts, direct) {
+            Ok(()) => {
+                self.exact_dials.insert(connection, reply);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(ConnectError::Unreachable {
+                    peer,
+                    reason: error_chain(&error),
+                }));
+            }
+        }
+    }
+
     /// The address to reach `relay` at for a reservation: the one our direct connection to it
     /// uses if we have one (so no new connection is opened), else the first non-loopback one.
     fn relay_address(&self, relay: PeerId, addrs: &[Multiaddr]) -> Multiaddr {
@@ -495,6 +535,7 @@ impl Driver {
                 },
             ),
             Request::Introduced { from, peer, addrs } => self.on_introduced(from, peer, addrs),
+            Request::DialExact { peer, addr, reply } => self.dial_exact(peer, addr, reply),
             Request::IntroduceResult { peer, via, result } => {
                 self.introductions_in_flight = self.introductions_in_flight.saturating_sub(1);
                 self.on_introduce_result(peer, via, result);
@@ -963,9 +1004,15 @@ impl Driver {
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
-                ..
+                connection_id,
             } => {
                 let reason = error_chain(&error);
+                if let Some(reply) = self.exact_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(ConnectError::Unreachable {
+                        peer,
+                        reason: reason.clone(),
+                    }));
+                }
                 tracing::debug!(%peer, %reason, "dial failed");
                 if let Some(reach) = self.reaching.get_mut(&peer) {
                     reach.dialing = false;
@@ -1062,16 +1109,18 @@ impl Driver {
             }
             PathKind::Direct => {}
         }
-        let _ = self.events.send(NodeEvent::ConnectionEstablished {
-            info: ConnectionInfo {
-                peer,
-                connection,
-                remote_addr,
-                relayed: kind == PathKind::Relayed,
-                relay: relay_of_endpoint(&endpoint),
-                outbound: endpoint.is_dialer(),
-            },
-        });
+        let info = ConnectionInfo {
+            peer,
+            connection,
+            remote_addr,
+            relayed: kind == PathKind::Relayed,
+            relay: relay_of_endpoint(&endpoint),
+            outbound: endpoint.is_dialer(),
+        };
+        if let Some(reply) = self.exact_dials.remove(&connection) {
+            let _ = reply.send(Ok(info.clone()));
+        }
+        let _ = self.events.send(NodeEvent::ConnectionEstablished { info });
         if let Some(reach) = self.reaching.get_mut(&peer) {
             reach.dialing = false;
         }

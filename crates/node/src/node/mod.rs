@@ -213,6 +213,12 @@ enum Request {
     },
     /// Remember addresses where `peer` may be reached.
     AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
+    /// Dial `peer` at exactly `addr` and report how that dial ended.
+    DialExact {
+        peer: PeerId,
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<ConnectionInfo, ConnectError>>,
+    },
     /// Report the state machine's view.
     Status { reply: oneshot::Sender<NodeStatus> },
     /// Peer `from` (our relay, if we are to act on it) says `peer` wants a direct connection
@@ -303,6 +309,21 @@ impl NodeHandle {
         capacity: usize,
     ) -> Result<IncomingStreams, AlreadyRegistered> {
         self.control.accept(protocol, capacity)
+    }
+
+    /// Dial `peer` at exactly `addr` (a relay circuit address may leave out the peer's id) and
+    /// wait for that dial's outcome, for callers that try addresses in order. Cancel-safe.
+    pub async fn dial_addr(
+        &self,
+        peer: PeerId,
+        addr: Multiaddr,
+    ) -> Result<ConnectionInfo, ConnectError> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::DialExact { peer, addr, reply })
+            .await
+            .map_err(|_| ConnectError::Stopped)?;
+        response.await.map_err(|_| ConnectError::Stopped)?
     }
 
     /// Tell the node where `peer` may be reached (for example a relay circuit address).

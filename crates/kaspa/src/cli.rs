@@ -1,0 +1,384 @@
+//! The `kaspa-p2p` program: a Punchgate node that runs Kaspa's P2P handshake as a server
+//! (accepting `MessageStream` calls) or as a client (calling a peer).
+//!
+//! Configured like Kaspa's proof of concept, through environment variables, or with the
+//! equivalent flags:
+//!
+//! | Variable | Flag | Mode | Meaning |
+//! | --- | --- | --- | --- |
+//! | `LIBP2P_LISTEN_MULTIADDRS` | `--listen` | both | Addresses to listen on; a `/p2p-circuit` address names a relay to use |
+//! | `LIBP2P_RELAY_MULTIADDRS` | `--relay` | both | Relays (public peers) to join through and reserve on when private |
+//! | `LIBP2P_REMOTE_PEER_ID` | `--remote-peer-id` | client | The server's peer id |
+//! | `LIBP2P_REMOTE_MULTIADDRS` | `--remote-multiaddrs` | client | Addresses of the server, tried in order |
+//!
+//! Lists are separated by commas or semicolons. The program exits 0 when the handshake
+//! completes (a server with `--once` after its first one) and non-zero when it fails.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use punchgate::{
+    Node,
+    cli::{LogFormat, NatArg, init_tracing, parse_duration},
+    config::{BootstrapAddr, NatStatus, NodeConfig},
+    identity,
+};
+use punchgate_grpc::{BridgeConfig, ConnectOptions, Incoming, P2pConnectInfo, Target};
+use tokio::sync::mpsc;
+
+use crate::{
+    handshake::{Local, Timeouts},
+    service::{self, P2pService},
+};
+
+/// Kaspa's P2P handshake between two peers behind NAT, over Punchgate.
+#[derive(Debug, Parser)]
+#[command(name = "kaspa-p2p", version, about)]
+pub struct Args {
+    /// Server or client.
+    #[command(subcommand)]
+    pub mode: Mode,
+    /// Key file holding this node's identity (created, mode 0600, if missing).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "kaspa-p2p.key",
+        env = "KASPA_P2P_IDENTITY"
+    )]
+    pub identity: PathBuf,
+    /// Addresses to listen on (comma or semicolon separated); circuit addresses name relays.
+    #[arg(
+        long,
+        global = true,
+        value_name = "MULTIADDRS",
+        env = "LIBP2P_LISTEN_MULTIADDRS"
+    )]
+    pub listen: Option<String>,
+    /// Relays to join through (comma or semicolon separated, each ending in /p2p/<PEER_ID>).
+    #[arg(
+        long,
+        global = true,
+        value_name = "MULTIADDRS",
+        env = "LIBP2P_RELAY_MULTIADDRS"
+    )]
+    pub relay: Option<String>,
+    /// Kaspa network name; both peers must agree.
+    #[arg(long, global = true, default_value = "kaspa-mainnet")]
+    pub network: String,
+    /// Skip AutoNAT: private or public.
+    #[arg(long, global = true, value_name = "STATUS")]
+    pub nat_status: Option<NatArg>,
+    /// Let AutoNAT work with private addresses (labs, private networks).
+    #[arg(long, global = true)]
+    pub autonat_private_ips: bool,
+    /// Turn off mDNS.
+    #[arg(long, global = true)]
+    pub no_mdns: bool,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Accept `MessageStream` calls and run the handshake with every caller.
+    Server {
+        /// Exit (0) after the first completed handshake, non-zero if it fails.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Call a peer and run the handshake.
+    Client {
+        /// The server's peer id.
+        #[arg(long, value_name = "PEER_ID", env = "LIBP2P_REMOTE_PEER_ID")]
+        remote_peer_id: PeerId,
+        /// The server's addresses, tried in order (comma or semicolon separated); without
+        /// them the peer is looked up in the DHT.
+        #[arg(long, value_name = "MULTIADDRS", env = "LIBP2P_REMOTE_MULTIADDRS")]
+        remote_multiaddrs: Option<String>,
+        /// How long to wait for a hole punch before the handshake goes over the relay.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        direct_wait: Duration,
+    },
+}
+
+/// A flag or variable does not have the expected form.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: '{value}' is not valid: {reason}")]
+pub struct ListError {
+    name: &'static str,
+    value: String,
+    reason: String,
+}
+
+/// Splits a comma- or semicolon-separated multiaddr list.
+pub fn multiaddrs(name: &'static str, list: Option<&str>) -> Result<Vec<Multiaddr>, ListError> {
+    list.unwrap_or("")
+        .split([',', ';'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().map_err(|e: libp2p::multiaddr::Error| ListError {
+                name,
+                value: s.to_owned(),
+                reason: format!("not a multiaddr ({e})"),
+            })
+        })
+        .collect()
+}
+
+/// The relay named by an address ending in `/p2p/<relay>` (or `/p2p/<relay>/p2p-circuit`).
+fn relay_bootstrap(name: &'static str, addr: &Multiaddr) -> Result<BootstrapAddr, ListError> {
+    let mut relay_part = Multiaddr::empty();
+    for p in addr.iter() {
+        if p == Protocol::P2pCircuit {
+            break;
+        }
+        relay_part.push(p);
+    }
+    relay_part
+        .to_string()
+        .parse()
+        .map_err(|e: punchgate::config::SpecError| ListError {
+            name,
+            value: addr.to_string(),
+            reason: e.expected,
+        })
+}
+
+/// The node's config from the arguments.
+fn node_config(
+    args: &Args,
+    direct_wait: Option<Duration>,
+) -> Result<NodeConfig, Box<dyn std::error::Error>> {
+    let (keypair, _) = identity::load_or_create(&args.identity)?;
+    let mut config = NodeConfig::new(keypair);
+    let mut listen = Vec::new();
+    for addr in multiaddrs("LIBP2P_LISTEN_MULTIADDRS", args.listen.as_deref())? {
+        if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+            config
+                .bootstrap
+                .push(relay_bootstrap("LIBP2P_LISTEN_MULTIADDRS", &addr)?);
+        } else {
+            listen.push(addr);
+        }
+    }
+    if !listen.is_empty() {
+        config.listen = listen;
+    }
+    for addr in multiaddrs("LIBP2P_RELAY_MULTIADDRS", args.relay.as_deref())? {
+        config
+            .bootstrap
+            .push(relay_bootstrap("LIBP2P_RELAY_MULTIADDRS", &addr)?);
+    }
+    config.nat_override = args.nat_status.map(|n| match n {
+        NatArg::Private => NatStatus::Private,
+        NatArg::Public => NatStatus::Public,
+    });
+    config.autonat_private_ips = args.autonat_private_ips;
+    config.mdns = !args.no_mdns;
+    if let Some(wait) = direct_wait {
+        config.timing.direct_wait = wait;
+    }
+    Ok(config)
+}
+
+/// Runs the program; errors are printed as one line and give exit code 1.
+pub fn run_main(args: Args) -> ExitCode {
+    init_tracing(args.log_format);
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| e.into())
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let direct_wait = match &args.mode {
+        Mode::Client { direct_wait, .. } => Some(*direct_wait),
+        Mode::Server { .. } => None,
+    };
+    let config = node_config(&args, direct_wait)?;
+    let node = Node::start(config).await?;
+    let peer_id = node.peer_id();
+    println!("peer id: {peer_id}");
+    for addr in node.listen_addrs() {
+        println!("listening on {addr}/p2p/{peer_id}");
+    }
+    let bridge = BridgeConfig::default();
+    let local = Local::new(args.network.clone());
+    let timeouts = Timeouts::default();
+    let outcome = match args.mode {
+        Mode::Server { once } => serve(&node, &bridge, local, timeouts, once).await,
+        Mode::Client {
+            remote_peer_id,
+            remote_multiaddrs,
+            ..
+        } => {
+            let addrs = multiaddrs("LIBP2P_REMOTE_MULTIADDRS", remote_multiaddrs.as_deref())?;
+            call(&node, &bridge, remote_peer_id, addrs, &local, &timeouts).await
+        }
+    };
+    node.shutdown().await;
+    outcome
+}
+
+async fn serve(
+    node: &Node,
+    bridge: &BridgeConfig,
+    local: Local,
+    timeouts: Timeouts,
+    once: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (outcomes_tx, mut outcomes) = mpsc::channel(16);
+    let incoming = Incoming::new(node.handle(), bridge)?.refuse_duplicate_peers();
+    let service = P2pService::new(local, timeouts, outcomes_tx).into_server(bridge);
+    let stop = node.handle().clone();
+    let server = tokio::spawn(
+        bridge
+            .server()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move { stop.stopped().await }),
+    );
+    tracing::info!(protocol = %bridge.protocol, "serving Kaspa P2P over libp2p");
+    let result = loop {
+        tokio::select! {
+            outcome = outcomes.recv() => match outcome {
+                Some(incoming) if once => break incoming.result.map(|_| ()).map_err(Into::into),
+                Some(_) => {}
+                None => break Ok(()),
+            },
+            () = wait_for_signal() => break Ok(()),
+        }
+    };
+    node.handle().shutdown();
+    let _ = server.await;
+    result
+}
+
+async fn call(
+    node: &Node,
+    bridge: &BridgeConfig,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    local: &Local,
+    timeouts: &Timeouts,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Try the given addresses in order, as the proof of concept did.
+    let total = addrs.len();
+    for (i, addr) in addrs.into_iter().enumerate() {
+        tracing::info!(%addr, attempt = i + 1, of = total, "dialing remote multiaddr");
+        match node.handle().dial_addr(peer, addr.clone()).await {
+            Ok(info) => {
+                tracing::info!(%addr, relayed = info.relayed, "connected to the remote peer");
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%addr, %error, "remote multiaddr failed");
+                if i + 1 == total {
+                    return Err(format!("no remote multiaddr worked (last: {error})").into());
+                }
+            }
+        }
+    }
+    let path: Arc<std::sync::Mutex<Option<P2pConnectInfo>>> = Arc::default();
+    let observer: punchgate_grpc::Observer = {
+        let path = path.clone();
+        Arc::new(move |info: &P2pConnectInfo| {
+            *path.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.clone());
+        })
+    };
+    let target = Target {
+        peer,
+        addrs: Vec::new(),
+    };
+    let options = ConnectOptions {
+        relays: None,
+        observer: Some(observer),
+    };
+    let channel = punchgate_grpc::connect_with(node.handle(), &target, bridge, options).await?;
+    let info = path.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let relayed = info.as_ref().is_some_and(|i| i.relayed);
+    tracing::info!(
+        %peer,
+        relay = relayed,
+        path = if relayed { "relayed" } else { "direct" },
+        remote_addr = %info.as_ref().map(|i| i.remote_addr.to_string()).unwrap_or_default(),
+        "P2P, Client connected via libp2p"
+    );
+    let (version, _keep_open) = service::handshake(channel, bridge, local, timeouts).await?;
+    tracing::info!(
+        %peer,
+        user_agent = %version.user_agent,
+        path = if relayed { "relayed" } else { "direct" },
+        "P2P handshake complete: Version, Verack, Ready"
+    );
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RELAY: &str = "12D3KooWR2KSRQWyanR1dPvnZkXt296xgf3FFn8135szya3zYYwY";
+
+    #[test]
+    fn lists_split_on_commas_and_semicolons() {
+        let list = format!(
+            "/ip4/0.0.0.0/tcp/4012, /ip4/1.2.3.4/tcp/4011/p2p/{RELAY}/p2p-circuit;/ip4/10.0.0.1/tcp/1"
+        );
+        let addrs = multiaddrs("X", Some(&list)).expect("valid");
+        assert_eq!(addrs.len(), 3);
+        let err = multiaddrs("LIBP2P_REMOTE_MULTIADDRS", Some("/ip4/1.2.3.4/tcp/1,nope"))
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            err.starts_with("LIBP2P_REMOTE_MULTIADDRS: 'nope' is not valid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_circuit_listen_address_names_its_relay() {
+        let addr: Multiaddr = format!("/ip4/1.2.3.4/tcp/4011/p2p/{RELAY}/p2p-circuit")
+            .parse()
+            .expect("addr");
+        let b = relay_bootstrap("X", &addr).expect("relay");
+        assert_eq!(b.peer.to_string(), RELAY);
+        assert_eq!(
+            b.addr.to_string(),
+            format!("/ip4/1.2.3.4/tcp/4011/p2p/{RELAY}")
+        );
+        let err = relay_bootstrap(
+            "LIBP2P_RELAY_MULTIADDRS",
+            &"/ip4/1.2.3.4/tcp/4011".parse().expect("addr"),
+        )
+        .expect_err("no peer id")
+        .to_string();
+        assert!(err.contains("LIBP2P_RELAY_MULTIADDRS"), "{err}");
+    }
+}

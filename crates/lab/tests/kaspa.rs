@@ -1,0 +1,156 @@
+//! Kaspa's P2P handshake between two private peers behind two NATs, with a public Punchgate
+//! relay: the proof of concept's run, in the lab, asserted. The programs are configured with
+//! the proof of concept's environment variables.
+
+use std::{path::PathBuf, time::Duration};
+
+use punchgate_lab::{
+    nat::NatKind::Moderate,
+    peer::{Peer, field, matches},
+    topology::{self, Scenario},
+};
+
+// Runs before `main`, while the process has one thread: patchbay needs that to unshare the
+// user namespace that lets it build network namespaces without root.
+#[allow(unsafe_code)]
+#[ctor::ctor(unsafe)]
+fn enter_user_namespace() {
+    patchbay::init_userns().expect("enter a user namespace for the lab");
+}
+
+fn bin() -> PathBuf {
+    env!("CARGO_BIN_EXE_punchgate-lab").into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_verack_ready_between_two_private_peers_over_a_direct_connection() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nat-kaspa");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let net = topology::build(
+        Scenario::Pair {
+            a: Moderate,
+            b: Moderate,
+        },
+        None,
+    )
+    .await
+    .expect("network");
+    let relay_ip = net.relay_ip().expect("relay ip");
+
+    let relay = Peer::start(
+        &net.relay,
+        &bin(),
+        "relay",
+        &dir,
+        vec![
+            "--listen".into(),
+            "/ip4/0.0.0.0/tcp/4011".into(),
+            "--external-address".into(),
+            format!("/ip4/{relay_ip}/tcp/4011"),
+            "--no-mdns".into(),
+            "--autonat-private-ips".into(),
+        ],
+    )
+    .await
+    .expect("relay");
+    let relay_addr = format!("/ip4/{relay_ip}/tcp/4011/p2p/{}", relay.peer_id);
+
+    // The server, as in the proof of concept: listens locally and on the relay's circuit.
+    let mut server = Peer::start_program(
+        &net.b,
+        &bin(),
+        &["kaspa", "server", "--once"],
+        vec![
+            (
+                "LIBP2P_LISTEN_MULTIADDRS".into(),
+                format!("/ip4/0.0.0.0/tcp/4012,{relay_addr}/p2p-circuit"),
+            ),
+            ("LIBP2P_RELAY_MULTIADDRS".into(), relay_addr.clone()),
+        ],
+        "kaspa-server",
+        &dir,
+        vec!["--no-mdns".into(), "--autonat-private-ips".into()],
+    )
+    .await
+    .expect("server");
+    // The reservation must be in place before the client dials (the proof of concept's note).
+    server
+        .wait_for_message(Duration::from_secs(90), "relay reservation accepted", &[])
+        .await
+        .expect("the server holds a reservation");
+
+    // The client, as in the proof of concept: the server's peer id and its circuit address.
+    let mut client = Peer::start_program(
+        &net.a,
+        &bin(),
+        &["kaspa", "client"],
+        vec![
+            (
+                "LIBP2P_LISTEN_MULTIADDRS".into(),
+                "/ip4/0.0.0.0/tcp/4013".into(),
+            ),
+            ("LIBP2P_REMOTE_PEER_ID".into(), server.peer_id.clone()),
+            (
+                "LIBP2P_REMOTE_MULTIADDRS".into(),
+                format!("{relay_addr}/p2p-circuit"),
+            ),
+        ],
+        "kaspa-client",
+        &dir,
+        vec!["--no-mdns".into(), "--autonat-private-ips".into()],
+    )
+    .await
+    .expect("client");
+
+    let client_exit = client
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .expect("client exits");
+    assert!(
+        client_exit.success(),
+        "client failed; logs in {}",
+        dir.display()
+    );
+    let server_exit = server
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("server exits");
+    assert!(
+        server_exit.success(),
+        "server failed; logs in {}",
+        dir.display()
+    );
+
+    let events = client.events();
+    for step in [
+        "accepted version message",
+        "accepted verack message",
+        "accepted ready message",
+    ] {
+        assert!(
+            events.iter().any(|e| matches(e, step, &[])),
+            "client never logged '{step}'"
+        );
+    }
+    let done = events
+        .iter()
+        .find(|e| matches(e, "P2P handshake complete: Version, Verack, Ready", &[]))
+        .expect("client logged the completed handshake");
+    assert_eq!(
+        field(done, "path").as_deref(),
+        Some("direct"),
+        "the handshake must run over the punched connection; logs in {}",
+        dir.display()
+    );
+    let server_events = server.events();
+    assert!(
+        server_events.iter().any(|e| matches(
+            e,
+            "P2P connected to incoming peer: handshake complete",
+            &[("relayed", "false")]
+        )),
+        "the server saw the handshake complete over a direct connection"
+    );
+    drop(relay);
+}
