@@ -271,20 +271,26 @@ mod tests {
 
     use super::*;
 
-    /// Two handshakes wired to each other through channels.
+    type Inbound = futures::stream::Map<
+        ReceiverStream<KaspadMessage>,
+        fn(KaspadMessage) -> Result<KaspadMessage, Status>,
+    >;
+
+    /// Two handshakes wired to each other through channels: (A's out, A's in, B's out, B's in).
     fn pair() -> (
         mpsc::Sender<KaspadMessage>,
-        impl Stream<Item = Result<KaspadMessage, Status>> + Unpin,
+        Inbound,
         mpsc::Sender<KaspadMessage>,
-        impl Stream<Item = Result<KaspadMessage, Status>> + Unpin,
+        Inbound,
     ) {
         let (a_tx, a_rx) = mpsc::channel(8);
         let (b_tx, b_rx) = mpsc::channel(8);
+        let ok: fn(KaspadMessage) -> Result<KaspadMessage, Status> = Ok;
         (
             a_tx,
-            ReceiverStream::new(b_rx).map(Ok),
+            ReceiverStream::new(b_rx).map(ok),
             b_tx,
-            ReceiverStream::new(a_rx).map(Ok),
+            ReceiverStream::new(a_rx).map(ok),
         )
     }
 
