@@ -32,6 +32,9 @@ use crate::{
     service::{self, P2pService},
 };
 
+/// How long a client that completed its handshake waits for the server to end the call.
+const HANG_UP: Duration = Duration::from_secs(2);
+
 /// Kaspa's P2P handshake between two peers behind NAT, over Punchgate.
 #[derive(Debug, Parser)]
 #[command(name = "kaspa-p2p", version, about)]
@@ -314,13 +317,16 @@ async fn call(
         remote_addr = %info.as_ref().map(|i| i.remote_addr.to_string()).unwrap_or_default(),
         "P2P, Client connected via libp2p"
     );
-    let (version, _keep_open) = service::handshake(channel, bridge, local, timeouts).await?;
+    let session = service::handshake(channel, bridge, local, timeouts).await?;
     tracing::info!(
         %peer,
-        user_agent = %version.user_agent,
+        user_agent = %session.version.user_agent,
         path = if relayed { "relayed" } else { "direct" },
         "P2P handshake complete: Version, Verack, Ready"
     );
+    if !session.close(HANG_UP).await {
+        tracing::warn!(%peer, "the peer did not end the call in time; closing anyway");
+    }
     Ok(())
 }
 

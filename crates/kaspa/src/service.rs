@@ -101,24 +101,55 @@ impl P2p for P2pService {
     }
 }
 
-/// Calls `MessageStream` on `channel` and runs the handshake; returns the peer's Version. The
-/// call stays open while the returned sender lives.
+/// An open `MessageStream` call after a completed handshake, from the calling side.
+#[derive(Debug)]
+pub struct Session {
+    /// The peer's Version.
+    pub version: VersionMessage,
+    out: mpsc::Sender<KaspadMessage>,
+    inbound: Streaming<KaspadMessage>,
+}
+
+impl Session {
+    /// The queue of messages towards the peer; the call stays open while the session lives.
+    pub fn sender(&self) -> &mpsc::Sender<KaspadMessage> {
+        &self.out
+    }
+
+    /// Hangs up cleanly: ends our half of the call (after every queued message, our Ready
+    /// included, has been sent) and waits, at most `within`, for the peer to end its half.
+    /// Dropping the node right after the handshake instead can cut our last message off, and
+    /// the peer would see a failed handshake. Returns whether the peer hung up in time.
+    pub async fn close(self, within: std::time::Duration) -> bool {
+        let Self {
+            out, mut inbound, ..
+        } = self;
+        drop(out);
+        tokio::time::timeout(within, async {
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// Calls `MessageStream` on `channel` and runs the handshake.
 pub async fn handshake(
     channel: Channel,
     config: &BridgeConfig,
     local: &Local,
     timeouts: &Timeouts,
-) -> Result<(VersionMessage, mpsc::Sender<KaspadMessage>), HandshakeError> {
+) -> Result<Session, HandshakeError> {
     let mut client = P2pClient::new(channel)
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
     let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let request = ReceiverStream::new(rx);
-    let call = client.message_stream(request);
-    let run = async {
-        let mut inbound = call.await?.into_inner();
-        handshake::run(local, timeouts, &out, &mut inbound).await
-    };
-    let version = run.await?;
-    Ok((version, out))
+    let mut inbound = client.message_stream(request).await?.into_inner();
+    let version = handshake::run(local, timeouts, &out, &mut inbound).await?;
+    Ok(Session {
+        version,
+        out,
+        inbound,
+    })
 }

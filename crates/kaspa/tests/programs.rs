@@ -14,7 +14,14 @@ struct Server {
     child: Child,
     peer_id: String,
     addr: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// What the server logged so far, for failure messages.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for Server {
@@ -31,7 +38,7 @@ fn server(network: &str) -> Server {
         .env("LIBP2P_LISTEN_MULTIADDRS", "/ip4/127.0.0.1/tcp/0")
         .env("KASPA_P2P_IDENTITY", dir.path().join("server.key"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).expect("server log"))
         .spawn()
         .expect("spawn server");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -51,7 +58,7 @@ fn server(network: &str) -> Server {
         child,
         peer_id,
         addr,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -96,10 +103,8 @@ fn handshake_completes_and_both_exit_0() {
     assert!(stderr.contains("accepted verack message"), "{stderr}");
     assert!(stderr.contains("accepted ready message"), "{stderr}");
     assert!(stderr.contains("P2P handshake complete"), "{stderr}");
-    assert_eq!(
-        wait_exit(&mut server.child, Duration::from_secs(10)),
-        Some(0)
-    );
+    let exit = wait_exit(&mut server.child, Duration::from_secs(10));
+    assert_eq!(exit, Some(0), "server log:\n{}", server.log());
 }
 
 #[test]
@@ -108,10 +113,8 @@ fn another_network_fails_on_both_sides() {
     let (code, stderr) = client(&server, "kaspa-testnet-11", &server.addr.clone());
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("is on network"), "{stderr}");
-    assert_eq!(
-        wait_exit(&mut server.child, Duration::from_secs(10)),
-        Some(1)
-    );
+    let exit = wait_exit(&mut server.child, Duration::from_secs(10));
+    assert_eq!(exit, Some(1), "server log:\n{}", server.log());
 }
 
 #[test]
