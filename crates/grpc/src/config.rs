@@ -87,7 +87,12 @@ impl BridgeConfig {
     /// A tonic endpoint with these HTTP/2 settings, for a connector that opens libp2p streams.
     /// The URI only names the HTTP authority; the connector decides where bytes go.
     pub fn endpoint(&self) -> Endpoint {
-        let mut endpoint = Endpoint::from_static("http://punchgate.invalid")
+        self.apply(Endpoint::from_static("http://punchgate.invalid"))
+    }
+
+    /// These HTTP/2 settings on any endpoint (for example a plain-TCP one to compare with).
+    pub fn apply(&self, endpoint: Endpoint) -> Endpoint {
+        let mut endpoint = endpoint
             .max_frame_size(self.max_frame_size)
             .initial_stream_window_size(self.stream_window)
             .initial_connection_window_size(self.connection_window)

@@ -159,6 +159,7 @@ pub enum RunError {
 /// printed as one line (no backtrace: they are the user's to fix) and give exit code 1.
 pub fn run_main(cli: Cli) -> ExitCode {
     init_tracing(cli.log_format);
+    raise_fd_limit();
     let result = tokio::runtime::Runtime::new()
         .map_err(RunError::Runtime)
         .and_then(|runtime| runtime.block_on(run(cli)));
@@ -199,6 +200,20 @@ async fn run(cli: Cli) -> Result<(), RunError> {
     });
     node.run_until_stopped().await;
     Ok(())
+}
+
+/// Every tunnelled connection holds a socket on each side: lift the soft limit on open files to
+/// the hard limit (often 1024 soft, far more hard), as network daemons do.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(error) => tracing::warn!(%error, soft, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot read the open-file limit"),
+    }
 }
 
 /// Ctrl-C or SIGTERM.
