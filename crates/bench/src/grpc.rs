@@ -1,0 +1,220 @@
+//! The same tonic echo service over plain TCP and over Punchgate, with the same HTTP/2
+//! settings, the server in its own process as in a real deployment: unary latency and
+//! streaming throughput.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use libp2p::identity::Keypair;
+use punchgate::{Node, config::NodeConfig};
+use punchgate_grpc::{
+    BridgeConfig, Incoming, Target,
+    echo::{self, EchoClient, Payload},
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint, server::TcpIncoming};
+
+use crate::tcp::percentile_us;
+
+/// Bytes per unary request and reply.
+const UNARY_BYTES: usize = 64;
+
+/// What one path measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct GrpcResult {
+    /// Unary round trip, median, µs.
+    pub unary_p50_us: f64,
+    /// Unary round trip, 99th percentile, µs.
+    pub unary_p99_us: f64,
+    /// Client-to-server payload over one bidirectional stream, Gbit/s.
+    pub(crate) stream_gbps: f64,
+}
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GrpcSizes {
+    /// Unary calls timed.
+    pub(crate) unary: usize,
+    /// Streamed messages.
+    pub(crate) messages: usize,
+    /// Bytes per streamed message.
+    pub(crate) message_bytes: usize,
+}
+
+/// Serves the echo service in this process until stdin closes: over TCP on 127.0.0.1, or on a
+/// Punchgate node listening on 127.0.0.1. Prints `grpc listening on <address>` (for Punchgate,
+/// the node's `/ip4/../p2p/<peer>` address).
+pub(crate) async fn serve(punchgate: bool) -> Result<()> {
+    let config = BridgeConfig::default();
+    let stdin_closed = async {
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+    };
+    if punchgate {
+        let node = Node::start(node_config()).await?;
+        let incoming = Incoming::new(node.handle(), &config)?;
+        println!(
+            "grpc listening on {}/p2p/{}",
+            node.listen_addrs()[0],
+            node.peer_id()
+        );
+        tokio::select! {
+            result = config.server().add_service(echo::server(&config)).serve_with_incoming(incoming) => result?,
+            () = stdin_closed => {}
+        }
+        node.shutdown().await;
+    } else {
+        // `Server::tcp_nodelay` is ignored by `serve_with_incoming`: set it on the incoming
+        // sockets, as libp2p's TCP transport does on Punchgate's side.
+        let incoming = TcpIncoming::bind("127.0.0.1:0".parse()?)?.with_nodelay(Some(true));
+        println!("grpc listening on {}", incoming.local_addr()?);
+        tokio::select! {
+            result = config
+                .server()
+                .add_service(echo::server(&config))
+                .serve_with_incoming(incoming) => result?,
+            () = stdin_closed => {}
+        }
+    }
+    Ok(())
+}
+
+fn node_config() -> NodeConfig {
+    let mut c = NodeConfig::new(Keypair::generate_ed25519());
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
+    c.mdns = false;
+    c
+}
+
+/// A server process (this executable, `grpc-server`); killed when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl ServerProcess {
+    fn start(bin: &std::path::Path, punchgate: bool) -> Result<Self> {
+        use std::io::BufRead as _;
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("grpc-server");
+        if punchgate {
+            cmd.arg("--punchgate");
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let line = std::io::BufReader::new(stdout)
+            .lines()
+            .next()
+            .context("server printed nothing")??;
+        let addr = line
+            .strip_prefix("grpc listening on ")
+            .context("unexpected server output")?
+            .to_owned();
+        Ok(Self { child, addr })
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The echo service over TCP, server in its own process.
+pub(crate) async fn over_tcp(
+    bin: &std::path::Path,
+    config: &BridgeConfig,
+    sizes: GrpcSizes,
+) -> Result<GrpcResult> {
+    let server = ServerProcess::start(bin, false)?;
+    let endpoint =
+        config.apply(Endpoint::from_shared(format!("http://{}", server.addr))?.tcp_nodelay(true));
+    let channel = endpoint.connect().await?;
+    measure(echo::client(channel, config), sizes).await
+}
+
+/// The echo service over Punchgate (TCP, Noise, yamux), server node in its own process, client
+/// node in this one.
+pub(crate) async fn over_punchgate(
+    bin: &std::path::Path,
+    config: &BridgeConfig,
+    sizes: GrpcSizes,
+) -> Result<GrpcResult> {
+    let server = ServerProcess::start(bin, true)?;
+    let mut client_config = node_config();
+    client_config.bootstrap = vec![server.addr.parse()?];
+    let peer = client_config.bootstrap[0].peer;
+    let client = Node::start(client_config).await?;
+    let target: Target = format!("punchgate://{peer}").parse()?;
+    let channel = punchgate_grpc::connect(client.handle(), &target, config).await?;
+    let result = measure(echo::client(channel, config), sizes).await;
+    client.shutdown().await;
+    result
+}
+
+async fn measure(mut client: EchoClient<Channel>, sizes: GrpcSizes) -> Result<GrpcResult> {
+    let request = || Payload {
+        data: vec![0x33; UNARY_BYTES],
+        reply_size: 0,
+    };
+    for _ in 0..sizes.unary / 10 + 10 {
+        client.unary(request()).await?;
+    }
+    let mut times = Vec::with_capacity(sizes.unary);
+    for _ in 0..sizes.unary {
+        let started = Instant::now();
+        let reply = client.unary(request()).await?;
+        times.push(started.elapsed());
+        ensure!(
+            reply.into_inner().data.len() == UNARY_BYTES,
+            "short unary reply"
+        );
+    }
+    let stream_gbps = stream(&mut client, sizes).await?;
+    Ok(GrpcResult {
+        unary_p50_us: percentile_us(&times, 50.0),
+        unary_p99_us: percentile_us(&times, 99.0),
+        stream_gbps,
+    })
+}
+
+/// Streams `messages` of `message_bytes` to the server (each answered with 1 byte) and times
+/// it until the last answer.
+async fn stream(client: &mut EchoClient<Channel>, sizes: GrpcSizes) -> Result<f64> {
+    let (tx, rx) = mpsc::channel(32);
+    let data = vec![0x77u8; sizes.message_bytes];
+    let started = Instant::now();
+    let mut replies = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let sender = tokio::spawn(async move {
+        for _ in 0..sizes.messages {
+            if tx
+                .send(Payload {
+                    data: data.clone(),
+                    reply_size: 1,
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut received = 0;
+    while received < sizes.messages {
+        tokio::time::timeout(Duration::from_secs(60), replies.message())
+            .await
+            .context("stream stalled")??
+            .context("stream ended early")?;
+        received += 1;
+    }
+    let elapsed = started.elapsed();
+    sender.await?;
+    Ok((sizes.messages * sizes.message_bytes) as f64 * 8.0 / elapsed.as_secs_f64() / 1e9)
+}

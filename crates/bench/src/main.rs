@@ -1,0 +1,469 @@
+//! `punchgate-bench`: how fast a Punchgate tunnel is, against raw TCP in the same run.
+//!
+//! One run on loopback measures, for raw TCP, a tunnel over a direct TCP connection (Noise +
+//! yamux) and a tunnel over QUIC (two real `punchgate` processes: this executable run as
+//! `node`): bulk throughput (1 and 8 streams), small round trips, connection setup, and 1,000
+//! concurrent tunnelled connections with the nodes' RSS growth; then the same tonic service over
+//! plain TCP and over Punchgate. Every figure is also a ratio to raw TCP of the same run: the
+//! machines are shared and noisy, and ratios from one run are what compare.
+
+mod crypto;
+mod grpc;
+mod nodes;
+mod services;
+mod tcp;
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::{
+    grpc::{GrpcResult, GrpcSizes},
+    nodes::Transport,
+    tcp::percentile_us,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "punchgate-bench", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Tiny sizes: checks every measurement runs (CI), numbers mean nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Write `<OUT>.md` and `<OUT>.json`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the nodes' logs and keys go.
+    #[arg(long, default_value = "target/bench")]
+    work: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run as a Punchgate node (the `punchgate` binary); used by the benchmark.
+    Node {
+        /// `punchgate` flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Serve the gRPC echo service until stdin closes; used by the benchmark.
+    GrpcServer {
+        /// On a Punchgate node instead of plain TCP.
+        #[arg(long)]
+        punchgate: bool,
+    },
+}
+
+/// How much each measurement does.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Sizes {
+    bulk_bytes: u64,
+    parallel_streams: usize,
+    parallel_bytes_each: u64,
+    round_trips: usize,
+    setups: usize,
+    concurrent: usize,
+    grpc_unary: usize,
+    grpc_messages: usize,
+    grpc_message_bytes: usize,
+}
+
+impl Sizes {
+    fn full() -> Self {
+        Self {
+            bulk_bytes: 2 << 30,
+            parallel_streams: 8,
+            parallel_bytes_each: 256 << 20,
+            round_trips: 10_000,
+            setups: 1_000,
+            concurrent: 1_000,
+            grpc_unary: 10_000,
+            grpc_messages: 4_096,
+            grpc_message_bytes: 256 << 10,
+        }
+    }
+
+    fn smoke() -> Self {
+        Self {
+            bulk_bytes: 4 << 20,
+            parallel_streams: 8,
+            parallel_bytes_each: 512 << 10,
+            round_trips: 50,
+            setups: 20,
+            concurrent: 100,
+            grpc_unary: 50,
+            grpc_messages: 32,
+            grpc_message_bytes: 64 << 10,
+        }
+    }
+}
+
+/// One path's figures.
+#[derive(Debug, Clone, Serialize)]
+struct PathResult {
+    name: &'static str,
+    throughput_gbps: f64,
+    parallel_gbps: f64,
+    rtt_p50_us: f64,
+    rtt_p99_us: f64,
+    setup_p50_us: f64,
+    setup_p99_us: f64,
+    /// RSS growth per concurrent tunnelled connection, KiB: (tunnel side, service side).
+    rss_per_connection_kib: Option<(f64, f64)>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    smoke: bool,
+    sizes: Sizes,
+    cpus: usize,
+    /// Noise's cipher (ChaCha20-Poly1305, ring) on one core: (seal, open) Gbit/s.
+    chacha_one_core_gbps: (f64, f64),
+    paths: Vec<PathResult>,
+    grpc_tcp: GrpcResult,
+    grpc_punchgate: GrpcResult,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Some(Command::Node { args }) => {
+            let cli = <punchgate::cli::Cli as Parser>::parse_from(
+                std::iter::once("punchgate".to_owned()).chain(args),
+            );
+            return punchgate::cli::run_main(cli);
+        }
+        Some(Command::GrpcServer { punchgate }) => tokio::runtime::Runtime::new()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(grpc::serve(punchgate))),
+        None => {
+            punchgate::cli::raise_fd_limit();
+            tokio::runtime::Runtime::new()
+                .context("cannot start the async runtime")
+                .and_then(|rt| rt.block_on(run(&args)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<()> {
+    let sizes = if args.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
+    let bin = std::env::current_exe()?;
+    std::fs::create_dir_all(&args.work)?;
+    let echo = services::echo().await?;
+    let sink = services::sink().await?;
+
+    eprintln!("raw TCP...");
+    let mut paths = vec![measure("raw TCP", echo, sink, sizes, None).await?];
+    for (transport, name) in [
+        (Transport::Tcp, "tunnel over TCP (Noise + yamux)"),
+        (Transport::Quic, "tunnel over QUIC"),
+    ] {
+        eprintln!("{name}...");
+        let pair = nodes::start(&bin, &args.work, transport, echo, sink)?;
+        paths.push(measure(name, pair.echo, pair.sink, sizes, Some(&pair)).await?);
+    }
+
+    let config = punchgate_grpc::BridgeConfig::default();
+    let grpc_sizes = GrpcSizes {
+        unary: sizes.grpc_unary,
+        messages: sizes.grpc_messages,
+        message_bytes: sizes.grpc_message_bytes,
+    };
+    eprintln!("gRPC over TCP...");
+    let grpc_tcp = grpc::over_tcp(&bin, &config, grpc_sizes).await?;
+    eprintln!("gRPC over Punchgate...");
+    let grpc_punchgate = grpc::over_punchgate(&bin, &config, grpc_sizes).await?;
+
+    eprintln!("ChaCha20-Poly1305 on one core...");
+    let chacha_one_core_gbps =
+        crypto::chacha20_poly1305(if args.smoke { 16 << 20 } else { 1 << 30 });
+    let report = Report {
+        smoke: args.smoke,
+        sizes,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        chacha_one_core_gbps,
+        paths,
+        grpc_tcp,
+        grpc_punchgate,
+    };
+    let markdown = markdown(&report);
+    println!("{markdown}");
+    if let Some(out) = &args.out {
+        write(out, &markdown, &report)?;
+    }
+    Ok(())
+}
+
+async fn measure(
+    name: &'static str,
+    echo: std::net::SocketAddr,
+    sink: std::net::SocketAddr,
+    sizes: Sizes,
+    nodes: Option<&nodes::Pair>,
+) -> Result<PathResult> {
+    // Warm up: the tunnel's libp2p connection is dialled by the first connection.
+    tcp::setups(echo, 5).await?;
+    // Memory first, while the nodes are lean: RSS before, and with every connection open.
+    let rss_per_connection_kib = match nodes {
+        Some(pair) => {
+            let before = (pair.tunnel.rss_kib()?, pair.service.rss_kib()?);
+            let during = tcp::concurrent(echo, sizes.concurrent, 100, || async {
+                (pair.tunnel.rss_kib(), pair.service.rss_kib())
+            })
+            .await?;
+            let n = sizes.concurrent as f64;
+            Some((
+                (during.0? as f64 - before.0 as f64) / n,
+                (during.1? as f64 - before.1 as f64) / n,
+            ))
+        }
+        None => {
+            tcp::concurrent(echo, sizes.concurrent, 100, || async {}).await?;
+            None
+        }
+    };
+    let setups = tcp::setups(echo, sizes.setups).await?;
+    let rtts = tcp::round_trips(echo, sizes.round_trips).await?;
+    let throughput_gbps = tcp::throughput(sink, sizes.bulk_bytes).await?;
+    let parallel_gbps =
+        tcp::parallel_throughput(sink, sizes.parallel_streams, sizes.parallel_bytes_each).await?;
+    Ok(PathResult {
+        name,
+        throughput_gbps,
+        parallel_gbps,
+        rtt_p50_us: percentile_us(&rtts, 50.0),
+        rtt_p99_us: percentile_us(&rtts, 99.0),
+        setup_p50_us: percentile_us(&setups, 50.0),
+        setup_p99_us: percentile_us(&setups, 99.0),
+        rss_per_connection_kib,
+    })
+}
+
+/// `value (ratio×)` against the raw-TCP figure.
+fn with_ratio(value: f64, raw: f64, digits: usize) -> String {
+    format!("{value:.digits$} ({:.2}×)", value / raw)
+}
+
+fn markdown(r: &Report) -> String {
+    let raw = &r.paths[0];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| metric | {} |",
+        r.paths
+            .iter()
+            .map(|p| p.name)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(out, "|---{}|", "|---".repeat(r.paths.len()));
+    type Cell = fn(&PathResult) -> f64;
+    let rows: [(&str, Cell, usize); 6] = [
+        ("throughput, 1 stream (Gbit/s)", |p| p.throughput_gbps, 2),
+        ("throughput, 8 streams (Gbit/s)", |p| p.parallel_gbps, 2),
+        ("round trip 64 B, p50 (µs)", |p| p.rtt_p50_us, 0),
+        ("round trip 64 B, p99 (µs)", |p| p.rtt_p99_us, 0),
+        ("connection setup, p50 (µs)", |p| p.setup_p50_us, 0),
+        ("connection setup, p99 (µs)", |p| p.setup_p99_us, 0),
+    ];
+    for (label, cell, digits) in rows {
+        let cells: Vec<String> = r
+            .paths
+            .iter()
+            .map(|p| with_ratio(cell(p), cell(raw), digits))
+            .collect();
+        let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+    }
+    let memory: Vec<String> = r
+        .paths
+        .iter()
+        .map(|p| match p.rss_per_connection_kib {
+            Some((a, b)) => format!("{a:.1} + {b:.1}"),
+            None => "–".into(),
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "| RSS per concurrent connection, tunnel + service node (KiB), {} connections | {} |",
+        r.sizes.concurrent,
+        memory.join(" | ")
+    );
+    let (t, p) = (&r.grpc_tcp, &r.grpc_punchgate);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| gRPC (same tonic echo service) | plain TCP | Punchgate |"
+    );
+    let _ = writeln!(out, "|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| unary 64 B, p50 (µs) | {:.0} | {} |",
+        t.unary_p50_us,
+        with_ratio(p.unary_p50_us, t.unary_p50_us, 0)
+    );
+    let _ = writeln!(
+        out,
+        "| unary 64 B, p99 (µs) | {:.0} | {} |",
+        t.unary_p99_us,
+        with_ratio(p.unary_p99_us, t.unary_p99_us, 0)
+    );
+    let _ = writeln!(
+        out,
+        "| streaming {} KiB messages (Gbit/s) | {:.2} | {} |",
+        r.sizes.grpc_message_bytes >> 10,
+        t.stream_gbps,
+        with_ratio(p.stream_gbps, t.stream_gbps, 2)
+    );
+
+    // The ceiling for any ChaCha20-Poly1305 tunnel here: every byte sealed once and opened once,
+    // all cores doing nothing else.
+    let (seal, open) = r.chacha_one_core_gbps;
+    let ceiling = r.cpus as f64 / (1.0 / seal + 1.0 / open);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "ChaCha20-Poly1305 (Noise's cipher) on one core: seal {seal:.1} Gbit/s, open {open:.1} Gbit/s. \
+         A tunnel that sealed and opened every byte and did nothing else would top out at \
+         {ceiling:.1} Gbit/s on these {} cores ({:.2}× raw TCP).",
+        r.cpus,
+        ceiling / raw.throughput_gbps
+    );
+    let tunnel = &r.paths[1];
+    let rss = tunnel
+        .rss_per_connection_kib
+        .map_or(f64::NAN, |(a, b)| a.max(b));
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| target | measured | met |");
+    let _ = writeln!(out, "|---|---|---|");
+    let mut target = |name: &str, measured: String, met: bool| {
+        let _ = writeln!(
+            out,
+            "| {name} | {measured} | {} |",
+            if met { "yes" } else { "no" }
+        );
+    };
+    let ratio = tunnel.throughput_gbps / raw.throughput_gbps;
+    target(
+        "encrypted tunnel throughput ≥ 0.30× raw TCP",
+        format!("{ratio:.2}×"),
+        ratio >= 0.30,
+    );
+    target(
+        "RSS ≤ 32 KiB per concurrent connection (per node)",
+        format!("{rss:.1} KiB"),
+        rss <= 32.0,
+    );
+    let unary = p.unary_p50_us / t.unary_p50_us;
+    target(
+        "gRPC unary p50 ≤ 1.3× TCP",
+        format!("{unary:.2}×"),
+        unary <= 1.3,
+    );
+    let stream = p.stream_gbps / t.stream_gbps;
+    target(
+        "gRPC streaming ≥ 0.7× TCP",
+        format!("{stream:.2}×"),
+        stream >= 0.7,
+    );
+    out
+}
+
+fn write(out: &Path, markdown: &str, report: &Report) -> Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out.with_extension("md"), markdown)?;
+    std::fs::write(
+        out.with_extension("json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    std::fs::write(out.with_extension("svg"), chart(report))?;
+    Ok(())
+}
+
+/// A bar chart of every figure as a ratio to raw TCP (throughput: higher is better; times:
+/// lower is better, so their ratio is inverted to read the same way).
+fn chart(r: &Report) -> String {
+    let raw = &r.paths[0];
+    type Cell = fn(&PathResult) -> f64;
+    let metrics: [(&str, Cell, bool); 4] = [
+        ("throughput, 1 stream", |p| p.throughput_gbps, true),
+        ("throughput, 8 streams", |p| p.parallel_gbps, true),
+        ("round trip p50", |p| p.rtt_p50_us, false),
+        ("connection setup p50", |p| p.setup_p50_us, false),
+    ];
+    let (bar_h, gap, left, width) = (18.0, 10.0, 190.0, 420.0);
+    let colors = ["#4a7fb5", "#d9823b"];
+    let mut y = 40.0;
+    let mut body = String::new();
+    for (label, cell, higher_is_better) in metrics {
+        let _ = writeln!(
+            body,
+            r#"<text x="10" y="{:.0}" font-size="13">{label}</text>"#,
+            y + bar_h
+        );
+        for (i, p) in r.paths[1..].iter().enumerate() {
+            let ratio = if higher_is_better {
+                cell(p) / cell(raw)
+            } else {
+                cell(raw) / cell(p)
+            };
+            let w = (ratio.clamp(0.0, 1.0) * width).max(1.0);
+            let _ = writeln!(
+                body,
+                r#"<rect x="{left}" y="{y:.0}" width="{w:.1}" height="{bar_h}" fill="{}"/><text x="{:.1}" y="{:.0}" font-size="11">{ratio:.2}×</text>"#,
+                colors[i % 2],
+                left + w + 4.0,
+                y + bar_h - 5.0
+            );
+            y += bar_h + 2.0;
+        }
+        y += gap;
+    }
+    let legend: String = r.paths[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                r#"<rect x="{}" y="{:.0}" width="12" height="12" fill="{}"/><text x="{}" y="{:.0}" font-size="12">{}</text>"#,
+                left + i as f64 * 230.0,
+                y,
+                colors[i % 2],
+                left + 16.0 + i as f64 * 230.0,
+                y + 11.0,
+                p.name
+            )
+        })
+        .collect();
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+<text x="10" y="22" font-size="15">Punchgate tunnels as a fraction of raw TCP (1.0 = as fast; times inverted)</text>
+<line x1="{x1:.0}" y1="32" x2="{x1:.0}" y2="{y2:.0}" stroke="#999" stroke-dasharray="3,3"/>
+{body}{legend}
+</svg>
+"##,
+        w = left + width + 80.0,
+        h = y + 30.0,
+        x1 = left + width,
+        y2 = y - gap
+    )
+}

@@ -1,0 +1,180 @@
+//! Two real `punchgate` processes (this executable run as `node`), one exposing the services,
+//! one offering tunnel ports in front of them, connected over TCP or QUIC on loopback.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The transport between the two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// TCP + Noise + yamux.
+    Tcp,
+    /// QUIC.
+    Quic,
+}
+
+impl Transport {
+    fn listen(self) -> &'static str {
+        match self {
+            Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
+            Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+        }
+    }
+}
+
+/// A node process.
+#[derive(Debug)]
+pub(crate) struct NodeProcess {
+    child: Child,
+    /// Its printed stdout lines.
+    pub(crate) lines: Vec<String>,
+}
+
+impl NodeProcess {
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        expect_tunnels: usize,
+    ) -> Result<Self> {
+        let mut child = Command::new(bin)
+            .arg("node")
+            .arg("--identity")
+            .arg(dir.join(format!("{name}.key")))
+            .args(["--no-mdns", "--log-format", "json"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+            .spawn()
+            .with_context(|| format!("start node {name}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut reader = BufReader::new(stdout).lines();
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines
+            .iter()
+            .filter(|l: &&String| l.starts_with("tunnel listening on"))
+            .count()
+            < expect_tunnels
+            || !lines.iter().any(|l| l.starts_with("listening on"))
+        {
+            if Instant::now() > deadline {
+                bail!("node {name} did not start");
+            }
+            match reader.next() {
+                Some(Ok(line)) => lines.push(line),
+                _ => bail!(
+                    "node {name} exited: see {}",
+                    dir.join(format!("{name}.log")).display()
+                ),
+            }
+        }
+        Ok(Self { child, lines })
+    }
+
+    /// Resident memory in KiB.
+    pub(crate) fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+
+    fn listen_addr(&self) -> Option<String> {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix("listening on").map(|a| a.trim().to_owned()))
+    }
+
+    fn tunnels(&self) -> Vec<SocketAddr> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("tunnel listening on "))
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The service side (B) and the tunnel side (A).
+#[derive(Debug)]
+pub(crate) struct Pair {
+    /// Exposes `echo` and `sink`.
+    pub(crate) service: NodeProcess,
+    /// Tunnels to them.
+    pub(crate) tunnel: NodeProcess,
+    /// A's tunnel port for the echo.
+    pub(crate) echo: SocketAddr,
+    /// A's tunnel port for the sink.
+    pub(crate) sink: SocketAddr,
+}
+
+/// Starts B exposing `echo` and `sink`, and A tunnelling to both, over `transport`.
+pub(crate) fn start(
+    bin: &Path,
+    dir: &Path,
+    transport: Transport,
+    echo: SocketAddr,
+    sink: SocketAddr,
+) -> Result<Pair> {
+    let label = match transport {
+        Transport::Tcp => "tcp",
+        Transport::Quic => "quic",
+    };
+    let service = NodeProcess::start(
+        bin,
+        dir,
+        &format!("service-{label}"),
+        &[
+            "--listen".into(),
+            transport.listen().into(),
+            "--expose".into(),
+            format!("echo={echo}"),
+            "--expose".into(),
+            format!("sink={sink}"),
+        ],
+        0,
+    )?;
+    let bootstrap = service.listen_addr().context("service node address")?;
+    let peer = bootstrap.rsplit('/').next().context("peer id")?.to_owned();
+    let tunnel = NodeProcess::start(
+        bin,
+        dir,
+        &format!("tunnel-{label}"),
+        &[
+            "--listen".into(),
+            transport.listen().into(),
+            "--bootstrap".into(),
+            bootstrap,
+            "--tunnel".into(),
+            format!("{peer}:echo@127.0.0.1:0"),
+            "--tunnel".into(),
+            format!("{peer}:sink@127.0.0.1:0"),
+        ],
+        2,
+    )?;
+    let ports = tunnel.tunnels();
+    Ok(Pair {
+        echo: ports[0],
+        sink: ports[1],
+        service,
+        tunnel,
+    })
+}
