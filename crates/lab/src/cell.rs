@@ -12,7 +12,7 @@
 //!    attempts, ping round-trip time.
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
+    nat,
     peer::{Peer, field, matches},
     topology::{self, Network, Scenario},
 };
@@ -217,7 +218,12 @@ pub struct Cell {
     pub dir: PathBuf,
     started: Instant,
     bytes_verified: u64,
+    /// B's echo through a port forward, once [`Cell::raw_round_trip`] set it up.
+    raw_echo: Option<SocketAddr>,
 }
+
+/// The port forwarded on B's router for [`Cell::raw_round_trip`].
+const RAW_PORT: u16 = 18_000;
 
 /// How long a node may take to become ready (AutoNAT needs a dial-back to time out).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -298,6 +304,7 @@ impl Cell {
             dir,
             started,
             bytes_verified: 0,
+            raw_echo: None,
         };
         cell.wait_reachable_b().await?;
         for peer in [&cell.a, &cell.b] {
@@ -363,6 +370,31 @@ impl Cell {
         let took = echo_from(&self.net.a, addr, payload(len, seed)).await?;
         self.bytes_verified += len as u64;
         Ok(took)
+    }
+
+    /// The same echo as [`Cell::round_trip`] over plain TCP, without Punchgate: from A's
+    /// namespace to a port forward on B's router (set up on the first call), across the same
+    /// routers and delays as the tunnel's direct path. Only for [`Scenario::Pair`].
+    pub async fn raw_round_trip(&mut self, len: usize, seed: u64) -> Result<Duration> {
+        let addr = match self.raw_echo {
+            Some(addr) => addr,
+            None => {
+                let Scenario::Pair { .. } = self.spec.scenario else {
+                    bail!("a port forward needs B behind its own router");
+                };
+                let router = self.net.routers.get(2).context("B's router")?;
+                let wan_ip = router
+                    .uplink_ip()
+                    .context("B's router has no WAN address")?;
+                let b_ip = self.net.b.ip().context("B has no address")?;
+                let port = start_echo_on(&self.net.b, Ipv4Addr::UNSPECIFIED).await?;
+                nat::port_forward(router, RAW_PORT, SocketAddrV4::new(b_ip, port))?;
+                let addr = SocketAddr::from((wan_ip, RAW_PORT));
+                self.raw_echo = Some(addr);
+                addr
+            }
+        };
+        echo_from(&self.net.a, addr, payload(len, seed)).await
     }
 
     /// Paths of A's tunnel connections so far, oldest first.
@@ -537,9 +569,14 @@ pub async fn run(spec: CellSpec, bin: &Path, logs: &Path) -> Result<CellResult> 
 
 /// A TCP echo server on 127.0.0.1 inside `device`'s namespace; returns its port.
 pub async fn start_echo(device: &Device) -> Result<u16> {
+    start_echo_on(device, Ipv4Addr::LOCALHOST).await
+}
+
+/// A TCP echo server on `ip` inside `device`'s namespace; returns its port.
+pub async fn start_echo_on(device: &Device, ip: Ipv4Addr) -> Result<u16> {
     let (port_tx, port_rx) = tokio::sync::oneshot::channel();
     device.spawn(async move |_| {
-        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        let listener = match tokio::net::TcpListener::bind((ip, 0)).await {
             Ok(l) => l,
             Err(e) => {
                 let _ = port_tx.send(Err(e));

@@ -41,6 +41,10 @@ enum Command {
         /// One-way delay added at each site's router, in milliseconds.
         #[arg(long, default_value_t = 20)]
         delay_ms: u64,
+        /// After the punch, echo this many MiB through the tunnel and through a port forward on
+        /// B's router, and print both throughputs (0 to skip).
+        #[arg(long, default_value_t = 4)]
+        bulk_mib: usize,
         /// Where the nodes' logs go.
         #[arg(long, default_value = "target/nat-lab/demo")]
         logs: PathBuf,
@@ -136,8 +140,9 @@ async fn run(command: Command) -> Result<bool> {
             nat_b,
             transport,
             delay_ms,
+            bulk_mib,
             logs,
-        } => demo(&bin, nat_a, nat_b, transport, delay_ms, &logs).await,
+        } => demo(&bin, nat_a, nat_b, transport, delay_ms, bulk_mib, &logs).await,
         Command::Matrix {
             runs,
             delay_ms,
@@ -158,6 +163,7 @@ async fn demo(
     b: NatKind,
     transport: Transport,
     delay_ms: u64,
+    bulk_mib: usize,
     logs: &Path,
 ) -> Result<bool> {
     let scenario = Scenario::Pair { a, b };
@@ -212,6 +218,19 @@ async fn demo(
         took.as_millis(),
         result.final_path
     );
+
+    if bulk_mib > 0 {
+        let len = bulk_mib << 20;
+        let mbits = |took: Duration| len as f64 * 8.0 / took.as_secs_f64() / 1e6;
+        let tunnel = cell.round_trip(len, 3).await?;
+        let raw = cell.raw_round_trip(len, 4).await?;
+        println!(
+            "Echoed {bulk_mib} MiB through the tunnel ({} path): {:.0} Mbit/s each way. Plain TCP over the same routers (a port forward on B's router): {:.0} Mbit/s.",
+            result.final_path,
+            mbits(tunnel),
+            mbits(raw)
+        );
+    }
 
     println!("Path between A and B, from A's log:");
     let t0 = cell

@@ -134,6 +134,46 @@ table ip punchgate_tcp_fullcone {{
     nft(router, &rules)
 }
 
+/// Forwards TCP `port` on the router's WAN address to `to` inside (a port forward, as a user
+/// would set up by hand): the baseline a tunnel is compared with over the same links.
+pub fn port_forward(router: &Router, port: u16, to: std::net::SocketAddrV4) -> Result<()> {
+    let wan = wan_interface(router)?;
+    nft(
+        router,
+        &format!(
+            r#"
+table ip punchgate_forward {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat - 1; policy accept;
+        iifname "{wan}" tcp dport {port} dnat to {to}
+    }}
+}}
+"#
+        ),
+    )?;
+    // patchbay's filter (port-restricted and symmetric NATs) drops new inbound flows; let the
+    // forwarded one through. `Open` routers have no filter table.
+    let filtered = run_in(
+        router,
+        "nft",
+        &["list", "chain", "ip", "filter", "forward"],
+        None,
+    )
+    .is_ok();
+    if filtered {
+        run_in(
+            router,
+            "nft",
+            &[
+                "insert", "rule", "ip", "filter", "forward", "iifname", &wan, "ct", "status",
+                "dnat", "accept",
+            ],
+            None,
+        )?;
+    }
+    Ok(())
+}
+
 /// Applies nftables rules in the router's namespace.
 pub fn nft(router: &Router, rules: &str) -> Result<()> {
     run_in(router, "nft", &["-f", "-"], Some(rules))
