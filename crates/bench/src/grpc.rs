@@ -96,7 +96,6 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(bin: &std::path::Path, punchgate: bool) -> Result<Self> {
-        use std::io::BufRead as _;
         let mut cmd = std::process::Command::new(bin);
         cmd.arg("grpc-server");
         if punchgate {
@@ -108,11 +107,9 @@ impl ServerProcess {
             .stderr(std::process::Stdio::null())
             .spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
-        let line = std::io::BufReader::new(stdout)
-            .lines()
-            .next()
-            .context("server printed nothing")??;
-        let addr = line
+        let lines = crate::nodes::read_until(stdout, Duration::from_secs(30), |l| !l.is_empty())
+            .context("the gRPC server did not start")?;
+        let addr = lines[0]
             .strip_prefix("grpc listening on ")
             .context("unexpected server output")?
             .to_owned();

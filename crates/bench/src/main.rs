@@ -37,7 +37,7 @@ struct Args {
     /// Tiny sizes: checks every measurement runs (CI), numbers mean nothing.
     #[arg(long)]
     smoke: bool,
-    /// Write `<OUT>.md` and `<OUT>.json`.
+    /// Write `<OUT>.md`, `<OUT>.json` and `<OUT>.svg` (a chart).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Where the nodes' logs and keys go.

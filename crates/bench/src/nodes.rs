@@ -57,27 +57,20 @@ impl NodeProcess {
             .spawn()
             .with_context(|| format!("start node {name}"))?;
         let stdout = child.stdout.take().context("stdout")?;
-        let mut reader = BufReader::new(stdout).lines();
-        let mut lines = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while lines
-            .iter()
-            .filter(|l: &&String| l.starts_with("tunnel listening on"))
-            .count()
-            < expect_tunnels
-            || !lines.iter().any(|l| l.starts_with("listening on"))
-        {
-            if Instant::now() > deadline {
-                bail!("node {name} did not start");
-            }
-            match reader.next() {
-                Some(Ok(line)) => lines.push(line),
-                _ => bail!(
-                    "node {name} exited: see {}",
-                    dir.join(format!("{name}.log")).display()
-                ),
-            }
-        }
+        let ready = |lines: &[String]| {
+            lines
+                .iter()
+                .filter(|l| l.starts_with("tunnel listening on"))
+                .count()
+                >= expect_tunnels
+                && lines.iter().any(|l| l.starts_with("listening on"))
+        };
+        let lines = read_until(stdout, Duration::from_secs(30), ready).with_context(|| {
+            format!(
+                "node {name} did not start: see {}",
+                dir.join(format!("{name}.log")).display()
+            )
+        })?;
         Ok(Self { child, lines })
     }
 
@@ -170,11 +163,42 @@ pub(crate) fn start(
         ],
         2,
     )?;
-    let ports = tunnel.tunnels();
+    let [echo, sink] = tunnel.tunnels()[..] else {
+        bail!("the tunnel node printed no two tunnel ports");
+    };
     Ok(Pair {
-        echo: ports[0],
-        sink: ports[1],
+        echo,
+        sink,
         service,
         tunnel,
     })
+}
+
+/// Reads a child's stdout lines until `done(lines)`, for at most `within`. The blocking reads
+/// run on their own thread, so a child that hangs without printing cannot hang the benchmark.
+pub(crate) fn read_until(
+    stdout: std::process::ChildStdout,
+    within: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Result<Vec<String>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + within;
+    let mut lines = Vec::new();
+    while !done(&lines) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(line)) => lines.push(line),
+            Ok(Err(error)) => bail!("reading its output: {error}"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!("nothing within {within:?}"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("it exited"),
+        }
+    }
+    Ok(lines)
 }

@@ -61,8 +61,10 @@ pub(crate) async fn parallel_throughput(
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 let chunk = vec![0xa5u8; WRITE_CHUNK];
-                let mut socket = connect(addr).await?;
+                // Reach the barrier even when the connection fails, or the others wait forever.
+                let socket = connect(addr).await;
                 barrier.wait().await;
+                let mut socket = socket?;
                 let mut sent = 0u64;
                 while sent < each {
                     let n = (each - sent).min(WRITE_CHUNK as u64) as usize;
