@@ -325,7 +325,7 @@ async fn call(
         "P2P handshake complete: Version, Verack, Ready"
     );
     if !session.close(HANG_UP).await {
-        tracing::warn!(%peer, "the peer did not end the call in time; closing anyway");
+        tracing::warn!(%peer, "the peer did not end the call cleanly; closing anyway");
     }
     Ok(())
 }

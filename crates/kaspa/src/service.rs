@@ -119,17 +119,24 @@ impl Session {
     /// Hangs up cleanly: ends our half of the call (after every queued message, our Ready
     /// included, has been sent) and waits, at most `within`, for the peer to end its half.
     /// Dropping the node right after the handshake instead can cut our last message off, and
-    /// the peer would see a failed handshake. Returns whether the peer hung up in time.
+    /// the peer would see a failed handshake. Returns whether the peer ended its half cleanly
+    /// in time (an error or a timeout is `false`).
     pub async fn close(self, within: std::time::Duration) -> bool {
         let Self {
             out, mut inbound, ..
         } = self;
         drop(out);
         tokio::time::timeout(within, async {
-            while let Ok(Some(_)) = inbound.message().await {}
+            loop {
+                match inbound.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return true,
+                    Err(_) => return false,
+                }
+            }
         })
         .await
-        .is_ok()
+        .unwrap_or(false)
     }
 }
 
