@@ -105,7 +105,7 @@ pub struct Cli {
     pub relay_max_reservations: usize,
 
     /// Tunnel connections served (and, separately, carried) at once; more wait.
-    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tunnels: u32,
 
     /// Log format on stderr.

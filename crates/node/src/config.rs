@@ -297,7 +297,9 @@ pub struct NodeConfig {
     pub relay: RelayLimits,
     /// Timeouts and waits.
     pub timing: Timing,
-    /// Tunnel connections served or carried at once; more wait.
+    /// Tunnel connections served or carried at once; more wait. The default stays below
+    /// [`MAX_YAMUX_STREAMS_PER_CONNECTION`](crate::net::swarm::MAX_YAMUX_STREAMS_PER_CONNECTION),
+    /// so tunnels to one peer over TCP wait rather than fail.
     pub max_tunnels: usize,
 }
 
@@ -316,7 +318,7 @@ impl NodeConfig {
             autonat_private_ips: false,
             relay: RelayLimits::default(),
             timing: Timing::default(),
-            max_tunnels: 4096,
+            max_tunnels: 2000,
         }
     }
 
