@@ -127,6 +127,9 @@ struct Waiting {
 struct Reach {
     /// A dial is in progress.
     dialing: bool,
+    /// Our dial in progress: only its failure ends `dialing` (other behaviours dial the same
+    /// peer with fewer addresses, and their failures say nothing about ours).
+    dial: Option<ConnectionId>,
     /// DHT queries in flight for this peer.
     queries: usize,
     /// Lookups that ended without a usable address.
@@ -724,15 +727,27 @@ impl Driver {
         let direct = addrs
             .iter()
             .any(|a| !punchgate_machine::node::is_relayed(a));
+        // Not `DisconnectedAndNotDialing`: another behaviour's dial (Kademlia's, with only the
+        // peer's unreachable listen addresses) would make the swarm skip ours and its circuit
+        // address, and the tunnel would wait out its connect timeout. `reach.dialing` already
+        // keeps us from dialling twice.
         let opts = DialOpts::peer_id(peer)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .condition(PeerCondition::Disconnected)
             .addresses(addrs)
             .extend_addresses_through_behaviour()
             .build();
+        let id = opts.connection_id();
         match self.dial(peer, opts, direct) {
-            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+            Ok(()) => {
                 if let Some(reach) = self.reaching.get_mut(&peer) {
                     reach.dialing = true;
+                    reach.dial = Some(id);
+                }
+            }
+            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                if let Some(reach) = self.reaching.get_mut(&peer) {
+                    reach.dialing = true;
+                    reach.dial = None;
                 }
             }
             Err(libp2p::swarm::DialError::NoAddresses) => self.start_lookup(peer),
@@ -1015,10 +1030,13 @@ impl Driver {
                 }
                 tracing::debug!(%peer, %reason, "dial failed");
                 if let Some(reach) = self.reaching.get_mut(&peer) {
-                    reach.dialing = false;
                     reach.last_error = Some(reason);
-                    if !self.swarm.is_connected(&peer) {
-                        self.start_lookup(peer);
+                    if reach.dial.is_none_or(|ours| ours == connection_id) {
+                        reach.dialing = false;
+                        reach.dial = None;
+                        if !self.swarm.is_connected(&peer) {
+                            self.start_lookup(peer);
+                        }
                     }
                 }
             }
