@@ -115,8 +115,12 @@ fn starts_prints_its_addresses_and_exits_0_on_sigterm() {
     let first = lines.next().expect("a line").expect("utf-8");
     assert!(first.starts_with("peer id: 12D3KooW"), "{first}");
     let peer = first.trim_start_matches("peer id: ").to_owned();
-    let tcp = lines.next().expect("a line").expect("utf-8");
-    let quic = lines.next().expect("a line").expect("utf-8");
+    // The two listeners come up concurrently: their lines arrive in either order.
+    let mut listening: Vec<String> = (0..2)
+        .map(|_| lines.next().expect("a line").expect("utf-8"))
+        .collect();
+    listening.sort_by_key(|line| line.contains("/quic-v1/"));
+    let (tcp, quic) = (&listening[0], &listening[1]);
     assert!(
         tcp.starts_with("listening on /ip4/127.0.0.1/tcp/") && tcp.ends_with(&peer),
         "{tcp}"
