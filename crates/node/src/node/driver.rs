@@ -6,7 +6,7 @@
 //! peer lookup, and which stream requests wait for which peer.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
@@ -147,6 +147,9 @@ struct Contact {
     relayed_at: Option<Instant>,
     /// Direct dial attempts started (ours and our behaviours').
     direct_attempts: u32,
+    /// Dials still in flight. When the last fails with no connection open, the contact ends: a
+    /// later dial starts a new one, so a dial that failed long ago does not start the clock.
+    dials: HashSet<ConnectionId>,
 }
 
 impl Driver {
@@ -419,19 +422,32 @@ impl Driver {
         opts: DialOpts,
         direct: bool,
     ) -> Result<(), libp2p::swarm::DialError> {
+        let connection = opts.connection_id();
         self.swarm.dial(opts)?;
-        self.note_dial(peer, direct);
+        self.note_dial(peer, connection, direct);
         Ok(())
     }
 
-    fn note_dial(&mut self, peer: PeerId, direct: bool) {
+    fn note_dial(&mut self, peer: PeerId, connection: ConnectionId, direct: bool) {
         let contact = self.contacts.entry(peer).or_insert_with(|| Contact {
             first: Instant::now(),
             relayed_at: None,
             direct_attempts: 0,
+            dials: HashSet::new(),
         });
+        contact.dials.insert(connection);
         if direct {
             contact.direct_attempts += 1;
+        }
+    }
+
+    /// A dial of `peer` ended (connected or failed). Ends the contact when nothing is left of it.
+    fn dial_ended(&mut self, peer: PeerId, connection: ConnectionId) {
+        if let Some(contact) = self.contacts.get_mut(&peer) {
+            contact.dials.remove(&connection);
+            if contact.dials.is_empty() && !self.swarm.is_connected(&peer) {
+                self.contacts.remove(&peer);
+            }
         }
     }
 
@@ -1011,10 +1027,10 @@ impl Driver {
             }
             SwarmEvent::Dialing {
                 peer_id: Some(peer),
-                ..
+                connection_id,
             } => {
                 // A behaviour's dial (DCUtR's hole punch, Kademlia, AutoNAT's dial-back).
-                self.note_dial(peer, true);
+                self.note_dial(peer, connection_id, true);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -1029,6 +1045,7 @@ impl Driver {
                     }));
                 }
                 tracing::debug!(%peer, %reason, "dial failed");
+                self.dial_ended(peer, connection_id);
                 if let Some(reach) = self.reaching.get_mut(&peer) {
                     reach.last_error = Some(reason);
                     if reach.dial.is_none_or(|ours| ours == connection_id) {
@@ -1096,7 +1113,9 @@ impl Driver {
             first: now,
             relayed_at: None,
             direct_attempts: 0,
+            dials: HashSet::new(),
         });
+        contact.dials.remove(&connection);
         match kind {
             PathKind::Relayed => {
                 contact.relayed_at.get_or_insert(now);
