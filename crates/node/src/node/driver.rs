@@ -441,8 +441,8 @@ impl Driver {
         }
     }
 
-    /// A dial of `peer` ended (connected or failed). Ends the contact when nothing is left of it.
-    fn dial_ended(&mut self, peer: PeerId, connection: ConnectionId) {
+    /// A dial of `peer` failed. Ends the contact when no dial of it is left and no connection is open.
+    fn dial_failed(&mut self, peer: PeerId, connection: ConnectionId) {
         if let Some(contact) = self.contacts.get_mut(&peer) {
             contact.dials.remove(&connection);
             if contact.dials.is_empty() && !self.swarm.is_connected(&peer) {
@@ -1045,7 +1045,7 @@ impl Driver {
                     }));
                 }
                 tracing::debug!(%peer, %reason, "dial failed");
-                self.dial_ended(peer, connection_id);
+                self.dial_failed(peer, connection_id);
                 if let Some(reach) = self.reaching.get_mut(&peer) {
                     reach.last_error = Some(reason);
                     if reach.dial.is_none_or(|ours| ours == connection_id) {
