@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use punchgate::{
     Node,
-    cli::{LogFormat, NatArg, init_tracing, parse_duration},
+    cli::{LogFormat, NatArg, StopSignals, init_tracing, parse_duration},
     config::{BootstrapAddr, NatStatus, NodeConfig},
     identity,
 };
@@ -210,6 +210,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Mode::Server { .. } => None,
     };
     let config = node_config(&args, direct_wait)?;
+    // Watched before the addresses are printed: a SIGTERM right after them stops us cleanly.
+    let signals = StopSignals::watch();
     let node = Node::start(config).await?;
     let peer_id = node.peer_id();
     println!("peer id: {peer_id}");
@@ -220,7 +222,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let local = Local::new(args.network.clone());
     let timeouts = Timeouts::default();
     let outcome = match args.mode {
-        Mode::Server { once } => serve(&node, &bridge, local, timeouts, once).await,
+        Mode::Server { once } => serve(&node, &bridge, local, timeouts, once, signals).await,
         Mode::Client {
             remote_peer_id,
             remote_multiaddrs,
@@ -240,6 +242,7 @@ async fn serve(
     local: Local,
     timeouts: Timeouts,
     once: bool,
+    mut signals: StopSignals,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (outcomes_tx, mut outcomes) = mpsc::channel(16);
     let incoming = Incoming::new(node.handle(), bridge)?.refuse_duplicate_peers();
@@ -259,7 +262,7 @@ async fn serve(
                 Some(_) => {}
                 None => break Ok(()),
             },
-            () = wait_for_signal() => break Ok(()),
+            () = signals.recv() => break Ok(()),
         }
     };
     node.handle().shutdown();
@@ -328,22 +331,6 @@ async fn call(
         tracing::warn!(%peer, "the peer did not end the call cleanly; closing anyway");
     }
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -182,6 +182,9 @@ async fn run(cli: Cli) -> Result<(), RunError> {
         Origin::Loaded => tracing::info!(%peer_id, %path, "loaded identity"),
     }
 
+    // Watch for signals before printing the addresses: a supervisor (or a test) that reads them
+    // and at once sends SIGTERM must get a clean stop, not the default action.
+    let mut signals = StopSignals::watch();
     let node = Node::start(config).await.map_err(Box::new)?;
     // Addresses a user can paste into another node's --bootstrap.
     println!("peer id: {peer_id}");
@@ -194,7 +197,7 @@ async fn run(cli: Cli) -> Result<(), RunError> {
 
     let handle = node.handle().clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!("signal received, shutting down");
         handle.shutdown();
     });
@@ -216,20 +219,45 @@ pub fn raise_fd_limit() {
     }
 }
 
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; Ctrl-C still works");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Ctrl-C or SIGTERM, watched from the moment this is created (a signal that arrives before
+/// [`StopSignals::recv`] is polled is kept, not lost, and never takes the default action).
+#[derive(Debug)]
+pub struct StopSignals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Starts watching. Call it inside the Tokio runtime, before telling anyone the process is up.
+    pub fn watch() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, signal = name, "cannot watch the signal");
+                None
+            }
+        };
+        Self {
+            interrupt: watch(SignalKind::interrupt(), "SIGINT"),
+            terminate: watch(SignalKind::terminate(), "SIGTERM"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    }
+
+    /// Waits for the next Ctrl-C or SIGTERM.
+    pub async fn recv(&mut self) {
+        async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(self.interrupt.as_mut()) => {}
+            _ = next(self.terminate.as_mut()) => {}
+        }
     }
 }
 
