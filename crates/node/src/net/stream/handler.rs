@@ -2,12 +2,13 @@
 //! to their protocol's queue, holding them (bounded) while that queue is full.
 
 use std::{
+    cell::RefCell,
     collections::{HashMap, VecDeque},
     convert::Infallible,
     io,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
 };
@@ -66,6 +67,11 @@ pub struct Handler {
     queues: HashMap<StreamProtocol, (mpsc::Sender<IncomingStream>, Arc<AtomicUsize>)>,
     /// Inbound streams waiting for room in their protocol's queue, oldest first.
     backlog: VecDeque<IncomingStream>,
+    /// [`Shared`]'s change counter for the accepted protocols.
+    generation: Arc<AtomicU64>,
+    /// The accepted protocols as of a generation: `listen_protocol` runs on every poll of the
+    /// connection and takes the shared lock only when the list changed.
+    listen: RefCell<(u64, Arc<[StreamProtocol]>)>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -84,7 +90,14 @@ impl Handler {
         shared: Arc<Mutex<Shared>>,
         requests: mpsc::Receiver<OutboundRequest>,
     ) -> Self {
+        let (generation, protocols) = {
+            let shared = Shared::lock(&shared);
+            (shared.generation.clone(), shared.protocols.clone())
+        };
+        let current = generation.load(Ordering::Acquire);
         Self {
+            generation,
+            listen: RefCell::new((current, protocols)),
             info,
             shared,
             requests,
@@ -177,8 +190,18 @@ impl ConnectionHandler for Handler {
     type OutboundOpenInfo = u64;
 
     fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
-        let protocols = Shared::lock(&self.shared).protocols();
-        SubstreamProtocol::new(Upgrade { protocols }, ())
+        let current = self.generation.load(Ordering::Acquire);
+        let mut listen = self.listen.borrow_mut();
+        if listen.0 != current {
+            // Read under the lock: at least as new as `current`; a later change bumps it again.
+            *listen = (current, Shared::lock(&self.shared).protocols.clone());
+        }
+        SubstreamProtocol::new(
+            Upgrade {
+                protocols: listen.1.clone(),
+            },
+            (),
+        )
     }
 
     fn connection_keep_alive(&self) -> bool {
@@ -204,7 +227,7 @@ impl ConnectionHandler for Handler {
                 Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
                     protocol: SubstreamProtocol::new(
                         Upgrade {
-                            protocols: vec![protocol],
+                            protocols: Arc::new([protocol]),
                         },
                         id,
                     ),

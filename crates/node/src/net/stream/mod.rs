@@ -24,7 +24,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
 };
@@ -160,7 +160,12 @@ impl Control {
                 waiting: waiting.clone(),
             },
         );
-        Ok(IncomingStreams { receiver, waiting })
+        shared.protocols_changed();
+        Ok(IncomingStreams {
+            receiver,
+            waiting,
+            shared: self.shared.clone(),
+        })
     }
 
     /// Inbound streams of `protocol` that arrived and wait for the application: the measure of
@@ -193,11 +198,29 @@ impl Control {
 
 /// Inbound streams of one protocol. Dropping it stops accepting the protocol.
 #[must_use = "streams wait (and slow their peers down) until taken"]
-#[derive(Debug)]
 pub struct IncomingStreams {
     receiver: mpsc::Receiver<IncomingStream>,
     /// Shared with the handlers: streams arrived and not yet taken.
     waiting: Arc<AtomicUsize>,
+    /// To withdraw the protocol from the list connections offer when dropped.
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl fmt::Debug for IncomingStreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingStreams")
+            .field("waiting", &self.waiting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for IncomingStreams {
+    fn drop(&mut self) {
+        // Closed first, so the list no longer offers the protocol; a stream negotiated in the
+        // meantime finds the queue closed and is dropped by its handler.
+        self.receiver.close();
+        Shared::lock(&self.shared).protocols_changed();
+    }
 }
 
 impl futures::Stream for IncomingStreams {
@@ -225,6 +248,12 @@ struct Shared {
     inbound: HashMap<StreamProtocol, InboundQueue>,
     /// Open connections: their metadata and the queue their handler reads requests from.
     connections: HashMap<ConnectionId, ConnectionEntry>,
+    /// The accepted protocols, as every connection offers them. The swarm asks each handler for
+    /// its protocols every time it polls the connection (each read or write on any stream), so
+    /// the list is built once per change, not once per poll.
+    protocols: Arc<[StreamProtocol]>,
+    /// Bumped on every change of `protocols`; handlers read it without taking the lock.
+    generation: Arc<AtomicU64>,
 }
 
 /// Where one protocol's inbound streams go.
@@ -245,9 +274,11 @@ impl Shared {
         shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn protocols(&mut self) -> Vec<StreamProtocol> {
+    /// Rebuilds the offered list after a protocol was accepted or its queue dropped.
+    fn protocols_changed(&mut self) {
         self.inbound.retain(|_, q| !q.sender.is_closed());
-        self.inbound.keys().cloned().collect()
+        self.protocols = self.inbound.keys().cloned().collect();
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn queue_for(
@@ -284,6 +315,8 @@ impl Behaviour {
             shared: Arc::new(Mutex::new(Shared {
                 inbound: HashMap::new(),
                 connections: HashMap::new(),
+                protocols: Arc::new([]),
+                generation: Arc::new(AtomicU64::new(0)),
             })),
         }
     }

@@ -4,6 +4,7 @@
 use std::{
     convert::Infallible,
     future::{Ready, ready},
+    sync::Arc,
 };
 
 use libp2p::{
@@ -13,16 +14,37 @@ use libp2p::{
 
 #[derive(Debug)]
 pub struct Upgrade {
-    /// Protocols offered (inbound) or requested (outbound, exactly one).
-    pub(super) protocols: Vec<StreamProtocol>,
+    /// Protocols offered (inbound) or requested (outbound, exactly one). Shared: the swarm
+    /// asks for the inbound list on every poll of the connection.
+    pub(super) protocols: Arc<[StreamProtocol]>,
 }
 
 impl UpgradeInfo for Upgrade {
     type Info = StreamProtocol;
-    type InfoIter = std::vec::IntoIter<StreamProtocol>;
+    type InfoIter = ProtocolIter;
 
     fn protocol_info(&self) -> Self::InfoIter {
-        self.protocols.clone().into_iter()
+        ProtocolIter {
+            protocols: self.protocols.clone(),
+            next: 0,
+        }
+    }
+}
+
+/// The protocols of an [`Upgrade`], one clone at a time (no list copied).
+#[derive(Debug)]
+pub struct ProtocolIter {
+    protocols: Arc<[StreamProtocol]>,
+    next: usize,
+}
+
+impl Iterator for ProtocolIter {
+    type Item = StreamProtocol;
+
+    fn next(&mut self) -> Option<StreamProtocol> {
+        let protocol = self.protocols.get(self.next)?.clone();
+        self.next += 1;
+        Some(protocol)
     }
 }
 
