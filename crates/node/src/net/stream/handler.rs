@@ -90,11 +90,12 @@ impl Handler {
         shared: Arc<Mutex<Shared>>,
         requests: mpsc::Receiver<OutboundRequest>,
     ) -> Self {
-        let (generation, protocols) = {
+        // The generation is read under the lock with the list, so the pair is consistent.
+        let (generation, current, protocols) = {
             let shared = Shared::lock(&shared);
-            (shared.generation.clone(), shared.protocols.clone())
+            let current = shared.generation.load(Ordering::Acquire);
+            (shared.generation.clone(), current, shared.protocols.clone())
         };
-        let current = generation.load(Ordering::Acquire);
         Self {
             generation,
             listen: RefCell::new((current, protocols)),
