@@ -33,7 +33,7 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
-    /// TCP + Noise + yamux.
+    /// TCP + TLS + yamux.
     Tcp,
     /// QUIC v1.
     Quic,

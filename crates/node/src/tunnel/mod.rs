@@ -21,7 +21,7 @@ use tokio::{
 
 use crate::config::NodeConfig;
 
-/// Copy buffer per direction per tunnel: one Noise frame's worth.
+/// Copy buffer per direction per tunnel (64 KiB: 2.6 → 3.7 Gbit/s against 8 KiB, docs/benchmarks.md).
 pub const COPY_BUFFER: usize = 64 * 1024;
 
 /// Limits shared by a node's tunnel tasks.
