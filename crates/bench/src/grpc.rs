@@ -137,7 +137,7 @@ pub(crate) async fn over_tcp(
     measure(echo::client(channel, config), sizes).await
 }
 
-/// The echo service over Punchgate (TCP, Noise, yamux), server node in its own process, client
+/// The echo service over Punchgate (TCP, TLS, yamux), server node in its own process, client
 /// node in this one.
 pub(crate) async fn over_punchgate(
     bin: &std::path::Path,

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 /// The transport between the two nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
-    /// TCP + Noise + yamux.
+    /// TCP + TLS + yamux.
     Tcp,
     /// QUIC.
     Quic,
