@@ -26,8 +26,7 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 pub const MAX_YAMUX_STREAMS_PER_CONNECTION: usize = 2048;
 
 /// The read buffer under TLS on TCP connections: rustls reads its socket at most 4 KiB at a
-/// time, so a 64 KiB burst would cost 16 `read` calls; through
-/// this buffer it costs one.
+/// time, so a 64 KiB burst would cost 16 `read` calls; through this buffer it costs one.
 const TCP_READ_BUFFER: usize = 128 << 10;
 
 /// How long an idle connection (no streams, nothing kept alive) stays open.
