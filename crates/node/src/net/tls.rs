@@ -1,5 +1,5 @@
-//! TLS 1.3 for TCP connections: libp2p's `/tls/1.0.0` handshake, with AES-GCM preferred on CPUs
-//! that have AES instructions.
+//! TLS 1.3 for TCP and relayed connections: libp2p's `/tls/1.0.0` handshake, with AES-GCM
+//! preferred on CPUs that have AES instructions.
 //!
 //! The certificate format and its checks are libp2p's (`libp2p::tls::certificate`: a self-signed
 //! certificate carrying the node's public key and a signature by it; the peer ID comes from that
@@ -38,10 +38,11 @@ const PROTOCOL: &str = "/tls/1.0.0";
 const ALPN: &[u8] = b"libp2p";
 
 /// Plaintext gathered above TLS before it is sealed. yamux writes each frame as two writes (a
-/// 12-byte header, then up to 16 KiB of body), and rustls seals every write as its own record
-/// and sends it at once: two records and two `writev` calls per frame, one of them for 12
-/// bytes. Through this buffer, frames are sealed in full 16 KiB records and sent together when
-/// yamux flushes or the buffer fills.
+/// 12-byte header, then up to 16 KiB of body) and flushes after every frame; rustls seals
+/// every write and sends it at once: two `writev` calls per frame, one of them for a 12-byte
+/// record. Through this buffer a frame reaches rustls as one write and leaves in one call;
+/// a frame under 16 KiB is one record (a full one is still a 16,384-byte record and a 12-byte
+/// one: yamux's frame size is not configurable through libp2p).
 const WRITE_BUFFER: usize = 64 << 10;
 
 /// An authenticated connection: TLS, with [`WRITE_BUFFER`] above it.
@@ -101,12 +102,17 @@ impl Config {
             .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(own.clone());
         client.alpn_protocols = vec![ALPN.to_vec()];
+        // Every peer has the same (absent) server name, so a session ticket from one peer would
+        // be offered to the next: useless to it, and it would let peers link our connections.
+        client.resumption = rustls::client::Resumption::disabled();
 
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(own);
         server.alpn_protocols = vec![ALPN.to_vec()];
+        // Clients do not resume (above): tickets would be bytes for nothing.
+        server.send_tls13_tickets = 0;
         // Pick the suite by our order (fastest on this CPU), not the client's.
         server.ignore_client_order = true;
 
