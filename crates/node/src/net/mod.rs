@@ -1,6 +1,7 @@
 //! The libp2p side: transports, the composed behaviour, and our stream protocol behaviour.
 //!
-//! - [`swarm`]: builds the `Swarm` (TCP + TLS + yamux, QUIC, DNS, relay client transport with TLS + yamux).
+//! - [`swarm`]: builds the `Swarm` (TCP + TLS + yamux, QUIC, DNS, relay client transport with
+//!   TLS + yamux).
 //! - [`tls`]: libp2p's TLS 1.3 handshake with the cipher order this CPU runs fastest.
 //! - [`behaviour`]: the composed `NetworkBehaviour` every node runs.
 //! - [`stream`]: raw byte-stream protocols on a chosen connection, with backpressure.

@@ -59,18 +59,14 @@ fn yamux_config() -> yamux::Config {
 /// instructions) and yamux, plus [`TCP_READ_BUFFER`] under TLS. Only TLS is offered: a second
 /// protocol (Noise) would cost every new connection a round trip, because multistream-select
 /// sends data without waiting for the answer only for the last protocol it proposes.
-fn tcp_transport(
-    key: &libp2p::identity::Keypair,
-) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(
-        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-            .map(|stream, _| futures::io::BufReader::with_capacity(TCP_READ_BUFFER, stream))
-            .upgrade(Version::V1Lazy)
-            .authenticate(tls::Config::new(key)?)
-            .multiplex(yamux_config())
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-    )
+fn tcp_transport(tls: tls::Config) -> Boxed<(PeerId, StreamMuxerBox)> {
+    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .map(|stream, _| futures::io::BufReader::with_capacity(TCP_READ_BUFFER, stream))
+        .upgrade(Version::V1Lazy)
+        .authenticate(tls)
+        .multiplex(yamux_config())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed()
 }
 
 /// Builds the node's swarm. Listening is left to the caller.
@@ -81,6 +77,8 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
             reason: e.to_string(),
         }
     };
+    // One certificate for TCP and relayed connections alike.
+    let tls = tls::Config::new(&config.keypair).map_err(|e| transport_err("TLS")(&e))?;
     let mut behaviour_error = None;
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
@@ -88,11 +86,14 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
             quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
             quic
         })
-        .with_other_transport(|key| tcp_transport(key))
+        .with_other_transport(|_| tcp_transport(tls.clone()))
         .map_err(|e| transport_err("TCP")(&e))?
         .with_dns()
         .map_err(|e| transport_err("DNS")(&e))?
-        .with_relay_client(tls::Config::new, yamux_config)
+        .with_relay_client(
+            |_: &libp2p::identity::Keypair| Ok::<_, std::convert::Infallible>(tls),
+            yamux_config,
+        )
         .map_err(|e| transport_err("relay")(&e))?
         .with_behaviour(
             |key, relay_client| match Behaviour::new(key, relay_client, config) {

@@ -66,7 +66,8 @@ pub enum TlsError {
     RemoteCertificate(String),
 }
 
-/// The `/tls/1.0.0` security upgrade for [`libp2p::core::transport::upgrade::Builder::authenticate`].
+/// The `/tls/1.0.0` security upgrade, for
+/// [`libp2p::core::transport::upgrade::Builder::authenticate`].
 #[derive(Clone)]
 pub struct Config {
     client: Arc<rustls::ClientConfig>,
