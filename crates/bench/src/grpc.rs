@@ -90,47 +90,40 @@ fn node_config() -> NodeConfig {
 
 /// A server process (this executable, `grpc-server`); killed when dropped.
 struct ServerProcess {
-    child: std::process::Child,
+    _process: crate::nodes::Process,
     addr: String,
 }
 
 impl ServerProcess {
-    fn start(bin: &std::path::Path, punchgate: bool) -> Result<Self> {
-        let mut cmd = std::process::Command::new(bin);
-        cmd.arg("grpc-server");
-        if punchgate {
-            cmd.arg("--punchgate");
-        }
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let lines = crate::nodes::read_until(stdout, Duration::from_secs(30), |l| !l.is_empty())
-            .context("the gRPC server did not start")?;
-        let addr = lines[0]
+    fn start(bin: &std::path::Path, dir: &std::path::Path, punchgate: bool) -> Result<Self> {
+        let mut command = std::process::Command::new(bin);
+        command.arg("grpc-server");
+        let name = if punchgate {
+            command.arg("--punchgate");
+            "grpc-server-punchgate"
+        } else {
+            "grpc-server-tcp"
+        };
+        let process = crate::nodes::Process::start(command, dir, name, |l| !l.is_empty())?;
+        let addr = process.lines[0]
             .strip_prefix("grpc listening on ")
             .context("unexpected server output")?
             .to_owned();
-        Ok(Self { child, addr })
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(Self {
+            _process: process,
+            addr,
+        })
     }
 }
 
 /// The echo service over TCP, server in its own process.
 pub(crate) async fn over_tcp(
     bin: &std::path::Path,
+    dir: &std::path::Path,
     config: &BridgeConfig,
     sizes: GrpcSizes,
 ) -> Result<GrpcResult> {
-    let server = ServerProcess::start(bin, false)?;
+    let server = ServerProcess::start(bin, dir, false)?;
     let endpoint =
         config.apply(Endpoint::from_shared(format!("http://{}", server.addr))?.tcp_nodelay(true));
     let channel = endpoint.connect().await?;
@@ -141,10 +134,11 @@ pub(crate) async fn over_tcp(
 /// node in this one.
 pub(crate) async fn over_punchgate(
     bin: &std::path::Path,
+    dir: &std::path::Path,
     config: &BridgeConfig,
     sizes: GrpcSizes,
 ) -> Result<GrpcResult> {
-    let server = ServerProcess::start(bin, true)?;
+    let server = ServerProcess::start(bin, dir, true)?;
     let mut client_config = node_config();
     client_config.bootstrap = vec![server.addr.parse()?];
     let peer = client_config.bootstrap[0].peer;

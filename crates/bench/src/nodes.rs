@@ -29,49 +29,60 @@ impl Transport {
     }
 }
 
-/// A node process.
+/// A child process of the benchmark: a node or a forwarder. Killed when dropped; its stdin is
+/// a pipe from us, so it also sees EOF if the benchmark dies first.
 #[derive(Debug)]
-pub(crate) struct NodeProcess {
+pub(crate) struct Process {
     child: Child,
     /// Its printed stdout lines.
     pub(crate) lines: Vec<String>,
 }
 
-impl NodeProcess {
-    fn start(
+impl Process {
+    /// Spawns `command` (stdout piped, stderr to `<dir>/<name>.log`) and reads its stdout until
+    /// `ready(lines)`.
+    pub(crate) fn start(
+        mut command: Command,
+        dir: &Path,
+        name: &str,
+        ready: impl Fn(&[String]) -> bool,
+    ) -> Result<Self> {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("start {name}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let lines = read_until(stdout, Duration::from_secs(30), ready)
+            .with_context(|| format!("{name} did not start: see {}", log.display()))?;
+        Ok(Self { child, lines })
+    }
+
+    fn node(
         bin: &Path,
         dir: &Path,
         name: &str,
         args: &[String],
         expect_tunnels: usize,
     ) -> Result<Self> {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("node")
             .arg("--identity")
             .arg(dir.join(format!("{name}.key")))
             .args(["--no-mdns", "--log-format", "json"])
             .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
-            .spawn()
-            .with_context(|| format!("start node {name}"))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let ready = |lines: &[String]| {
+            .env("RUST_LOG", "warn");
+        Self::start(command, dir, name, |lines| {
             lines
                 .iter()
                 .filter(|l| l.starts_with("tunnel listening on"))
                 .count()
                 >= expect_tunnels
                 && lines.iter().any(|l| l.starts_with("listening on"))
-        };
-        let lines = read_until(stdout, Duration::from_secs(30), ready).with_context(|| {
-            format!(
-                "node {name} did not start: see {}",
-                dir.join(format!("{name}.log")).display()
-            )
-        })?;
-        Ok(Self { child, lines })
+        })
     }
 
     /// Resident memory in KiB.
@@ -99,7 +110,7 @@ impl NodeProcess {
     }
 }
 
-impl Drop for NodeProcess {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -110,9 +121,9 @@ impl Drop for NodeProcess {
 #[derive(Debug)]
 pub(crate) struct Pair {
     /// Exposes `echo` and `sink`.
-    pub(crate) service: NodeProcess,
+    pub(crate) service: Process,
     /// Tunnels to them.
-    pub(crate) tunnel: NodeProcess,
+    pub(crate) tunnel: Process,
     /// A's tunnel port for the echo.
     pub(crate) echo: SocketAddr,
     /// A's tunnel port for the sink.
@@ -131,7 +142,7 @@ pub(crate) fn start(
         Transport::Tcp => "tcp",
         Transport::Quic => "quic",
     };
-    let service = NodeProcess::start(
+    let service = Process::node(
         bin,
         dir,
         &format!("service-{label}"),
@@ -147,7 +158,7 @@ pub(crate) fn start(
     )?;
     let bootstrap = service.listen_addr().context("service node address")?;
     let peer = bootstrap.rsplit('/').next().context("peer id")?.to_owned();
-    let tunnel = NodeProcess::start(
+    let tunnel = Process::node(
         bin,
         dir,
         &format!("tunnel-{label}"),

@@ -17,7 +17,11 @@ fn every_measurement_runs() {
         serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).expect("json"))
             .expect("valid json");
     let paths = json["paths"].as_array().expect("paths");
-    assert_eq!(paths.len(), 3, "raw TCP, tunnel over TCP, tunnel over QUIC");
+    assert_eq!(
+        paths.len(),
+        4,
+        "raw TCP, plain forwarder, tunnel over TCP, tunnel over QUIC"
+    );
     for path in paths {
         for key in [
             "throughput_gbps",
@@ -31,11 +35,11 @@ fn every_measurement_runs() {
             assert!(v.is_finite() && v > 0.0, "{} {key} = {v}", path["name"]);
         }
     }
-    for tunnel in &paths[1..] {
+    for forwarding in &paths[1..] {
         assert!(
-            tunnel["rss_per_connection_kib"].is_array(),
+            forwarding["rss_per_connection_kib"].is_array(),
             "{}",
-            tunnel["name"]
+            forwarding["name"]
         );
     }
     for side in ["grpc_tcp", "grpc_punchgate"] {
