@@ -1,6 +1,7 @@
-//! The same tonic echo service over plain TCP and over Punchgate, with the same HTTP/2
-//! settings, the server in its own process as in a real deployment: unary latency and
-//! streaming throughput.
+//! The same tonic echo service over plain TCP, over TLS on TCP (tonic's own, rustls) and over
+//! Punchgate, with the same HTTP/2 settings, the server in its own process as in a real
+//! deployment: unary latency and streaming throughput. Punchgate's channel is encrypted, so
+//! TLS is the like-for-like baseline; plain TCP is what the targets are set against.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,9 @@ use punchgate_grpc::{
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint, server::TcpIncoming};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig, server::TcpIncoming,
+};
 
 use crate::tcp::percentile_us;
 
@@ -43,16 +46,32 @@ pub(crate) struct GrpcSizes {
     pub(crate) message_bytes: usize,
 }
 
-/// Serves the echo service in this process until stdin closes: over TCP on 127.0.0.1, or on a
-/// Punchgate node listening on 127.0.0.1. Prints `grpc listening on <address>` (for Punchgate,
-/// the node's `/ip4/../p2p/<peer>` address).
-pub(crate) async fn serve(punchgate: bool) -> Result<()> {
+/// How the benchmark's gRPC server is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Over {
+    /// Plain TCP (h2c).
+    Tcp,
+    /// TLS on TCP: tonic's own, with rustls and the certificate in the work directory.
+    Tls,
+    /// A Punchgate node.
+    Punchgate,
+}
+
+/// The TLS baseline's certificate and key (PEM), made by the benchmark for `localhost`.
+fn tls_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    (dir.join("grpc-tls-cert.pem"), dir.join("grpc-tls-key.pem"))
+}
+
+/// Serves the echo service in this process until stdin closes: over TCP or TLS on 127.0.0.1,
+/// or on a Punchgate node listening on 127.0.0.1. Prints `grpc listening on <address>` (for
+/// Punchgate, the node's `/ip4/../p2p/<peer>` address).
+pub(crate) async fn serve(over: Over, dir: &std::path::Path) -> Result<()> {
     let config = BridgeConfig::default();
     let stdin_closed = async {
         let mut sink = Vec::new();
         let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
     };
-    if punchgate {
+    if over == Over::Punchgate {
         let node = Node::start(node_config()).await?;
         let incoming = Incoming::new(node.handle(), &config)?;
         println!(
@@ -69,10 +88,18 @@ pub(crate) async fn serve(punchgate: bool) -> Result<()> {
         // `Server::tcp_nodelay` is ignored by `serve_with_incoming`: set it on the incoming
         // sockets, as libp2p's TCP transport does on Punchgate's side.
         let incoming = TcpIncoming::bind("127.0.0.1:0".parse()?)?.with_nodelay(Some(true));
+        let mut server = config.server();
+        if over == Over::Tls {
+            // rustls is built with more than one crypto provider here; pick aws-lc, as the
+            // client side (tonic) and Punchgate's TLS do.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let (cert, key) = tls_files(dir);
+            let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
+            server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
+        }
         println!("grpc listening on {}", incoming.local_addr()?);
         tokio::select! {
-            result = config
-                .server()
+            result = server
                 .add_service(echo::server(&config))
                 .serve_with_incoming(incoming) => result?,
             () = stdin_closed => {}
@@ -95,16 +122,18 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(bin: &std::path::Path, dir: &std::path::Path, punchgate: bool) -> Result<Self> {
+    fn start(bin: &std::path::Path, dir: &std::path::Path, over: Over) -> Result<Self> {
         let mut command = std::process::Command::new(bin);
-        command.arg("grpc-server");
-        let name = if punchgate {
-            command.arg("--punchgate");
-            "grpc-server-punchgate"
-        } else {
-            "grpc-server-tcp"
+        let name = match over {
+            Over::Tcp => "tcp",
+            Over::Tls => "tls",
+            Over::Punchgate => "punchgate",
         };
-        let process = crate::nodes::Process::start(command, dir, name, |l| !l.is_empty())?;
+        command
+            .args(["grpc-server", "--over", name, "--work"])
+            .arg(dir);
+        let name = format!("grpc-server-{name}");
+        let process = crate::nodes::Process::start(command, dir, &name, |l| !l.is_empty())?;
         let addr = process.lines[0]
             .strip_prefix("grpc listening on ")
             .context("unexpected server output")?
@@ -123,10 +152,33 @@ pub(crate) async fn over_tcp(
     config: &BridgeConfig,
     sizes: GrpcSizes,
 ) -> Result<GrpcResult> {
-    let server = ServerProcess::start(bin, dir, false)?;
+    let server = ServerProcess::start(bin, dir, Over::Tcp)?;
     let endpoint =
         config.apply(Endpoint::from_shared(format!("http://{}", server.addr))?.tcp_nodelay(true));
     let channel = endpoint.connect().await?;
+    measure(echo::client(channel, config), sizes).await
+}
+
+/// The echo service over TLS on TCP (tonic's TLS: rustls, its default cipher order), with a
+/// certificate for `localhost` made here; server in its own process.
+pub(crate) async fn over_tls(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    config: &BridgeConfig,
+    sizes: GrpcSizes,
+) -> Result<GrpcResult> {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let (cert_file, key_file) = tls_files(dir);
+    std::fs::write(&cert_file, certified.cert.pem())?;
+    std::fs::write(&key_file, certified.key_pair.serialize_pem())?;
+    let server = ServerProcess::start(bin, dir, Over::Tls)?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(certified.cert.pem()))
+        .domain_name("localhost");
+    let endpoint = Endpoint::from_shared(format!("https://{}", server.addr))?
+        .tcp_nodelay(true)
+        .tls_config(tls)?;
+    let channel = config.apply(endpoint).connect().await?;
     measure(echo::client(channel, config), sizes).await
 }
 
@@ -138,7 +190,7 @@ pub(crate) async fn over_punchgate(
     config: &BridgeConfig,
     sizes: GrpcSizes,
 ) -> Result<GrpcResult> {
-    let server = ServerProcess::start(bin, dir, true)?;
+    let server = ServerProcess::start(bin, dir, Over::Punchgate)?;
     let mut client_config = node_config();
     client_config.bootstrap = vec![server.addr.parse()?];
     let peer = client_config.bootstrap[0].peer;

@@ -62,9 +62,12 @@ enum Command {
     },
     /// Serve the gRPC echo service until stdin closes; used by the benchmark.
     GrpcServer {
-        /// On a Punchgate node instead of plain TCP.
+        /// How clients reach it.
+        #[arg(long, value_enum)]
+        over: grpc::Over,
+        /// Where the TLS certificate and key are (`--over tls`).
         #[arg(long)]
-        punchgate: bool,
+        work: PathBuf,
     },
 }
 
@@ -124,6 +127,9 @@ struct PathResult {
     setup_p99_us: f64,
     /// RSS growth per concurrent tunnelled connection, KiB: (tunnel side, service side).
     rss_per_connection_kib: Option<(f64, f64)>,
+    /// CPU time both processes in the path used per GiB of the one-stream transfer, ms: the
+    /// cost per byte, steadier than throughput on a shared machine.
+    cpu_ms_per_gib: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,6 +141,7 @@ struct Report {
     ciphers_one_core: Vec<crypto::CipherSpeed>,
     paths: Vec<PathResult>,
     grpc_tcp: GrpcResult,
+    grpc_tls: GrpcResult,
     grpc_punchgate: GrpcResult,
 }
 
@@ -150,9 +157,9 @@ fn main() -> ExitCode {
         Some(Command::Forward { targets }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(forward::serve(targets))),
-        Some(Command::GrpcServer { punchgate }) => tokio::runtime::Runtime::new()
+        Some(Command::GrpcServer { over, work }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(grpc::serve(punchgate))),
+            .and_then(|rt| rt.block_on(grpc::serve(over, &work))),
         None => {
             punchgate::cli::raise_fd_limit();
             tokio::runtime::Runtime::new()
@@ -202,6 +209,8 @@ async fn run(args: &Args) -> Result<()> {
     };
     eprintln!("gRPC over TCP...");
     let grpc_tcp = grpc::over_tcp(&bin, &args.work, &config, grpc_sizes).await?;
+    eprintln!("gRPC over TLS...");
+    let grpc_tls = grpc::over_tls(&bin, &args.work, &config, grpc_sizes).await?;
     eprintln!("gRPC over Punchgate...");
     let grpc_punchgate = grpc::over_punchgate(&bin, &args.work, &config, grpc_sizes).await?;
 
@@ -214,6 +223,7 @@ async fn run(args: &Args) -> Result<()> {
         ciphers_one_core,
         paths,
         grpc_tcp,
+        grpc_tls,
         grpc_punchgate,
     };
     let markdown = markdown(&report);
@@ -254,7 +264,16 @@ async fn measure(
     };
     let setups = tcp::setups(echo, sizes.setups).await?;
     let rtts = tcp::round_trips(echo, sizes.round_trips).await?;
+    let cpu = || -> Result<Option<f64>> {
+        processes
+            .map(|(client, service)| Ok(client.cpu_seconds()? + service.cpu_seconds()?))
+            .transpose()
+    };
+    let cpu_before = cpu()?;
     let throughput_gbps = tcp::throughput(sink, sizes.bulk_bytes).await?;
+    let cpu_ms_per_gib = cpu()?.zip(cpu_before).map(|(after, before)| {
+        1000.0 * (after - before) / (sizes.bulk_bytes as f64 / f64::from(1u32 << 30))
+    });
     let parallel_gbps =
         tcp::parallel_throughput(sink, sizes.parallel_streams, sizes.parallel_bytes_each).await?;
     Ok(PathResult {
@@ -266,6 +285,7 @@ async fn measure(
         setup_p50_us: percentile_us(&setups, 50.0),
         setup_p99_us: percentile_us(&setups, 99.0),
         rss_per_connection_kib,
+        cpu_ms_per_gib,
     })
 }
 
@@ -332,32 +352,44 @@ fn markdown(r: &Report) -> String {
         r.sizes.concurrent,
         memory.join(" | ")
     );
-    let (t, p) = (&r.grpc_tcp, &r.grpc_punchgate);
+    let cpu: Vec<String> = r
+        .paths
+        .iter()
+        .map(|p| p.cpu_ms_per_gib.map_or("–".into(), |ms| format!("{ms:.0}")))
+        .collect();
+    let _ = writeln!(
+        out,
+        "| CPU per GiB, 1 stream, both processes in the path (ms) | {} |",
+        cpu.join(" | ")
+    );
+    let (t, tls, p) = (&r.grpc_tcp, &r.grpc_tls, &r.grpc_punchgate);
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| gRPC (same tonic echo service) | plain TCP | Punchgate |"
+        "| gRPC (same tonic echo service) | plain TCP | TLS over TCP (tonic) | Punchgate | \
+         Punchgate ÷ TLS |"
     );
-    let _ = writeln!(out, "|---|---|---|");
-    let _ = writeln!(
-        out,
-        "| unary 64 B, p50 (µs) | {:.0} | {} |",
-        t.unary_p50_us,
-        with_ratio(p.unary_p50_us, t.unary_p50_us, 0)
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    type GrpcCell = fn(&GrpcResult) -> f64;
+    let stream_label = format!(
+        "streaming {} KiB messages (Gbit/s)",
+        r.sizes.grpc_message_bytes >> 10
     );
-    let _ = writeln!(
-        out,
-        "| unary 64 B, p99 (µs) | {:.0} | {} |",
-        t.unary_p99_us,
-        with_ratio(p.unary_p99_us, t.unary_p99_us, 0)
-    );
-    let _ = writeln!(
-        out,
-        "| streaming {} KiB messages (Gbit/s) | {:.2} | {} |",
-        r.sizes.grpc_message_bytes >> 10,
-        t.stream_gbps,
-        with_ratio(p.stream_gbps, t.stream_gbps, 2)
-    );
+    let grpc_rows: [(&str, GrpcCell, usize); 3] = [
+        ("unary 64 B, p50 (µs)", |g| g.unary_p50_us, 0),
+        ("unary 64 B, p99 (µs)", |g| g.unary_p99_us, 0),
+        (&stream_label, |g| g.stream_gbps, 2),
+    ];
+    for (label, cell, digits) in grpc_rows {
+        let _ = writeln!(
+            out,
+            "| {label} | {:.digits$} | {} | {} | {:.2}× |",
+            cell(t),
+            with_ratio(cell(tls), cell(t), digits),
+            with_ratio(cell(p), cell(t), digits),
+            cell(p) / cell(tls)
+        );
+    }
 
     // The limit for a tunnel here, measured: the plain forwarder moves bytes across the same
     // three loopback hops with the same copy buffers and nothing else. A tunnel also seals and
@@ -394,6 +426,17 @@ fn markdown(r: &Report) -> String {
             bound / raw.throughput_gbps,
             100.0 * tunnel.throughput_gbps / bound
         );
+        if let (Some(t), Some(f)) = (tunnel.cpu_ms_per_gib, path(r, FORWARDER).cpu_ms_per_gib) {
+            // A GiB is 8.59 Gbit.
+            let cipher_ms = 1000.0 * cipher * f64::from(1u32 << 30) * 8.0 / 1e9;
+            let _ = writeln!(
+                out,
+                "\nPer GiB through one stream, the tunnel's two nodes used {t:.0} ms of CPU, the \
+                 two forwarders {f:.0} ms ({:.2}×); sealing and opening a GiB costs {cipher_ms:.0} \
+                 ms of that difference.",
+                t / f
+            );
+        }
     }
     let rss = tunnel
         .rss_per_connection_kib

@@ -36,13 +36,11 @@ fn every_measurement_runs() {
         }
     }
     for forwarding in &paths[1..] {
-        assert!(
-            forwarding["rss_per_connection_kib"].is_array(),
-            "{}",
-            forwarding["name"]
-        );
+        for key in ["rss_per_connection_kib", "cpu_ms_per_gib"] {
+            assert!(!forwarding[key].is_null(), "{} {key}", forwarding["name"]);
+        }
     }
-    for side in ["grpc_tcp", "grpc_punchgate"] {
+    for side in ["grpc_tcp", "grpc_tls", "grpc_punchgate"] {
         for key in ["unary_p50_us", "unary_p99_us", "stream_gbps"] {
             let v = json[side][key].as_f64().unwrap_or(f64::NAN);
             assert!(v.is_finite() && v > 0.0, "{side} {key} = {v}");
