@@ -3,10 +3,12 @@
 //! - [`swarm`]: builds the `Swarm` (TCP + TLS + yamux, QUIC, DNS, relay client transport with
 //!   TLS + yamux).
 //! - [`tls`]: libp2p's TLS 1.3 handshake with the cipher order this CPU runs fastest.
+//! - [`coalesce`]: joins yamux's small writes (frame headers) to the next one above TLS.
 //! - [`behaviour`]: the composed `NetworkBehaviour` every node runs.
 //! - [`stream`]: raw byte-stream protocols on a chosen connection, with backpressure.
 
 pub mod behaviour;
+pub mod coalesce;
 pub mod stream;
 pub mod swarm;
 pub mod tls;

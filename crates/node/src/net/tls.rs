@@ -13,7 +13,7 @@ use std::{
     sync::Arc,
 };
 
-use futures::{AsyncRead, AsyncWrite, FutureExt as _, future::BoxFuture, io::BufWriter};
+use futures::{AsyncRead, AsyncWrite, FutureExt as _, future::BoxFuture};
 use libp2p::{
     PeerId,
     core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo},
@@ -31,22 +31,17 @@ use rustls::{
     server::danger::{ClientCertVerified, ClientCertVerifier},
 };
 
+use crate::net::coalesce::Coalescing;
+
 /// The protocol name libp2p negotiates for this handshake.
 const PROTOCOL: &str = "/tls/1.0.0";
 
 /// The ALPN value libp2p's TLS handshake requires.
 const ALPN: &[u8] = b"libp2p";
 
-/// Plaintext gathered above TLS before it is sealed. yamux writes each frame as two writes (a
-/// 12-byte header, then up to 16 KiB of body) and flushes after every frame; rustls seals
-/// every write and sends it at once: two `writev` calls per frame, one of them for a 12-byte
-/// record. Through this buffer a frame reaches rustls as one write and leaves in one call;
-/// a frame under 16 KiB is one record (a full one is still a 16,384-byte record and a 12-byte
-/// one: yamux's frame size is not configurable through libp2p).
-const WRITE_BUFFER: usize = 64 << 10;
-
-/// An authenticated connection: TLS, with [`WRITE_BUFFER`] above it.
-pub type TlsOutput<C> = BufWriter<TlsStream<C>>;
+/// An authenticated connection: TLS, with small writes joined to the next one above it (a
+/// yamux frame's header and body are sealed and sent together, see [`Coalescing`]).
+pub type TlsOutput<C> = Coalescing<TlsStream<C>>;
 
 /// Setting up or running the TLS handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +203,7 @@ where
                 .await
                 .map_err(TlsError::Handshake)?;
             let peer = remote_peer(stream.get_ref().1)?;
-            Ok((peer, BufWriter::with_capacity(WRITE_BUFFER, stream.into())))
+            Ok((peer, Coalescing::new(stream.into())))
         }
         .boxed()
     }
@@ -231,7 +226,7 @@ where
                 .await
                 .map_err(TlsError::Handshake)?;
             let peer = remote_peer(stream.get_ref().1)?;
-            Ok((peer, BufWriter::with_capacity(WRITE_BUFFER, stream.into())))
+            Ok((peer, Coalescing::new(stream.into())))
         }
         .boxed()
     }
