@@ -1,5 +1,5 @@
-//! A plain TCP forwarder of the tunnel's shape, the measured limit for any tunnel on this
-//! machine: two processes (this executable run as `forward`) between the client and the
+//! A plain TCP forwarder of the tunnel's shape, the measured limit for a tunnel of that shape
+//! on this machine: two processes (this executable run as `forward`) between the client and the
 //! service, each copying bytes both ways with the tunnel's copy buffers, no cipher, no
 //! multiplexing. client → A → B → service crosses the same three loopback hops as
 //! client → tunnel node → service node → service.

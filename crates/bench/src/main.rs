@@ -1,7 +1,7 @@
 //! `punchgate-bench`: how fast a Punchgate tunnel is, against raw TCP in the same run.
 //!
 //! One run on loopback measures, for raw TCP, a plain two-process TCP forwarder (the tunnel's
-//! shape without cipher or multiplexing: the limit for any tunnel here), a tunnel over a direct
+//! shape without cipher or multiplexing: the limit for a tunnel of that shape here), a tunnel over a direct
 //! TCP connection (TLS + yamux) and a tunnel over QUIC (two real `punchgate` processes: this
 //! executable run as `node`): bulk throughput (1 and 8 streams), small round trips, connection setup, and 1,000
 //! concurrent tunnelled connections with the nodes' RSS growth; then the same tonic service over

@@ -29,8 +29,9 @@ impl Transport {
     }
 }
 
-/// A child process of the benchmark: a node or a forwarder. Killed when dropped; its stdin is
-/// a pipe from us, so it also sees EOF if the benchmark dies first.
+/// A child process of the benchmark: a node, a forwarder or a gRPC server. Killed when dropped;
+/// its stdin is a pipe from us, so the forwarders and gRPC servers (which wait on stdin) also
+/// exit if the benchmark dies first.
 #[derive(Debug)]
 pub(crate) struct Process {
     child: Child,
@@ -48,16 +49,21 @@ impl Process {
         ready: impl Fn(&[String]) -> bool,
     ) -> Result<Self> {
         let log = dir.join(format!("{name}.log"));
-        let mut child = command
+        let child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("start {name}"))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let lines = read_until(stdout, Duration::from_secs(30), ready)
+        // Owned from here, so a child that never gets ready is killed too.
+        let mut process = Self {
+            child,
+            lines: Vec::new(),
+        };
+        let stdout = process.child.stdout.take().context("stdout")?;
+        process.lines = read_until(stdout, Duration::from_secs(30), ready)
             .with_context(|| format!("{name} did not start: see {}", log.display()))?;
-        Ok(Self { child, lines })
+        Ok(process)
     }
 
     fn node(
