@@ -10,7 +10,7 @@ use libp2p::{
     swarm::NetworkBehaviour,
 };
 
-use super::stream;
+use super::{relay_server::RelayServer, stream};
 use crate::{config::NodeConfig, protocol};
 
 /// mDNS when the `mdns` feature is on (and enabled in the config), otherwise nothing.
@@ -26,7 +26,7 @@ pub struct Behaviour {
     /// Reserve slots on relays and dial through them when we are private.
     pub relay_client: relay::client::Behaviour,
     /// Relay for others once we have a confirmed public address.
-    pub relay: relay::Behaviour,
+    pub relay: RelayServer,
     /// Upgrade relayed connections to direct ones (hole punching).
     pub dcutr: dcutr::Behaviour,
     /// Exchange listen addresses, observed addresses and protocols.
@@ -67,7 +67,7 @@ impl Behaviour {
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
 
-        let relay = relay::Behaviour::new(
+        let relay = RelayServer::new(relay::Behaviour::new(
             peer_id,
             relay::Config {
                 max_reservations: config.relay.max_reservations,
@@ -77,7 +77,7 @@ impl Behaviour {
                 max_circuit_bytes: config.relay.circuit_bytes,
                 ..relay::Config::default()
             },
-        );
+        ));
 
         let identify = identify::Behaviour::new(
             identify::Config::new(protocol::IDENTIFY_PROTOCOL_VERSION.to_owned(), key.public())

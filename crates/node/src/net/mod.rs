@@ -4,11 +4,14 @@
 //!   TLS + yamux).
 //! - [`tls`]: libp2p's TLS 1.3 handshake with the cipher order this CPU runs fastest.
 //! - [`coalesce`]: joins yamux's small writes (frame headers) to the next one above TLS.
+//! - [`relay_server`]: libp2p's relay server, kept from addressing relayed connections'
+//!   handlers (an upstream bug that panics their connection tasks).
 //! - [`behaviour`]: the composed `NetworkBehaviour` every node runs.
 //! - [`stream`]: raw byte-stream protocols on a chosen connection, with backpressure.
 
 pub mod behaviour;
 pub mod coalesce;
+pub mod relay_server;
 pub mod stream;
 pub mod swarm;
 pub mod tls;
