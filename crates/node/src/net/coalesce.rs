@@ -131,7 +131,8 @@ mod tests {
         written: Vec<u8>,
         /// Bytes per write call, in order (vectored calls count as one).
         calls: Vec<usize>,
-        flushes: usize,
+        /// Bytes written when each flush (or close) reached it.
+        flushed_at: Vec<usize>,
         accept: usize,
         pending_every: usize,
         polls: usize,
@@ -187,7 +188,8 @@ mod tests {
             if self.stall(cx) {
                 return Poll::Pending;
             }
-            self.flushes += 1;
+            let written = self.written.len();
+            self.flushed_at.push(written);
             Poll::Ready(Ok(()))
         }
 
@@ -209,7 +211,7 @@ mod tests {
         let inner = writer.inner;
         assert_eq!(inner.calls, [12 + 16 * 1024]);
         assert_eq!(inner.written, [&header[..], &body[..]].concat());
-        assert_eq!(inner.flushes, 1);
+        assert_eq!(inner.flushed_at, [12 + 16 * 1024]);
     }
 
     #[test]
@@ -225,6 +227,8 @@ mod tests {
         block_on(writer.write_all(b"last words")).expect("write");
         block_on(writer.close()).expect("close");
         assert_eq!(writer.inner.written, b"window update, pinglast words");
+        // Held bytes reach the layer below before its flush and before its close.
+        assert_eq!(writer.inner.flushed_at, [19, 29]);
     }
 
     #[test]
@@ -261,6 +265,7 @@ mod tests {
                 writer.close().await.expect("close");
             });
             prop_assert_eq!(&writer.inner.written, &expected);
+            prop_assert_eq!(writer.inner.flushed_at.last(), Some(&expected.len()));
         }
     }
 }
