@@ -18,12 +18,11 @@ pub(crate) async fn serve(targets: Vec<SocketAddr>) -> Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         println!("forwarding on {}", listener.local_addr()?);
         tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
+            while let Ok((mut client, _)) = listener.accept().await {
                 tokio::spawn(async move {
-                    let Ok(service) = TcpStream::connect(target).await else {
+                    let Ok(mut service) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let (mut client, mut service) = (client, service);
                     let _ = client.set_nodelay(true);
                     let _ = service.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional_with_sizes(

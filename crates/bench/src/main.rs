@@ -1,11 +1,12 @@
 //! `punchgate-bench`: how fast a Punchgate tunnel is, against raw TCP in the same run.
 //!
 //! One run on loopback measures, for raw TCP, a plain two-process TCP forwarder (the tunnel's
-//! shape without cipher or multiplexing: the limit for a tunnel of that shape here), a tunnel over a direct
-//! TCP connection (TLS + yamux) and a tunnel over QUIC (two real `punchgate` processes: this
-//! executable run as `node`): bulk throughput (1 and 8 streams), small round trips, connection setup, and 1,000
-//! concurrent tunnelled connections with the nodes' RSS growth; then the same tonic service over
-//! plain TCP and over Punchgate. Every figure is also a ratio to raw TCP of the same run: the
+//! shape without cipher or multiplexing: the limit for a tunnel of that shape here), a tunnel
+//! over a direct TCP connection (TLS + yamux) and a tunnel over QUIC (two real `punchgate`
+//! processes: this executable run as `node`): bulk throughput (1 and 8 streams), small round
+//! trips, connection setup, 1,000 concurrent tunnelled connections with the processes' RSS
+//! growth, and CPU per GiB; then the same tonic service over plain TCP, over tonic's TLS and
+//! over Punchgate. Every figure is also a ratio to raw TCP of the same run: the
 //! machines are shared and noisy, and ratios from one run are what compare.
 
 mod crypto;
@@ -391,10 +392,11 @@ fn markdown(r: &Report) -> String {
         );
     }
 
-    // The limit for a tunnel here, measured: the plain forwarder moves bytes across the same
-    // three loopback hops with the same copy buffers and nothing else. A tunnel also seals and
-    // opens every byte once; adding that cipher's core-seconds per Gbit to the forwarder's gives
-    // the most any encrypted tunnel of this shape could reach on these cores.
+    // The limit for a tunnel here, estimated from two measurements: the plain forwarder moves
+    // bytes across the same three loopback hops with the same copy buffers and nothing else
+    // (taken to keep every core busy); a tunnel also seals and opens every byte once. Adding that
+    // cipher's core-seconds per Gbit to the forwarder's gives the most an encrypted tunnel of
+    // this shape could reach on these cores.
     let _ = writeln!(out);
     let speeds: Vec<String> = r
         .ciphers_one_core

@@ -147,7 +147,11 @@ impl NetworkBehaviour for RelayServer {
             } = &action
             {
                 if self.relayed.contains(connection) {
-                    tracing::debug!(%peer_id, ?connection, "relay server event for a relayed connection dropped");
+                    tracing::debug!(
+                        %peer_id,
+                        ?connection,
+                        "relay server event for a relayed connection dropped"
+                    );
                     continue;
                 }
             }
@@ -167,6 +171,9 @@ mod tests {
     };
 
     use super::*;
+
+    /// A local address of a connection that came in through a relay.
+    const CIRCUIT: &str = "/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWRAyrXFngvk4k2tkiYpYR1LwxzPxeib9cASozbPLuRtbB/p2p-circuit";
 
     /// Everything the server wants the swarm to do now.
     fn drain(server: &mut RelayServer) -> Vec<ToSwarm<relay::Event, THandlerInEvent<RelayServer>>> {
@@ -214,9 +221,7 @@ mod tests {
             direct,
             &"/ip4/203.0.113.5/tcp/4001".parse().expect("address"),
         );
-        let circuit: Multiaddr = "/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWRAyrXFngvk4k2tkiYpYR1LwxzPxeib9cASozbPLuRtbB/p2p-circuit"
-            .parse()
-            .expect("address");
+        let circuit: Multiaddr = CIRCUIT.parse().expect("address");
         establish(&mut server, relayed, &circuit);
         drain(&mut server);
 
@@ -242,9 +247,7 @@ mod tests {
         let local = Keypair::generate_ed25519().public().to_peer_id();
         let mut server = RelayServer::new(relay::Behaviour::new(local, relay::Config::default()));
         let id = ConnectionId::new_unchecked(7);
-        let circuit: Multiaddr = "/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWRAyrXFngvk4k2tkiYpYR1LwxzPxeib9cASozbPLuRtbB/p2p-circuit"
-            .parse()
-            .expect("address");
+        let circuit: Multiaddr = CIRCUIT.parse().expect("address");
         establish(&mut server, id, &circuit);
         assert!(server.relayed.contains(&id));
         let endpoint = ConnectedPoint::Listener {
