@@ -61,6 +61,21 @@ enum Command {
         /// Where each port's connections go.
         targets: Vec<std::net::SocketAddr>,
     },
+    /// Only the one-stream transfer, through the plain forwarder and the tunnel over TCP in
+    /// turn, `--rounds` times; with `--against`, also through a tunnel between nodes of another
+    /// build, in the same rounds: a quick, interleaved comparison of two builds (CPU per GiB
+    /// relative to the forwarder is the figure that holds still on a shared machine).
+    Bulk {
+        /// How many times each path carries the transfer.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// MiB per transfer.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Another build of this benchmark: its nodes make a second tunnel.
+        #[arg(long)]
+        against: Option<PathBuf>,
+    },
     /// Serve the gRPC echo service until stdin closes; used by the benchmark.
     GrpcServer {
         /// How clients reach it.
@@ -161,6 +176,20 @@ fn main() -> ExitCode {
         Some(Command::GrpcServer { over, work }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(grpc::serve(over, &work))),
+        Some(Command::Bulk {
+            rounds,
+            mib,
+            against,
+        }) => tokio::runtime::Runtime::new()
+            .context("cannot start the async runtime")
+            .and_then(|rt| {
+                rt.block_on(bulk_rounds(
+                    &args.work,
+                    rounds,
+                    mib << 20,
+                    against.as_deref(),
+                ))
+            }),
         None => {
             punchgate::cli::raise_fd_limit();
             tokio::runtime::Runtime::new()
@@ -265,16 +294,7 @@ async fn measure(
     };
     let setups = tcp::setups(echo, sizes.setups).await?;
     let rtts = tcp::round_trips(echo, sizes.round_trips).await?;
-    let cpu = || -> Result<Option<f64>> {
-        processes
-            .map(|(client, service)| Ok(client.cpu_seconds()? + service.cpu_seconds()?))
-            .transpose()
-    };
-    let cpu_before = cpu()?;
-    let throughput_gbps = tcp::throughput(sink, sizes.bulk_bytes).await?;
-    let cpu_ms_per_gib = cpu()?.zip(cpu_before).map(|(after, before)| {
-        1000.0 * (after - before) / (sizes.bulk_bytes as f64 / f64::from(1u32 << 30))
-    });
+    let (throughput_gbps, cpu_ms_per_gib) = bulk(sink, sizes.bulk_bytes, processes).await?;
     let parallel_gbps =
         tcp::parallel_throughput(sink, sizes.parallel_streams, sizes.parallel_bytes_each).await?;
     Ok(PathResult {
@@ -288,6 +308,118 @@ async fn measure(
         rss_per_connection_kib,
         cpu_ms_per_gib,
     })
+}
+
+/// One stream of `bytes` to `sink`: Gbit/s, and the CPU both `processes` used per GiB.
+async fn bulk(
+    sink: std::net::SocketAddr,
+    bytes: u64,
+    processes: Option<(&nodes::Process, &nodes::Process)>,
+) -> Result<(f64, Option<f64>)> {
+    let cpu = || -> Result<Option<f64>> {
+        processes
+            .map(|(client, service)| Ok(client.cpu_seconds()? + service.cpu_seconds()?))
+            .transpose()
+    };
+    let before = cpu()?;
+    let gbps = tcp::throughput(sink, bytes).await?;
+    let ms_per_gib = cpu()?
+        .zip(before)
+        .map(|(after, before)| 1000.0 * (after - before) / (bytes as f64 / f64::from(1u32 << 30)));
+    Ok((gbps, ms_per_gib))
+}
+
+/// The `bulk` subcommand: the forwarder, this build's tunnel and `against`'s tunnel in turn, one
+/// line per round, then the medians.
+async fn bulk_rounds(work: &Path, rounds: usize, bytes: u64, against: Option<&Path>) -> Result<()> {
+    anyhow::ensure!(
+        rounds > 0 && bytes > 0,
+        "--rounds and --mib must be at least 1"
+    );
+    let bin = std::env::current_exe()?;
+    std::fs::create_dir_all(work)?;
+    let echo = services::echo().await?;
+    let sink = services::sink().await?;
+    let chain = forward::start(&bin, work, echo, sink)?;
+    let mut tunnels = vec![(
+        "this build",
+        nodes::start(&bin, work, Transport::Tcp, echo, sink)?,
+    )];
+    if let Some(other) = against {
+        let dir = work.join("against");
+        std::fs::create_dir_all(&dir)?;
+        tunnels.push((
+            "--against",
+            nodes::start(other, &dir, Transport::Tcp, echo, sink)?,
+        ));
+    }
+    let mut header = String::from("| round | forwarder Gbit/s | CPU ms/GiB |");
+    for (name, _) in &tunnels {
+        let _ = write!(
+            header,
+            " tunnel ({name}) Gbit/s | CPU ms/GiB | CPU ÷ forwarder |"
+        );
+    }
+    println!(
+        "{header}\n|---|---|---|{}",
+        "---|---|---|".repeat(tunnels.len())
+    );
+    for (_, pair) in &tunnels {
+        // The tunnel's libp2p connection is dialled by its first connection.
+        tcp::setups(pair.echo, 5).await?;
+    }
+    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let sides = (&chain.client, &chain.service);
+        let (gbps, cpu) = bulk(chain.sink, bytes, Some(sides)).await?;
+        let forwarder_cpu = cpu.unwrap_or(f64::NAN);
+        // The tunnels take turns going first: whichever runs right after another transfer
+        // may find the machine in a different state.
+        let mut measured = Vec::with_capacity(tunnels.len());
+        let order: Vec<usize> = if round % 2 == 1 {
+            (0..tunnels.len()).collect()
+        } else {
+            (0..tunnels.len()).rev().collect()
+        };
+        for i in order {
+            let pair = &tunnels[i].1;
+            let sides = (&pair.tunnel, &pair.service);
+            measured.push((i, bulk(pair.sink, bytes, Some(sides)).await?));
+        }
+        measured.sort_by_key(|(i, _)| *i);
+        let mut row = vec![gbps, forwarder_cpu];
+        for (_, (gbps, cpu)) in measured {
+            let cpu = cpu.unwrap_or(f64::NAN);
+            row.extend([gbps, cpu, cpu / forwarder_cpu]);
+        }
+        println!("| {round} | {} |", cells(&row));
+        rows.push(row);
+    }
+    let medians: Vec<f64> = (0..rows[0].len())
+        .map(|i| {
+            let mut column: Vec<f64> = rows.iter().map(|row| row[i]).collect();
+            column.sort_by(f64::total_cmp);
+            column[column.len() / 2]
+        })
+        .collect();
+    println!("| median | {} |", cells(&medians));
+    Ok(())
+}
+
+/// A `bulk` row's cells, laid out as the forwarder's (Gbit/s, CPU) then each tunnel's (Gbit/s,
+/// CPU, CPU ÷ forwarder's): CPU ms/GiB whole, the rest with two decimals.
+fn cells(row: &[f64]) -> String {
+    row.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if i == 1 || (i >= 2 && (i - 2) % 3 == 1) {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// The paths, in the order they are measured and shown.

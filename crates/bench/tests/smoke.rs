@@ -49,3 +49,48 @@ fn every_measurement_runs() {
     let markdown = std::fs::read_to_string(out.with_extension("md")).expect("markdown");
     assert!(markdown.contains("| target | measured | met |"));
 }
+
+/// `bulk`, the quick comparison of two builds: one small round against a second "build" (this
+/// one again); every cell of its table is a number and every throughput is positive.
+#[test]
+fn a_bulk_comparison_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = env!("CARGO_BIN_EXE_punchgate-bench");
+    let output = std::process::Command::new(bin)
+        .arg("--work")
+        .arg(dir.path())
+        .args(["bulk", "--rounds", "1", "--mib", "4", "--against", bin])
+        .output()
+        .expect("run the benchmark");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8(output.stdout).expect("utf-8");
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| 1 |") || l.starts_with("| median |"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    for row in rows {
+        let cells: Vec<&str> = row
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .skip(1)
+            .collect();
+        assert_eq!(cells.len(), 2 + 2 * 3, "{row}");
+        let values: Vec<f64> = cells
+            .iter()
+            .map(|c| {
+                c.parse()
+                    .unwrap_or_else(|_| panic!("not a number: {c} in {row}"))
+            })
+            .collect();
+        // Throughputs; CPU figures may be 0 at this size (the clock ticks every 10 ms).
+        for i in [0, 2, 5] {
+            assert!(values[i].is_finite() && values[i] > 0.0, "{row}");
+        }
+    }
+}
