@@ -1,7 +1,7 @@
 //! Small writes joined to the next write, without copying the large one.
 //!
-//! yamux writes each frame as two writes, a 12-byte header and then the body (up to 16 KiB),
-//! and flushes after every frame. rustls seals each write into its own record and sends it at
+//! yamux writes each frame as two writes, a 12-byte header and then the body (up to 64 KiB,
+//! [`crate::net::mux::MAX_FRAME_BODY`]), and flushes after every frame. rustls seals each write into its own record and sends it at
 //! once, so a frame would leave as two `writev` calls, one of them for a 12-byte record.
 //! [`Coalescing`] keeps writes of up to [`SMALL_WRITE`] bytes (copied: headers, window updates,
 //! small frames) until the next write or flush, and hands a larger write to the layer below

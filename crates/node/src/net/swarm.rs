@@ -5,12 +5,12 @@ use std::time::Duration;
 use libp2p::{
     PeerId, Swarm, SwarmBuilder, Transport as _,
     core::{muxing::StreamMuxerBox, transport::Boxed, upgrade::Version},
-    tcp, yamux,
+    tcp,
 };
 
 use super::{
     behaviour::{Behaviour, BehaviourError},
-    tls,
+    mux, tls,
 };
 use crate::config::NodeConfig;
 
@@ -49,16 +49,15 @@ pub enum BuildError {
     Behaviour(#[from] BehaviourError),
 }
 
-fn yamux_config() -> yamux::Config {
-    let mut config = yamux::Config::default();
-    config.set_max_num_streams(MAX_YAMUX_STREAMS_PER_CONNECTION);
-    config
+fn yamux_config() -> mux::Config {
+    mux::Config::new(MAX_YAMUX_STREAMS_PER_CONNECTION)
 }
 
 /// TCP with TLS 1.3 ([`tls::Config`]: libp2p's `/tls/1.0.0`, AES-GCM where the CPU has AES
-/// instructions) and yamux, plus [`TCP_READ_BUFFER`] under TLS. Only TLS is offered: a second
-/// protocol (Noise) would cost every new connection a round trip, because multistream-select
-/// sends data without waiting for the answer only for the last protocol it proposes.
+/// instructions) and yamux ([`mux::Config`]: 64 KiB frames), plus [`TCP_READ_BUFFER`] under TLS.
+/// Only TLS is offered: a second protocol (Noise) would cost every new connection a round trip,
+/// because multistream-select sends data without waiting for the answer only for the last
+/// protocol it proposes.
 fn tcp_transport(tls: tls::Config) -> Boxed<(PeerId, StreamMuxerBox)> {
     tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .map(|stream, _| futures::io::BufReader::with_capacity(TCP_READ_BUFFER, stream))
