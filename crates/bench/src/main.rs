@@ -9,6 +9,10 @@
 //! over Punchgate. Every figure is also a ratio to raw TCP of the same run: the
 //! machines are shared and noisy, and ratios from one run are what compare.
 
+// The nodes this benchmark runs (as `node`) must allocate as `punchgate` does.
+#[global_allocator]
+static ALLOCATOR: punchgate::Allocator = punchgate::Allocator;
+
 mod crypto;
 mod forward;
 mod grpc;

@@ -2,6 +2,10 @@
 
 use clap::Parser as _;
 
+// A node runs in this process: allocate as `punchgate` does.
+#[global_allocator]
+static ALLOCATOR: punchgate::Allocator = punchgate::Allocator;
+
 fn main() -> std::process::ExitCode {
     punchgate_kaspa::cli::run_main(punchgate_kaspa::cli::Args::parse())
 }

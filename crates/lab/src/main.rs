@@ -17,6 +17,10 @@ use punchgate_lab::{
     topology::Scenario,
 };
 
+// The nodes the lab runs (as `node`) must allocate as `punchgate` does.
+#[global_allocator]
+static ALLOCATOR: punchgate::Allocator = punchgate::Allocator;
+
 #[derive(Debug, Parser)]
 #[command(name = "punchgate-lab", version, about)]
 struct Args {

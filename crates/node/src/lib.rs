@@ -32,3 +32,15 @@ pub mod tunnel;
 
 pub use config::NodeConfig;
 pub use node::{Node, NodeEvent, NodeHandle};
+
+/// The memory allocator for every program that runs a node (`punchgate`, and the lab, bench and
+/// Kaspa programs that run one as a subcommand): `#[global_allocator] static ALLOCATOR:
+/// punchgate::Allocator = punchgate::Allocator;`.
+///
+/// A tunnel allocates and frees a buffer for every yamux frame and TLS record (16–64 KiB,
+/// inside yamux and rustls), often freeing on another thread than the one that allocated.
+/// glibc's allocator hands the free top of a heap back to the kernel once more than 128 KiB of
+/// it is free, and takes it back at the next allocation: page faults and zeroed pages for every
+/// few frames. On the benchmark's one-stream transfer that cost about a third of the tunnel's
+/// CPU (docs/benchmarks.md); mimalloc keeps freed pages for reuse.
+pub use mimalloc::MiMalloc as Allocator;

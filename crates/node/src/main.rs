@@ -2,6 +2,9 @@
 
 use clap::Parser as _;
 
+#[global_allocator]
+static ALLOCATOR: punchgate::Allocator = punchgate::Allocator;
+
 fn main() -> std::process::ExitCode {
     punchgate::cli::run_main(punchgate::cli::Cli::parse())
 }
