@@ -10,7 +10,8 @@ use tokio::{
 use tokio_util::{compat::FuturesAsyncReadCompatExt as _, task::TaskTracker};
 
 use super::{
-    Limits, splice,
+    Limits,
+    splice::splice,
     wire::{self, TunnelRequest, TunnelResponse},
 };
 use crate::{

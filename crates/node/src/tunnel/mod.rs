@@ -3,6 +3,7 @@
 //! - [`wire`]: the negotiation frames (u32 big-endian length + JSON, at most 64 KiB).
 //! - [`server`]: accepts tunnel streams and connects them to `--expose`d local services.
 //! - [`client`]: listens on `--tunnel` ports and carries each TCP connection as one stream.
+//! - [`splice`]: copies both ways, with buffers that grow for connections that fill them.
 //!
 //! After negotiation both sides copy bytes in both directions until each side has closed; a
 //! half-close (EOF one way) is passed on, so request/response protocols that shut down their
@@ -10,18 +11,18 @@
 
 pub mod client;
 pub mod server;
+pub mod splice;
 pub mod wire;
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::Semaphore,
-};
+use tokio::sync::Semaphore;
 
 use crate::config::NodeConfig;
 
-/// Copy buffer per direction per tunnel (64 KiB: 2.6 → 3.7 Gbit/s against 8 KiB, docs/benchmarks.md).
+/// The largest copy buffer per direction per tunnel (64 KiB: 2.6 → 3.7 Gbit/s against 8 KiB,
+/// docs/benchmarks.md); a connection's buffers start smaller and grow to this when it fills
+/// them ([`splice`]).
 pub const COPY_BUFFER: usize = 64 * 1024;
 
 /// Limits shared by a node's tunnel tasks.
@@ -47,13 +48,4 @@ impl Limits {
             carrying: Arc::new(Semaphore::new(config.max_tunnels)),
         }
     }
-}
-
-/// Copies both ways until both directions are done; returns (a→b, b→a) byte counts.
-pub(crate) async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await
 }

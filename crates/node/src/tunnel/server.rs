@@ -10,7 +10,8 @@ use tokio_util::{
 };
 
 use super::{
-    Limits, splice,
+    Limits,
+    splice::splice,
     wire::{self, TunnelRequest, TunnelResponse},
 };
 use crate::{
