@@ -1,7 +1,7 @@
 //! A plain TCP forwarder of the tunnel's shape, the measured limit for a tunnel of that shape
 //! on this machine: two processes (this executable run as `forward`) between the client and the
-//! service, each copying bytes both ways with the tunnel's copy buffers, no cipher, no
-//! multiplexing. client → A → B → service crosses the same three loopback hops as
+//! service, each copying bytes both ways as the tunnel does (`punchgate::tunnel::splice`, its
+//! buffers), no cipher, no multiplexing. client → A → B → service crosses the same three loopback hops as
 //! client → tunnel node → service node → service.
 
 use std::{net::SocketAddr, path::Path, process::Command};
@@ -25,13 +25,7 @@ pub(crate) async fn serve(targets: Vec<SocketAddr>) -> Result<()> {
                     };
                     let _ = client.set_nodelay(true);
                     let _ = service.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional_with_sizes(
-                        &mut client,
-                        &mut service,
-                        punchgate::tunnel::COPY_BUFFER,
-                        punchgate::tunnel::COPY_BUFFER,
-                    )
-                    .await;
+                    let _ = punchgate::tunnel::splice::splice(&mut client, &mut service).await;
                 });
             }
         });

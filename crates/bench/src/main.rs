@@ -403,7 +403,12 @@ async fn bulk_rounds(work: &Path, rounds: usize, bytes: u64, against: Option<&Pa
         .map(|i| {
             let mut column: Vec<f64> = rows.iter().map(|row| row[i]).collect();
             column.sort_by(f64::total_cmp);
-            column[column.len() / 2]
+            let middle = column.len() / 2;
+            if column.len() % 2 == 0 {
+                (column[middle - 1] + column[middle]) / 2.0
+            } else {
+                column[middle]
+            }
         })
         .collect();
     println!("| median | {} |", cells(&medians));

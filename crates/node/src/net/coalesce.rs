@@ -1,12 +1,14 @@
 //! Small writes joined to the next write, without copying the large one.
 //!
 //! yamux writes each frame as two writes, a 12-byte header and then the body (up to 64 KiB,
-//! [`crate::net::mux::MAX_FRAME_BODY`]), and flushes after every frame. rustls seals each write into its own record and sends it at
-//! once, so a frame would leave as two `writev` calls, one of them for a 12-byte record.
-//! [`Coalescing`] keeps writes of up to [`SMALL_WRITE`] bytes (copied: headers, window updates,
-//! small frames) until the next write or flush, and hands a larger write to the layer below
-//! together with them in one vectored write: the frame is sealed and sent in one call, and its
-//! body is not copied on the way. (A `BufWriter` gives the same calls but copies every byte.)
+//! [`crate::net::mux::MAX_FRAME_BODY`]), and flushes after every frame. rustls seals each write
+//! into its own records and sends them at once, so a frame would leave as two `writev` calls,
+//! one of them for a 12-byte record. [`Coalescing`] keeps writes of up to [`SMALL_WRITE`] bytes
+//! (copied: headers, window updates, small frames) until the next write or flush, and hands a
+//! larger write to the layer below together with them in one vectored write: the frame is sealed
+//! and sent in one call, and its body is not copied on the way. (A `BufWriter` gives the same
+//! calls but copies every byte.) rustls takes at most 64 KiB per write: of a full 64 KiB frame
+//! the last 12 bytes go in a second call.
 
 use std::{
     io::{self, IoSlice, IoSliceMut},

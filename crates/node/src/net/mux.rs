@@ -1,17 +1,21 @@
-//! yamux for TCP and relayed connections, with data frames as large as a tunnel's writes.
+//! yamux for TCP and relayed connections, with data frames as large as a tunnel's reads.
 //!
 //! The wire protocol is libp2p's `/yamux/1.0.0`, unchanged; what differs from
 //! `libp2p::yamux::Config` is one setting it does not expose: the largest data frame we send.
-//! yamux's default cuts every write into 16 KiB frames. A tunnel writes up to 64 KiB at a time
-//! ([`crate::tunnel`]'s copy buffer), so each write became four frames, and each frame costs a
-//! message to the connection task (a wake-up of another task), a header, a flush, one more TLS
-//! record (a 16 KiB body plus its 12-byte header does not fit one 16 KiB record, so every frame
-//! also sealed a 12-byte record) and, on the receiving node, one more allocation and wake-up of
-//! the reading task. [`MAX_FRAME_BODY`] sends such a write as one frame.
+//! yamux's default cuts every write into 16 KiB frames, so a tunnel's 64 KiB read became four
+//! frames, and each frame cost a message to the connection task (a wake-up of another task), a
+//! header, a flush, a send call, an extra 12-byte TLS record (a 16 KiB body plus its 12-byte
+//! header does not fit one 16 KiB record) and, on the receiving node, one more allocation and
+//! wake-up of the reading task. [`MAX_FRAME_BODY`] sends such a read as one frame. (rustls takes
+//! at most 64 KiB per write, so a full frame still leaves in two send calls, four full records
+//! and a 12-byte one: two calls and five records per 64 KiB instead of four and eight. A body of
+//! 64 KiB less the header, four records exactly, measured no better: windows of 256 KiB then
+//! cut frames into odd sizes.)
 //!
 //! Larger frames are allowed by yamux's protocol and bounded by the receiver's window (256 KiB
-//! per stream to start); rust-yamux accepts bodies up to 1 MiB. Frames are still cut to the
-//! stream's send window, so a small window makes small frames, as before.
+//! per stream to start); rust-yamux accepts bodies up to 1 MiB, and go-yamux and js-libp2p's
+//! yamux send 64 KiB frames themselves. Frames are still cut to the stream's send window. Another
+//! stream's frame may wait behind one such frame in the connection's writer: at most 64 KiB.
 
 use std::{
     collections::VecDeque,
@@ -29,7 +33,7 @@ use libp2p::core::{
 /// The protocol name libp2p negotiates for yamux.
 const PROTOCOL: &str = "/yamux/1.0.0";
 
-/// The largest data frame body we send: one tunnel write (64 KiB).
+/// The largest data frame body we send: one tunnel read (64 KiB).
 pub const MAX_FRAME_BODY: usize = crate::tunnel::COPY_BUFFER;
 
 /// Inbound streams held while the swarm is not asking for them (it polls the connection for
@@ -100,7 +104,7 @@ where
 
 /// The connection failed or was closed.
 #[derive(Debug, thiserror::Error)]
-#[error("yamux: {0}")]
+#[error(transparent)]
 pub struct MuxError(#[from] yamux::ConnectionError);
 
 /// One yamux connection as a libp2p [`StreamMuxer`].

@@ -22,7 +22,7 @@ use crate::config::NodeConfig;
 
 /// The largest copy buffer per direction per tunnel (64 KiB: 2.6 → 3.7 Gbit/s against 8 KiB,
 /// docs/benchmarks.md); a connection's buffers start smaller and grow to this when it fills
-/// them ([`splice`]).
+/// them ([`splice`]). A full read leaves as one yamux frame ([`crate::net::mux`]).
 pub const COPY_BUFFER: usize = 64 * 1024;
 
 /// Limits shared by a node's tunnel tasks.

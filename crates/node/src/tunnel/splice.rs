@@ -63,6 +63,9 @@ impl Copy {
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
+        // Tokio's cooperative budget: between two streams that never run out of bytes and
+        // never spend it, the loop below would keep the task forever.
+        let coop = ready!(tokio::task::coop::poll_proceed(cx));
         loop {
             if self.start == self.end && !self.eof {
                 if self.grow {
@@ -71,7 +74,8 @@ impl Copy {
                 }
                 let mut read = ReadBuf::new(&mut self.buf);
                 match reader.as_mut().poll_read(cx, &mut read) {
-                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Ok(())) => coop.made_progress(),
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
                         // Nothing more to read for now: what was written must not wait in
@@ -89,11 +93,16 @@ impl Copy {
                 (self.start, self.end) = (0, n);
             }
             while self.start < self.end {
-                let n = ready!(
+                let n = match ready!(
                     writer
                         .as_mut()
                         .poll_write(cx, &self.buf[self.start..self.end])
-                )?;
+                ) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                coop.made_progress();
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -147,7 +156,7 @@ impl Direction {
 }
 
 /// Copies both ways until both directions are done; returns (a→b, b→a) byte counts.
-pub(crate) async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+pub async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -164,6 +173,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use proptest::prelude::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -220,6 +231,25 @@ mod tests {
         let (written, buffer) = copy_all(data.clone(), usize::MAX).await;
         assert!(written == data);
         assert_eq!(buffer, COPY_BUFFER);
+    }
+
+    #[tokio::test]
+    async fn bytes_are_flushed_while_the_reader_waits_for_more() {
+        let (mut a, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b, mut b_peer) = tokio::io::duplex(1 << 16);
+        // A writer that keeps bytes until flushed (as TLS under a buffered writer would).
+        let mut b = tokio::io::BufWriter::new(b);
+        let splicing = tokio::spawn(async move { splice(&mut a, &mut b).await });
+        a_peer.write_all(b"request").await.expect("write");
+        let mut request = [0u8; 7];
+        let arrived =
+            tokio::time::timeout(Duration::from_secs(5), b_peer.read_exact(&mut request)).await;
+        assert!(
+            arrived.is_ok(),
+            "the request never left the writer's buffer"
+        );
+        assert_eq!(&request, b"request");
+        splicing.abort();
     }
 
     /// One end of a tunnelled connection: sends `data` then EOF while reading to EOF; returns
