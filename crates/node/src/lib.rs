@@ -41,6 +41,6 @@ pub use node::{Node, NodeEvent, NodeHandle};
 /// inside yamux and rustls), often freeing on another thread than the one that allocated.
 /// glibc's allocator hands the free top of a heap back to the kernel once more than 128 KiB of
 /// it is free, and takes it back at the next allocation: page faults and zeroed pages for every
-/// few frames. On the benchmark's one-stream transfer that cost about a third of the tunnel's
+/// few frames. On the benchmark's one-stream transfer that cost about a quarter of the tunnel's
 /// CPU (docs/benchmarks.md); mimalloc keeps freed pages for reuse.
 pub use mimalloc::MiMalloc as Allocator;
