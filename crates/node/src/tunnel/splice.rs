@@ -63,10 +63,11 @@ impl Copy {
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
-        // Tokio's cooperative budget: between two streams that never run out of bytes and
-        // never spend it, the loop below would keep the task forever.
-        let coop = ready!(tokio::task::coop::poll_proceed(cx));
         loop {
+            // Tokio's cooperative budget, one unit per buffer copied: between two streams that
+            // never run dry and never spend it themselves, this loop would keep its task (and
+            // every task on the same worker) forever.
+            let coop = ready!(tokio::task::coop::poll_proceed(cx));
             if self.start == self.end && !self.eof {
                 if self.grow {
                     self.grow = false;
@@ -102,7 +103,6 @@ impl Copy {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Poll::Ready(Err(e)),
                 };
-                coop.made_progress();
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -250,6 +250,66 @@ mod tests {
         );
         assert_eq!(&request, b"request");
         splicing.abort();
+    }
+
+    /// Always has bytes, always takes them; never spends Tokio's budget (unlike Tokio's own
+    /// `sink` and `repeat`).
+    struct Endless;
+
+    impl AsyncWrite for Endless {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            buf.put_slice(&vec![7; buf.remaining()]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_copy_between_streams_that_never_wait_lets_other_tasks_run() {
+        let (done, finished) = std::sync::mpsc::channel();
+        // If the copy never yields, this thread spins for ever; the test thread notices.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let copying = tokio::spawn(async {
+                    let mut copy = Copy::new();
+                    poll_fn(|cx| copy.poll_copy(cx, Pin::new(&mut Endless), Pin::new(&mut Endless)))
+                        .await
+                });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                copying.abort();
+            });
+            let _ = done.send(());
+        });
+        let ran = finished.recv_timeout(Duration::from_secs(10));
+        assert!(
+            ran.is_ok(),
+            "the copy kept the worker: other tasks never ran"
+        );
     }
 
     /// One end of a tunnelled connection: sends `data` then EOF while reading to EOF; returns
