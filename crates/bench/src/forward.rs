@@ -1,8 +1,8 @@
 //! A plain TCP forwarder of the tunnel's shape, the measured limit for a tunnel of that shape
 //! on this machine: two processes (this executable run as `forward`) between the client and the
-//! service, each copying bytes both ways as the tunnel does (`punchgate::tunnel::splice`, its
-//! buffers), no cipher, no multiplexing. client → A → B → service crosses the same three loopback hops as
-//! client → tunnel node → service node → service.
+//! service, each copying bytes both ways as the tunnel does (`punchgate::tunnel::splice`, with
+//! its buffers), no cipher, no multiplexing. client → A → B → service crosses the same three
+//! loopback hops as client → tunnel node → service node → service.
 
 use std::{net::SocketAddr, path::Path, process::Command};
 
