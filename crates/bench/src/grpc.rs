@@ -117,92 +117,137 @@ fn node_config() -> NodeConfig {
 
 /// A server process (this executable, `grpc-server`); killed when dropped.
 struct ServerProcess {
-    _process: crate::nodes::Process,
+    process: crate::nodes::Process,
     addr: String,
 }
 
 impl ServerProcess {
     fn start(bin: &std::path::Path, dir: &std::path::Path, over: Over) -> Result<Self> {
         let mut command = std::process::Command::new(bin);
-        let name = match over {
-            Over::Tcp => "tcp",
-            Over::Tls => "tls",
-            Over::Punchgate => "punchgate",
-        };
         command
-            .args(["grpc-server", "--over", name, "--work"])
+            .args(["grpc-server", "--over", over.name(), "--work"])
             .arg(dir);
-        let name = format!("grpc-server-{name}");
+        let name = format!("grpc-server-{}", over.name());
         let process = crate::nodes::Process::start(command, dir, &name, |l| !l.is_empty())?;
         let addr = process.lines[0]
             .strip_prefix("grpc listening on ")
             .context("unexpected server output")?
             .to_owned();
-        Ok(Self {
-            _process: process,
-            addr,
-        })
+        Ok(Self { process, addr })
     }
 }
 
-/// The echo service over TCP, server in its own process.
-pub(crate) async fn over_tcp(
-    bin: &std::path::Path,
-    dir: &std::path::Path,
-    config: &BridgeConfig,
-    sizes: GrpcSizes,
-) -> Result<GrpcResult> {
-    let server = ServerProcess::start(bin, dir, Over::Tcp)?;
-    let endpoint =
-        config.apply(Endpoint::from_shared(format!("http://{}", server.addr))?.tcp_nodelay(true));
-    let channel = endpoint.connect().await?;
-    measure(echo::client(channel, config), sizes).await
+impl Over {
+    fn name(self) -> &'static str {
+        match self {
+            Over::Tcp => "tcp",
+            Over::Tls => "tls",
+            Over::Punchgate => "punchgate",
+        }
+    }
 }
 
-/// The echo service over TLS on TCP (tonic's TLS: rustls, its default cipher order), with a
-/// certificate for `localhost` made here; server in its own process.
-pub(crate) async fn over_tls(
-    bin: &std::path::Path,
-    dir: &std::path::Path,
-    config: &BridgeConfig,
-    sizes: GrpcSizes,
-) -> Result<GrpcResult> {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
-    let (cert_file, key_file) = tls_files(dir);
-    std::fs::write(&cert_file, certified.cert.pem())?;
-    std::fs::write(&key_file, certified.key_pair.serialize_pem())?;
-    let server = ServerProcess::start(bin, dir, Over::Tls)?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(certified.cert.pem()))
-        .domain_name("localhost");
-    let endpoint = Endpoint::from_shared(format!("https://{}", server.addr))?
-        .tcp_nodelay(true)
-        .tls_config(tls)?;
-    let channel = config.apply(endpoint).connect().await?;
-    measure(echo::client(channel, config), sizes).await
+/// A client connected to the echo service in its own process, over one of the paths.
+pub(crate) struct Connection {
+    server: ServerProcess,
+    client: EchoClient<Channel>,
+    /// The client's node, over Punchgate.
+    node: Option<Node>,
 }
 
-/// The echo service over Punchgate (TCP, TLS, yamux), server node in its own process, client
-/// node in this one.
-pub(crate) async fn over_punchgate(
+impl Connection {
+    /// Starts a server process reached `over` this path and connects to it. Over TLS, with a
+    /// certificate for `localhost` made here and tonic's TLS (rustls, its default cipher
+    /// order); over Punchgate, through a client node in this process (TCP, TLS, yamux).
+    pub(crate) async fn open(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        over: Over,
+        config: &BridgeConfig,
+    ) -> Result<Self> {
+        let mut node = None;
+        let (server, channel) = match over {
+            Over::Tcp => {
+                let server = ServerProcess::start(bin, dir, over)?;
+                let endpoint = Endpoint::from_shared(format!("http://{}", server.addr))?;
+                let channel = config.apply(endpoint.tcp_nodelay(true)).connect().await?;
+                (server, channel)
+            }
+            Over::Tls => {
+                let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+                let (cert_file, key_file) = tls_files(dir);
+                std::fs::write(&cert_file, certified.cert.pem())?;
+                std::fs::write(&key_file, certified.key_pair.serialize_pem())?;
+                let server = ServerProcess::start(bin, dir, over)?;
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(certified.cert.pem()))
+                    .domain_name("localhost");
+                let endpoint = Endpoint::from_shared(format!("https://{}", server.addr))?
+                    .tcp_nodelay(true)
+                    .tls_config(tls)?;
+                let channel = config.apply(endpoint).connect().await?;
+                (server, channel)
+            }
+            Over::Punchgate => {
+                let server = ServerProcess::start(bin, dir, over)?;
+                let mut client_config = node_config();
+                client_config.bootstrap = vec![server.addr.parse()?];
+                let peer = client_config.bootstrap[0].peer;
+                let client = node.insert(Node::start(client_config).await?);
+                let target: Target = format!("punchgate://{peer}").parse()?;
+                let channel = punchgate_grpc::connect(client.handle(), &target, config).await?;
+                (server, channel)
+            }
+        };
+        Ok(Self {
+            server,
+            client: echo::client(channel, config),
+            node,
+        })
+    }
+
+    /// CPU time this process and the server process used so far, seconds.
+    fn cpu_seconds(&self) -> Result<f64> {
+        Ok(crate::nodes::cpu_seconds("self")? + self.server.process.cpu_seconds()?)
+    }
+
+    /// Shuts the client node down (the server process is killed when dropped).
+    pub(crate) async fn close(self) {
+        if let Some(node) = self.node {
+            node.shutdown().await;
+        }
+    }
+
+    /// Unary latency, then streaming throughput.
+    pub(crate) async fn measure(&mut self, sizes: GrpcSizes) -> Result<GrpcResult> {
+        measure(&mut self.client, sizes).await
+    }
+
+    /// One streaming transfer: Gbit/s, and CPU ms per GiB of both processes (this one holds
+    /// the client and, over Punchgate, the client's node).
+    pub(crate) async fn stream_with_cpu(&mut self, sizes: GrpcSizes) -> Result<(f64, f64)> {
+        let before = self.cpu_seconds()?;
+        let gbps = stream(&mut self.client, sizes).await?;
+        let gib = (sizes.messages * sizes.message_bytes) as f64 / f64::from(1u32 << 30);
+        Ok((gbps, 1000.0 * (self.cpu_seconds()? - before) / gib))
+    }
+}
+
+/// The echo service over `over`, server in its own process: unary latency and streaming.
+pub(crate) async fn over(
     bin: &std::path::Path,
     dir: &std::path::Path,
+    over: Over,
     config: &BridgeConfig,
     sizes: GrpcSizes,
 ) -> Result<GrpcResult> {
-    let server = ServerProcess::start(bin, dir, Over::Punchgate)?;
-    let mut client_config = node_config();
-    client_config.bootstrap = vec![server.addr.parse()?];
-    let peer = client_config.bootstrap[0].peer;
-    let client = Node::start(client_config).await?;
-    let target: Target = format!("punchgate://{peer}").parse()?;
-    let channel = punchgate_grpc::connect(client.handle(), &target, config).await?;
-    let result = measure(echo::client(channel, config), sizes).await;
-    client.shutdown().await;
+    let mut connection = Connection::open(bin, dir, over, config).await?;
+    let result = connection.measure(sizes).await;
+    connection.close().await;
     result
 }
 
-async fn measure(mut client: EchoClient<Channel>, sizes: GrpcSizes) -> Result<GrpcResult> {
+async fn measure(client: &mut EchoClient<Channel>, sizes: GrpcSizes) -> Result<GrpcResult> {
     let request = || Payload {
         data: vec![0x33; UNARY_BYTES],
         reply_size: 0,
@@ -220,7 +265,7 @@ async fn measure(mut client: EchoClient<Channel>, sizes: GrpcSizes) -> Result<Gr
             "short unary reply"
         );
     }
-    let stream_gbps = stream(&mut client, sizes).await?;
+    let stream_gbps = stream(client, sizes).await?;
     Ok(GrpcResult {
         unary_p50_us: percentile_us(&times, 50.0),
         unary_p99_us: percentile_us(&times, 99.0),

@@ -80,6 +80,17 @@ enum Command {
         #[arg(long)]
         against: Option<PathBuf>,
     },
+    /// Only gRPC streaming, over plain TCP, tonic's TLS and Punchgate in turn, `--rounds`
+    /// times on the same connections: throughput, CPU per GiB of both processes, and each as a
+    /// ratio to plain TCP's in the same round.
+    Grpc {
+        /// How many times each path carries the transfer.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// MiB per transfer (in 256 KiB messages).
+        #[arg(long, default_value_t = 1024)]
+        mib: usize,
+    },
     /// Serve the gRPC echo service until stdin closes; used by the benchmark.
     GrpcServer {
         /// How clients reach it.
@@ -177,6 +188,9 @@ fn main() -> ExitCode {
         Some(Command::Forward { targets }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(forward::serve(targets))),
+        Some(Command::Grpc { rounds, mib }) => tokio::runtime::Runtime::new()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(grpc_rounds(&args.work, rounds, mib))),
         Some(Command::GrpcServer { over, work }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(grpc::serve(over, &work))),
@@ -242,11 +256,12 @@ async fn run(args: &Args) -> Result<()> {
         message_bytes: sizes.grpc_message_bytes,
     };
     eprintln!("gRPC over TCP...");
-    let grpc_tcp = grpc::over_tcp(&bin, &args.work, &config, grpc_sizes).await?;
+    let grpc_tcp = grpc::over(&bin, &args.work, grpc::Over::Tcp, &config, grpc_sizes).await?;
     eprintln!("gRPC over TLS...");
-    let grpc_tls = grpc::over_tls(&bin, &args.work, &config, grpc_sizes).await?;
+    let grpc_tls = grpc::over(&bin, &args.work, grpc::Over::Tls, &config, grpc_sizes).await?;
     eprintln!("gRPC over Punchgate...");
-    let grpc_punchgate = grpc::over_punchgate(&bin, &args.work, &config, grpc_sizes).await?;
+    let grpc_punchgate =
+        grpc::over(&bin, &args.work, grpc::Over::Punchgate, &config, grpc_sizes).await?;
 
     eprintln!("ciphers on one core...");
     let ciphers_one_core = crypto::ciphers(if args.smoke { 16 << 20 } else { 1 << 30 });
@@ -399,7 +414,78 @@ async fn bulk_rounds(work: &Path, rounds: usize, bytes: u64, against: Option<&Pa
         println!("| {round} | {} |", cells(&row));
         rows.push(row);
     }
-    let medians: Vec<f64> = (0..rows[0].len())
+    let medians = medians(&rows);
+    println!("| median | {} |", cells(&medians));
+    Ok(())
+}
+
+/// The `grpc` subcommand: streaming over each path in turn (the order rotating every round),
+/// one line per round, then the medians.
+async fn grpc_rounds(work: &Path, rounds: usize, mib: usize) -> Result<()> {
+    const MESSAGE: usize = 256 << 10;
+    anyhow::ensure!(
+        rounds > 0 && mib > 0,
+        "--rounds and --mib must be at least 1"
+    );
+    let bin = std::env::current_exe()?;
+    std::fs::create_dir_all(work)?;
+    let config = punchgate_grpc::BridgeConfig::default();
+    let sizes = GrpcSizes {
+        unary: 0,
+        messages: (mib << 20).div_ceil(MESSAGE),
+        message_bytes: MESSAGE,
+    };
+    let over = [grpc::Over::Tcp, grpc::Over::Tls, grpc::Over::Punchgate];
+    let mut connections = Vec::with_capacity(over.len());
+    for path in over {
+        connections.push(grpc::Connection::open(&bin, work, path, &config).await?);
+    }
+    println!(
+        "| round | TCP Gbit/s | CPU ms/GiB | TLS Gbit/s | CPU ms/GiB | ÷ TCP | ÷ TCP CPU \
+         | Punchgate Gbit/s | CPU ms/GiB | ÷ TCP | ÷ TCP CPU |\n|{}",
+        "---|".repeat(11)
+    );
+    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut measured = vec![(0.0, 0.0); over.len()];
+        for k in 0..over.len() {
+            let i = (round + k) % over.len();
+            measured[i] = connections[i].stream_with_cpu(sizes).await?;
+        }
+        let (tcp_gbps, tcp_cpu) = measured[0];
+        let mut row = vec![tcp_gbps, tcp_cpu];
+        for &(gbps, cpu) in &measured[1..] {
+            row.extend([gbps, cpu, gbps / tcp_gbps, cpu / tcp_cpu]);
+        }
+        println!("| {} | {} |", round + 1, grpc_cells(&row));
+        rows.push(row);
+    }
+    println!("| median | {} |", grpc_cells(&medians(&rows)));
+    for connection in connections {
+        connection.close().await;
+    }
+    Ok(())
+}
+
+/// A `grpc` row's cells: TCP's (Gbit/s, CPU), then each other path's (Gbit/s, CPU, both ÷
+/// TCP's); CPU ms/GiB whole, the rest with two decimals.
+fn grpc_cells(row: &[f64]) -> String {
+    row.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if i == 1 || (i >= 2 && (i - 2) % 4 == 1) {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Each column's median (of an even count, the mean of the middle two).
+fn medians(rows: &[Vec<f64>]) -> Vec<f64> {
+    (0..rows[0].len())
         .map(|i| {
             let mut column: Vec<f64> = rows.iter().map(|row| row[i]).collect();
             column.sort_by(f64::total_cmp);
@@ -410,9 +496,7 @@ async fn bulk_rounds(work: &Path, rounds: usize, bytes: u64, against: Option<&Pa
                 column[middle]
             }
         })
-        .collect();
-    println!("| median | {} |", cells(&medians));
-    Ok(())
+        .collect()
 }
 
 /// A `bulk` row's cells, laid out as the forwarder's (Gbit/s, CPU) then each tunnel's (Gbit/s,

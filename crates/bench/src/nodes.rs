@@ -101,18 +101,9 @@ impl Process {
             .context("no VmRSS")
     }
 
-    /// CPU time used so far, user + system, all threads, in seconds (`/proc/<pid>/stat`, in
-    /// clock ticks of 1/100 s: Linux's `USER_HZ` on every architecture we run on).
+    /// CPU time used so far, user + system, all threads, in seconds.
     pub(crate) fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the command name (which is in parentheses and may hold spaces): state is
-        // the first, utime the 12th, stime the 13th.
-        let after = stat.rsplit_once(')').context("no command name")?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| -> Result<f64> {
-            Ok(fields.get(i).context("short stat")?.parse::<u64>()? as f64)
-        };
-        Ok((ticks(11)? + ticks(12)?) / 100.0)
+        cpu_seconds(&self.child.id().to_string())
     }
 
     fn listen_addr(&self) -> Option<String> {
@@ -232,4 +223,19 @@ pub(crate) fn read_until(
         }
     }
     Ok(lines)
+}
+
+/// CPU time process `pid` (or `self`) used so far, user + system, all threads, in seconds
+/// (`/proc/<pid>/stat`, in clock ticks of 1/100 s: Linux's `USER_HZ` on every architecture we
+/// run on).
+pub(crate) fn cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses and may hold spaces): state is
+    // the first, utime the 12th, stime the 13th.
+    let after = stat.rsplit_once(')').context("no command name")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields.get(i).context("short stat")?.parse::<u64>()? as f64)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }

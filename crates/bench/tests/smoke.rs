@@ -68,29 +68,65 @@ fn a_bulk_comparison_runs() {
         String::from_utf8_lossy(&output.stderr)
     );
     let table = String::from_utf8(output.stdout).expect("utf-8");
-    let rows: Vec<&str> = table
-        .lines()
-        .filter(|l| l.starts_with("| 1 |") || l.starts_with("| median |"))
-        .collect();
-    assert_eq!(rows.len(), 2, "{table}");
-    for row in rows {
-        let cells: Vec<&str> = row
-            .trim_matches('|')
-            .split('|')
-            .map(str::trim)
-            .skip(1)
-            .collect();
-        assert_eq!(cells.len(), 2 + 2 * 3, "{row}");
-        let values: Vec<f64> = cells
-            .iter()
-            .map(|c| {
-                c.parse()
-                    .unwrap_or_else(|_| panic!("not a number: {c} in {row}"))
-            })
-            .collect();
+    for (row, values) in numeric_rows(&table, &["1", "median"], 2 + 2 * 3) {
         // Throughputs; CPU figures may be 0 at this size (the clock ticks every 10 ms).
         for i in [0, 2, 5] {
             assert!(values[i].is_finite() && values[i] > 0.0, "{row}");
         }
     }
+}
+
+/// `grpc`, streaming over plain TCP, TLS and Punchgate in turn: two small rounds and the
+/// medians, every cell a number and every throughput positive.
+#[test]
+fn a_grpc_streaming_comparison_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_punchgate-bench"))
+        .arg("--work")
+        .arg(dir.path())
+        .args(["grpc", "--rounds", "2", "--mib", "4"])
+        .output()
+        .expect("run the benchmark");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8(output.stdout).expect("utf-8");
+    for (row, values) in numeric_rows(&table, &["1", "2", "median"], 2 + 2 * 4) {
+        // Throughputs; CPU figures (and their ratios) may be 0 or NaN at this size.
+        for i in [0, 2, 6] {
+            assert!(values[i].is_finite() && values[i] > 0.0, "{row}");
+        }
+    }
+}
+
+/// The rows of a Markdown `table` whose first cell is one of `labels` (each must be there,
+/// once), with their other cells, `cells` of them, parsed as numbers.
+fn numeric_rows<'t>(table: &'t str, labels: &[&str], cells: usize) -> Vec<(&'t str, Vec<f64>)> {
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| {
+            labels
+                .iter()
+                .any(|label| l.starts_with(&format!("| {label} |")))
+        })
+        .collect();
+    assert_eq!(rows.len(), labels.len(), "{table}");
+    rows.into_iter()
+        .map(|row| {
+            let values: Vec<f64> = row
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .skip(1)
+                .map(|c| {
+                    c.parse()
+                        .unwrap_or_else(|_| panic!("not a number: {c} in {row}"))
+                })
+                .collect();
+            assert_eq!(values.len(), cells, "{row}");
+            (row, values)
+        })
+        .collect()
 }
