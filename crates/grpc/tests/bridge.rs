@@ -394,3 +394,72 @@ async fn grpc_and_a_tunnel_share_one_node() {
     let status = p.client.handle().status().await.expect("status");
     assert_eq!(status.connected_peers, 1);
 }
+
+/// hyper offers a read its buffer's whole spare capacity as uninitialised memory; a libp2p
+/// stream can only fill initialised memory. A read must zero only what it offers the stream (a
+/// chunk), not the whole spare capacity, and every byte must still arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_zeroes_only_the_chunk_it_offers_and_loses_nothing() {
+    use std::mem::MaybeUninit;
+
+    use futures::AsyncWriteExt as _;
+    use punchgate_grpc::stream::{READ_CHUNK_MAX, READ_CHUNK_MIN};
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    const TOTAL: usize = 1 << 20;
+    let protocol = libp2p::StreamProtocol::new("/punchgate/test-read/1");
+    let server = Node::start(config()).await.expect("server node");
+    let mut client_config = config();
+    client_config.bootstrap = vec![bootstrap(&server)];
+    let client = Node::start(client_config).await.expect("client node");
+    let mut accepted = server.handle().accept(protocol.clone(), 4).expect("accept");
+    let writer = tokio::spawn(async move {
+        let mut incoming = accepted.next().await.expect("a stream");
+        let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+        incoming.stream.write_all(&data).await.expect("write");
+        incoming.stream.close().await.expect("close");
+    });
+    let (stream, info) = client
+        .handle()
+        .open_stream(server.peer_id(), protocol)
+        .await
+        .expect("open");
+    let mut stream = punchgate_grpc::P2pStream::new(stream, &info);
+
+    // One buffer with room for everything, as h2 reserves a whole frame, kept across reads
+    // so that what each read zeroed stays visible.
+    let mut memory = vec![MaybeUninit::<u8>::uninit(); TOTAL + 1];
+    let mut buf = ReadBuf::uninit(&mut memory);
+    let mut reads = 0;
+    loop {
+        let before = buf.filled().len();
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_read(cx, &mut buf))
+            .await
+            .expect("read");
+        reads += 1;
+        let zeroed_past_filled = buf.initialized().len() - buf.filled().len();
+        assert!(
+            zeroed_past_filled <= READ_CHUNK_MAX,
+            "read {reads} zeroed {zeroed_past_filled} bytes it did not fill"
+        );
+        if reads == 1 {
+            assert!(
+                buf.initialized().len() <= READ_CHUNK_MIN,
+                "the first read offers the smallest chunk: {}",
+                buf.initialized().len()
+            );
+        }
+        if buf.filled().len() == before {
+            break;
+        }
+    }
+    assert_eq!(buf.filled().len(), TOTAL, "every byte arrived");
+    assert!(
+        buf.filled()
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 251) as u8),
+        "in order"
+    );
+    writer.await.expect("writer");
+}
