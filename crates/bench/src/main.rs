@@ -411,11 +411,11 @@ async fn bulk_rounds(work: &Path, rounds: usize, bytes: u64, against: Option<&Pa
             let cpu = cpu.unwrap_or(f64::NAN);
             row.extend([gbps, cpu, cpu / forwarder_cpu]);
         }
-        println!("| {round} | {} |", cells(&row));
+        println!("| {round} | {} |", cells(&row, 3));
         rows.push(row);
     }
     let medians = medians(&rows);
-    println!("| median | {} |", cells(&medians));
+    println!("| median | {} |", cells(&medians, 3));
     Ok(())
 }
 
@@ -457,30 +457,14 @@ async fn grpc_rounds(work: &Path, rounds: usize, mib: usize) -> Result<()> {
         for &(gbps, cpu) in &measured[1..] {
             row.extend([gbps, cpu, gbps / tcp_gbps, cpu / tcp_cpu]);
         }
-        println!("| {} | {} |", round + 1, grpc_cells(&row));
+        println!("| {} | {} |", round + 1, cells(&row, 4));
         rows.push(row);
     }
-    println!("| median | {} |", grpc_cells(&medians(&rows)));
+    println!("| median | {} |", cells(&medians(&rows), 4));
     for connection in connections {
         connection.close().await;
     }
     Ok(())
-}
-
-/// A `grpc` row's cells: TCP's (Gbit/s, CPU), then each other path's (Gbit/s, CPU, both ÷
-/// TCP's); CPU ms/GiB whole, the rest with two decimals.
-fn grpc_cells(row: &[f64]) -> String {
-    row.iter()
-        .enumerate()
-        .map(|(i, v)| {
-            if i == 1 || (i >= 2 && (i - 2) % 4 == 1) {
-                format!("{v:.0}")
-            } else {
-                format!("{v:.2}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" | ")
 }
 
 /// Each column's median (of an even count, the mean of the middle two).
@@ -499,13 +483,14 @@ fn medians(rows: &[Vec<f64>]) -> Vec<f64> {
         .collect()
 }
 
-/// A `bulk` row's cells, laid out as the forwarder's (Gbit/s, CPU) then each tunnel's (Gbit/s,
-/// CPU, CPU ÷ forwarder's): CPU ms/GiB whole, the rest with two decimals.
-fn cells(row: &[f64]) -> String {
+/// A row's cells for the `bulk` and `grpc` tables: the baseline's (Gbit/s, CPU), then each
+/// other path's `group` cells, Gbit/s and CPU first, then ratios (`bulk`: CPU ÷ the
+/// forwarder's; `grpc`: Gbit/s and CPU ÷ TCP's). CPU ms/GiB whole, the rest with two decimals.
+fn cells(row: &[f64], group: usize) -> String {
     row.iter()
         .enumerate()
         .map(|(i, v)| {
-            if i == 1 || (i >= 2 && (i - 2) % 3 == 1) {
+            if i == 1 || (i >= 2 && (i - 2) % group == 1) {
                 format!("{v:.0}")
             } else {
                 format!("{v:.2}")

@@ -54,20 +54,8 @@ fn every_measurement_runs() {
 /// one again); every cell of its table is a number and every throughput is positive.
 #[test]
 fn a_bulk_comparison_runs() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let bin = env!("CARGO_BIN_EXE_punchgate-bench");
-    let output = std::process::Command::new(bin)
-        .arg("--work")
-        .arg(dir.path())
-        .args(["bulk", "--rounds", "1", "--mib", "4", "--against", bin])
-        .output()
-        .expect("run the benchmark");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let table = String::from_utf8(output.stdout).expect("utf-8");
+    let table = run_table(&["bulk", "--rounds", "1", "--mib", "4", "--against", bin]);
     for (row, values) in numeric_rows(&table, &["1", "median"], 2 + 2 * 3) {
         // Throughputs; CPU figures may be 0 at this size (the clock ticks every 10 ms).
         for i in [0, 2, 5] {
@@ -80,11 +68,22 @@ fn a_bulk_comparison_runs() {
 /// medians, every cell a number and every throughput positive.
 #[test]
 fn a_grpc_streaming_comparison_runs() {
+    let table = run_table(&["grpc", "--rounds", "2", "--mib", "4"]);
+    for (row, values) in numeric_rows(&table, &["1", "2", "median"], 2 + 2 * 4) {
+        // Throughputs; CPU figures (and their ratios) may be 0 or NaN at this size.
+        for i in [0, 2, 6] {
+            assert!(values[i].is_finite() && values[i] > 0.0, "{row}");
+        }
+    }
+}
+
+/// Runs the benchmark with `args` in a fresh work directory; its standard output (a table).
+fn run_table(args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_punchgate-bench"))
         .arg("--work")
         .arg(dir.path())
-        .args(["grpc", "--rounds", "2", "--mib", "4"])
+        .args(args)
         .output()
         .expect("run the benchmark");
     assert!(
@@ -92,13 +91,7 @@ fn a_grpc_streaming_comparison_runs() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let table = String::from_utf8(output.stdout).expect("utf-8");
-    for (row, values) in numeric_rows(&table, &["1", "2", "median"], 2 + 2 * 4) {
-        // Throughputs; CPU figures (and their ratios) may be 0 or NaN at this size.
-        for i in [0, 2, 6] {
-            assert!(values[i].is_finite() && values[i] > 0.0, "{row}");
-        }
-    }
+    String::from_utf8(output.stdout).expect("utf-8")
 }
 
 /// The rows of a Markdown `table` whose first cell is one of `labels` (each must be there,
