@@ -84,8 +84,9 @@ enum Command {
     /// times on the same connections: throughput, CPU per GiB of both processes, and each as a
     /// ratio to plain TCP's in the same round.
     Grpc {
-        /// How many times each path carries the transfer.
-        #[arg(long, default_value_t = 5)]
+        /// How many times each path carries the transfer (a multiple of 3 gives each path the
+        /// first turn equally often).
+        #[arg(long, default_value_t = 6)]
         rounds: usize,
         /// MiB per transfer (in 256 KiB messages).
         #[arg(long, default_value_t = 1024)]
