@@ -223,6 +223,11 @@ impl Connection {
         measure(&mut self.client, sizes).await
     }
 
+    /// `calls` unary round trips: p50, µs.
+    pub(crate) async fn unary_p50(&mut self, calls: usize) -> Result<f64> {
+        Ok(unary(&mut self.client, calls).await?.0)
+    }
+
     /// One streaming transfer: Gbit/s, and CPU ms per GiB of both processes (this one holds
     /// the client and, over Punchgate, the client's node).
     pub(crate) async fn stream_with_cpu(&mut self, sizes: GrpcSizes) -> Result<(f64, f64)> {
@@ -248,15 +253,27 @@ pub(crate) async fn over(
 }
 
 async fn measure(client: &mut EchoClient<Channel>, sizes: GrpcSizes) -> Result<GrpcResult> {
+    let (unary_p50_us, unary_p99_us) = unary(client, sizes.unary).await?;
+    let stream_gbps = stream(client, sizes).await?;
+    Ok(GrpcResult {
+        unary_p50_us,
+        unary_p99_us,
+        stream_gbps,
+    })
+}
+
+/// `calls` unary round trips of [`UNARY_BYTES`] each way, after a tenth as many (and 10) to
+/// warm up: p50 and p99, µs.
+async fn unary(client: &mut EchoClient<Channel>, calls: usize) -> Result<(f64, f64)> {
     let request = || Payload {
         data: vec![0x33; UNARY_BYTES],
         reply_size: 0,
     };
-    for _ in 0..sizes.unary / 10 + 10 {
+    for _ in 0..calls / 10 + 10 {
         client.unary(request()).await?;
     }
-    let mut times = Vec::with_capacity(sizes.unary);
-    for _ in 0..sizes.unary {
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
         let started = Instant::now();
         let reply = client.unary(request()).await?;
         times.push(started.elapsed());
@@ -265,12 +282,7 @@ async fn measure(client: &mut EchoClient<Channel>, sizes: GrpcSizes) -> Result<G
             "short unary reply"
         );
     }
-    let stream_gbps = stream(client, sizes).await?;
-    Ok(GrpcResult {
-        unary_p50_us: percentile_us(&times, 50.0),
-        unary_p99_us: percentile_us(&times, 99.0),
-        stream_gbps,
-    })
+    Ok((percentile_us(&times, 50.0), percentile_us(&times, 99.0)))
 }
 
 /// Streams `messages` of `message_bytes` to the server (each answered with 1 byte) and times

@@ -80,9 +80,9 @@ enum Command {
         #[arg(long)]
         against: Option<PathBuf>,
     },
-    /// Only gRPC streaming, over plain TCP, tonic's TLS and Punchgate in turn, `--rounds`
-    /// times on the same connections: throughput, CPU per GiB of both processes, and each as a
-    /// ratio to plain TCP's in the same round.
+    /// Only gRPC streaming and unary latency, over plain TCP, tonic's TLS and Punchgate in
+    /// turn, `--rounds` times on the same connections: throughput, CPU per GiB of both
+    /// processes, unary p50, and each as a ratio to plain TCP's in the same round.
     Grpc {
         /// How many times each path carries the transfer (a multiple of 3 gives each path the
         /// first turn equally often).
@@ -91,6 +91,9 @@ enum Command {
         /// MiB per transfer (in 256 KiB messages).
         #[arg(long, default_value_t = 1024)]
         mib: usize,
+        /// Unary calls timed per path and round (after a tenth as many to warm up).
+        #[arg(long, default_value_t = 2000)]
+        unary: usize,
     },
     /// Serve the gRPC echo service until stdin closes; used by the benchmark.
     GrpcServer {
@@ -189,9 +192,9 @@ fn main() -> ExitCode {
         Some(Command::Forward { targets }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(forward::serve(targets))),
-        Some(Command::Grpc { rounds, mib }) => tokio::runtime::Runtime::new()
+        Some(Command::Grpc { rounds, mib, unary }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(grpc_rounds(&args.work, rounds, mib))),
+            .and_then(|rt| rt.block_on(grpc_rounds(&args.work, rounds, mib, unary))),
         Some(Command::GrpcServer { over, work }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(grpc::serve(over, &work))),
@@ -412,27 +415,27 @@ async fn bulk_rounds(work: &Path, rounds: usize, bytes: u64, against: Option<&Pa
             let cpu = cpu.unwrap_or(f64::NAN);
             row.extend([gbps, cpu, cpu / forwarder_cpu]);
         }
-        println!("| {round} | {} |", cells(&row, 3));
+        println!("| {round} | {} |", bulk_cells(&row));
         rows.push(row);
     }
     let medians = medians(&rows);
-    println!("| median | {} |", cells(&medians, 3));
+    println!("| median | {} |", bulk_cells(&medians));
     Ok(())
 }
 
-/// The `grpc` subcommand: streaming over each path in turn (the order rotating every round),
-/// one line per round, then the medians.
-async fn grpc_rounds(work: &Path, rounds: usize, mib: usize) -> Result<()> {
+/// The `grpc` subcommand: over each path in turn (the order rotating every round), streaming
+/// then `unary` calls, one line per round, then the medians.
+async fn grpc_rounds(work: &Path, rounds: usize, mib: usize, unary: usize) -> Result<()> {
     const MESSAGE: usize = 256 << 10;
     anyhow::ensure!(
-        rounds > 0 && mib > 0,
-        "--rounds and --mib must be at least 1"
+        rounds > 0 && mib > 0 && unary > 0,
+        "--rounds, --mib and --unary must be at least 1"
     );
     let bin = std::env::current_exe()?;
     std::fs::create_dir_all(work)?;
     let config = punchgate_grpc::BridgeConfig::default();
     let sizes = GrpcSizes {
-        unary: 0,
+        unary,
         messages: (mib << 20).div_ceil(MESSAGE),
         message_bytes: MESSAGE,
     };
@@ -443,29 +446,53 @@ async fn grpc_rounds(work: &Path, rounds: usize, mib: usize) -> Result<()> {
     }
     println!(
         "| round | TCP Gbit/s | CPU ms/GiB | TLS Gbit/s | CPU ms/GiB | ÷ TCP | ÷ TCP CPU \
-         | Punchgate Gbit/s | CPU ms/GiB | ÷ TCP | ÷ TCP CPU |\n|{}",
-        "---|".repeat(11)
+         | Punchgate Gbit/s | CPU ms/GiB | ÷ TCP | ÷ TCP CPU \
+         | unary p50 µs: TCP | TLS | ÷ TCP | Punchgate | ÷ TCP |\n|{}",
+        "---|".repeat(16)
     );
     let mut rows: Vec<Vec<f64>> = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        let mut measured = vec![(0.0, 0.0); over.len()];
+        let mut measured = vec![(0.0, 0.0, 0.0); over.len()];
         for k in 0..over.len() {
             let i = (round + k) % over.len();
-            measured[i] = connections[i].stream_with_cpu(sizes).await?;
+            let (gbps, cpu) = connections[i].stream_with_cpu(sizes).await?;
+            let p50 = connections[i].unary_p50(unary).await?;
+            measured[i] = (gbps, cpu, p50);
         }
-        let (tcp_gbps, tcp_cpu) = measured[0];
+        let (tcp_gbps, tcp_cpu, tcp_p50) = measured[0];
         let mut row = vec![tcp_gbps, tcp_cpu];
-        for &(gbps, cpu) in &measured[1..] {
+        for &(gbps, cpu, _) in &measured[1..] {
             row.extend([gbps, cpu, gbps / tcp_gbps, cpu / tcp_cpu]);
         }
-        println!("| {} | {} |", round + 1, cells(&row, 4));
+        row.push(tcp_p50);
+        for &(_, _, p50) in &measured[1..] {
+            row.extend([p50, p50 / tcp_p50]);
+        }
+        println!("| {} | {} |", round + 1, grpc_cells(&row));
         rows.push(row);
     }
-    println!("| median | {} |", cells(&medians(&rows), 4));
+    println!("| median | {} |", grpc_cells(&medians(&rows)));
     for connection in connections {
         connection.close().await;
     }
     Ok(())
+}
+
+/// A `bulk` row's cells: the forwarder's Gbit/s and CPU, then per tunnel Gbit/s, CPU and CPU ÷
+/// the forwarder's.
+fn bulk_cells(row: &[f64]) -> String {
+    cells(row, |i| i == 1 || (i >= 2 && (i - 2) % 3 == 1))
+}
+
+/// A `grpc` row's cells: TCP's Gbit/s and CPU, four per other path (Gbit/s, CPU, both ÷
+/// TCP's), then unary p50: TCP's, and per other path the p50 and its ratio.
+fn grpc_cells(row: &[f64]) -> String {
+    const STREAMING: usize = 2 + 2 * 4;
+    let whole = |i: usize| match i.checked_sub(STREAMING) {
+        None => i == 1 || (i >= 2 && (i - 2) % 4 == 1),
+        Some(j) => j == 0 || j % 2 == 1,
+    };
+    cells(row, whole)
 }
 
 /// Each column's median (of an even count, the mean of the middle two).
@@ -484,14 +511,13 @@ fn medians(rows: &[Vec<f64>]) -> Vec<f64> {
         .collect()
 }
 
-/// A row's cells for the `bulk` and `grpc` tables: the baseline's (Gbit/s, CPU), then each
-/// other path's `group` cells, Gbit/s and CPU first, then ratios (`bulk`: CPU ÷ the
-/// forwarder's; `grpc`: Gbit/s and CPU ÷ TCP's). CPU ms/GiB whole, the rest with two decimals.
-fn cells(row: &[f64], group: usize) -> String {
+/// A row's cells for the `bulk` and `grpc` tables: those `whole(i)` picks (CPU ms/GiB, µs)
+/// as whole numbers, the rest (Gbit/s, ratios) with two decimals.
+fn cells(row: &[f64], whole: impl Fn(usize) -> bool) -> String {
     row.iter()
         .enumerate()
         .map(|(i, v)| {
-            if i == 1 || (i >= 2 && (i - 2) % group == 1) {
+            if whole(i) {
                 format!("{v:.0}")
             } else {
                 format!("{v:.2}")

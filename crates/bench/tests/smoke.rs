@@ -64,14 +64,15 @@ fn a_bulk_comparison_runs() {
     }
 }
 
-/// `grpc`, streaming over plain TCP, TLS and Punchgate in turn: two small rounds and the
-/// medians, every cell a number and every throughput positive.
+/// `grpc`, streaming and unary calls over plain TCP, TLS and Punchgate in turn: two small
+/// rounds and the medians, every cell a number, every throughput and latency positive.
 #[test]
-fn a_grpc_streaming_comparison_runs() {
-    let table = run_table(&["grpc", "--rounds", "2", "--mib", "4"]);
-    for (row, values) in numeric_rows(&table, &["1", "2", "median"], 2 + 2 * 4) {
-        // Throughputs; CPU figures (and their ratios) may be 0, NaN or inf at this size.
-        for i in [0, 2, 6] {
+fn a_grpc_comparison_runs() {
+    let table = run_table(&["grpc", "--rounds", "2", "--mib", "4", "--unary", "20"]);
+    for (row, values) in numeric_rows(&table, &["1", "2", "median"], 2 + 2 * 4 + 5) {
+        // Throughputs and unary p50s with their ratios; CPU figures (and their ratios) may be
+        // 0, NaN or inf at this size.
+        for i in [0, 2, 6, 10, 11, 12, 13, 14] {
             assert!(values[i].is_finite() && values[i] > 0.0, "{row}");
         }
     }
