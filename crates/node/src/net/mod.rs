@@ -3,7 +3,8 @@
 //! - [`swarm`]: builds the `Swarm` (TCP + TLS + yamux, QUIC, DNS, relay client transport with
 //!   TLS + yamux).
 //! - [`tls`]: libp2p's TLS 1.3 handshake with the cipher order this CPU runs fastest.
-//! - [`mux`]: yamux, sending each of a tunnel's reads (up to 64 KiB) as one frame.
+//! - [`mux`]: yamux, sending each of a tunnel's reads (up to 64 KiB) as one frame, each
+//!   connection driven by a task of its own.
 //! - [`coalesce`]: joins yamux's small writes (frame headers) to the next one above TLS.
 //! - [`relay_server`]: libp2p's relay server, kept from addressing relayed connections'
 //!   handlers (an upstream bug that panics their connection tasks).

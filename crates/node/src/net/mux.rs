@@ -1,4 +1,5 @@
-//! yamux for TCP and relayed connections, with data frames as large as a tunnel's reads.
+//! yamux for TCP and relayed connections: data frames as large as a tunnel's reads, and each
+//! connection driven by a task of its own, off the swarm's per-connection task.
 //!
 //! The wire protocol is libp2p's `/yamux/1.0.0`, unchanged; what differs from
 //! `libp2p::yamux::Config` is one setting it does not expose: the largest data frame we send.
@@ -16,11 +17,15 @@
 //! per stream to start); rust-yamux accepts bodies up to 1 MiB, and go-yamux and js-libp2p's
 //! yamux send 64 KiB frames themselves. Frames are still cut to the stream's send window. Another
 //! stream's frame may wait behind one such frame in the connection's writer: at most 64 KiB.
+//!
+//! Why a driver task: see [`Muxer`]. It took the unary gRPC round trip through two nodes from
+//! 265–322 µs to 215–269 µs (docs/benchmarks.md); bulk throughput and CPU did not change.
 
 use std::{
     collections::VecDeque,
-    convert::Infallible,
+    future::Future,
     pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
 };
 
@@ -36,8 +41,8 @@ const PROTOCOL: &str = "/yamux/1.0.0";
 /// The largest data frame body we send: one tunnel read (64 KiB).
 pub const MAX_FRAME_BODY: usize = crate::tunnel::COPY_BUFFER;
 
-/// Inbound streams held while the swarm is not asking for them (it polls the connection for
-/// other work first). Beyond this, new inbound streams are dropped (reset). yamux makes a remote
+/// Inbound streams the driver holds while the swarm is not asking for them (it takes them only
+/// while fewer than its limit are negotiating a protocol). Beyond this, new inbound streams are dropped (reset). yamux makes a remote
 /// wait for acknowledgements after 256 unacknowledged streams, so a well-behaved peer does not
 /// reach it.
 const MAX_PENDING_INBOUND_STREAMS: usize = 256;
@@ -55,15 +60,11 @@ impl Config {
         Self(config)
     }
 
-    fn connection<C>(self, io: C, mode: yamux::Mode) -> future::Ready<Result<Muxer<C>, Infallible>>
+    fn connection<C>(self, io: C, mode: yamux::Mode) -> future::Ready<Result<Muxer, MuxError>>
     where
-        C: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        future::ready(Ok(Muxer {
-            connection: yamux::Connection::new(io, self.0, mode),
-            inbound: VecDeque::new(),
-            inbound_waker: None,
-        }))
+        future::ready(Muxer::start(yamux::Connection::new(io, self.0, mode)))
     }
 }
 
@@ -78,10 +79,10 @@ impl UpgradeInfo for Config {
 
 impl<C> InboundConnectionUpgrade<C> for Config
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    type Output = Muxer<C>;
-    type Error = Infallible;
+    type Output = Muxer;
+    type Error = MuxError;
     type Future = future::Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_inbound(self, io: C, _: Self::Info) -> Self::Future {
@@ -91,10 +92,10 @@ where
 
 impl<C> OutboundConnectionUpgrade<C> for Config
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    type Output = Muxer<C>;
-    type Error = Infallible;
+    type Output = Muxer;
+    type Error = MuxError;
     type Future = future::Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_outbound(self, io: C, _: Self::Info) -> Self::Future {
@@ -102,42 +103,187 @@ where
     }
 }
 
-/// The connection failed or was closed.
+/// Setting up or running a yamux connection failed.
 #[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct MuxError(#[from] yamux::ConnectionError);
-
-/// One yamux connection as a libp2p [`StreamMuxer`].
-///
-/// yamux makes progress (reads frames, accepts streams) only in
-/// `yamux::Connection::poll_next_inbound`; the swarm calls [`StreamMuxer::poll`] to drive the
-/// connection and [`StreamMuxer::poll_inbound`] only when it wants a stream, so streams
-/// accepted while driving wait in a bounded queue.
-#[derive(Debug)]
-pub struct Muxer<C> {
-    connection: yamux::Connection<C>,
-    inbound: VecDeque<yamux::Stream>,
-    inbound_waker: Option<Waker>,
+#[non_exhaustive]
+pub enum MuxError {
+    /// The connection failed or was closed.
+    #[error(transparent)]
+    Connection(#[from] yamux::ConnectionError),
+    /// A connection is driven by a task of its own on the tokio runtime, and there is none.
+    #[error("a yamux connection needs a tokio runtime to run on")]
+    NoRuntime,
 }
 
-impl<C> Muxer<C>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    fn poll_next_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Result<yamux::Stream, MuxError>> {
-        match self.connection.poll_next_inbound(cx) {
-            Poll::Ready(Some(Ok(stream))) => Poll::Ready(Ok(stream)),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e.into())),
-            Poll::Ready(None) => Poll::Ready(Err(yamux::ConnectionError::Closed.into())),
-            Poll::Pending => Poll::Pending,
+/// One yamux connection as a libp2p [`StreamMuxer`], driven by a task of its own.
+///
+/// yamux makes progress (reads and writes frames, for every stream) only while
+/// `yamux::Connection::poll_next_inbound` is polled. Polled from the swarm's connection task,
+/// every frame sent or received would run that task's whole loop over the connection's
+/// protocol handlers (identify, Kademlia, relay, DCUtR, ping, AutoNAT, streams) and recompute its
+/// protocol set: work per frame that has nothing to do with the data, and a round trip's worth
+/// of it at every gRPC call. So the connection lives in a driver task (as quinn drives a QUIC
+/// connection); this end only takes accepted streams from it, asks it for new ones and learns
+/// when it ends. The two share a small [`Control`] behind a lock that is never held across I/O.
+#[derive(Debug)]
+pub struct Muxer {
+    control: Arc<Mutex<Control>>,
+}
+
+/// What the muxer and its driver task share.
+#[derive(Debug, Default)]
+struct Control {
+    /// Streams the remote opened, not yet taken by the swarm (at most
+    /// [`MAX_PENDING_INBOUND_STREAMS`]).
+    inbound: VecDeque<yamux::Stream>,
+    /// The swarm wants a new outbound stream.
+    outbound_wanted: bool,
+    /// The driver's answer to `outbound_wanted`.
+    outbound: Option<Result<yamux::Stream, yamux::ConnectionError>>,
+    /// The swarm asked to close the connection.
+    close_requested: bool,
+    /// The connection has ended (closed by either side, failed, or given up).
+    ended: bool,
+    /// Why it ended, until the swarm has been told.
+    error: Option<yamux::ConnectionError>,
+    /// The muxer is gone: the driver drops the connection.
+    muxer_dropped: bool,
+    driver: Option<Waker>,
+    inbound_waker: Option<Waker>,
+    outbound_waker: Option<Waker>,
+    close_waker: Option<Waker>,
+    event_waker: Option<Waker>,
+}
+
+impl Control {
+    fn wake_driver(&mut self) {
+        if let Some(waker) = self.driver.take() {
+            waker.wake();
+        }
+    }
+
+    /// The connection is over: everyone waiting hears of it.
+    fn end(&mut self, error: Option<yamux::ConnectionError>) {
+        self.ended = true;
+        self.error = error;
+        for waker in [
+            self.inbound_waker.take(),
+            self.outbound_waker.take(),
+            self.close_waker.take(),
+            self.event_waker.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            waker.wake();
         }
     }
 }
 
-impl<C> StreamMuxer for Muxer<C>
+/// Locks `control`. Nothing panics while holding it, but a poisoned lock holds consistent data
+/// all the same: every update under it is a plain field assignment.
+fn lock(control: &Mutex<Control>) -> MutexGuard<'_, Control> {
+    control
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Muxer {
+    /// Starts the driver task for `connection` on the current tokio runtime.
+    fn start<C>(connection: yamux::Connection<C>) -> Result<Self, MuxError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| MuxError::NoRuntime)?;
+        let control = Arc::new(Mutex::new(Control::default()));
+        runtime.spawn(Driver {
+            connection,
+            control: control.clone(),
+        });
+        Ok(Self { control })
+    }
+}
+
+/// The task that owns a yamux connection and drives it until it ends or the muxer is dropped.
+struct Driver<C> {
+    connection: yamux::Connection<C>,
+    control: Arc<Mutex<Control>>,
+}
+
+/// Inbound streams the driver accepts in one turn before it lets its worker run other tasks.
+const INBOUND_STREAMS_PER_TURN: usize = 16;
+
+impl<C> Future for Driver<C>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let (close, open) = {
+            let mut control = lock(&this.control);
+            if control.muxer_dropped {
+                control.end(None);
+                return Poll::Ready(());
+            }
+            // Registered before looking, so a request made from now on wakes this task.
+            match &control.driver {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => control.driver = Some(cx.waker().clone()),
+            }
+            (
+                control.close_requested,
+                control.outbound_wanted && control.outbound.is_none(),
+            )
+        };
+        if close {
+            let Poll::Ready(result) = this.connection.poll_close(cx) else {
+                return Poll::Pending;
+            };
+            lock(&this.control).end(result.err());
+            return Poll::Ready(());
+        }
+        if open {
+            if let Poll::Ready(stream) = this.connection.poll_new_outbound(cx) {
+                let mut control = lock(&this.control);
+                control.outbound = Some(stream);
+                control.outbound_wanted = false;
+                if let Some(waker) = control.outbound_waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+        for _ in 0..INBOUND_STREAMS_PER_TURN {
+            let stream = match this.connection.poll_next_inbound(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(stream))) => stream,
+                Poll::Ready(Some(Err(e))) => {
+                    lock(&this.control).end(Some(e));
+                    return Poll::Ready(());
+                }
+                Poll::Ready(None) => {
+                    lock(&this.control).end(Some(yamux::ConnectionError::Closed));
+                    return Poll::Ready(());
+                }
+            };
+            let mut control = lock(&this.control);
+            if control.inbound.len() < MAX_PENDING_INBOUND_STREAMS {
+                control.inbound.push_back(stream);
+                if let Some(waker) = control.inbound_waker.take() {
+                    waker.wake();
+                }
+            } else {
+                tracing::warn!(%stream, "inbound stream dropped: {MAX_PENDING_INBOUND_STREAMS} wait already");
+            }
+        }
+        // More may be ready: come back after the worker's other tasks.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl StreamMuxer for Muxer {
     type Substream = yamux::Stream;
     type Error = MuxError;
 
@@ -145,14 +291,14 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
-        let this = self.get_mut();
-        if let Some(stream) = this.inbound.pop_front() {
+        let mut control = lock(&self.control);
+        if let Some(stream) = control.inbound.pop_front() {
             return Poll::Ready(Ok(stream));
         }
-        if let Poll::Ready(result) = this.poll_next_inbound(cx) {
-            return Poll::Ready(result);
+        if control.ended {
+            return Poll::Ready(Err(yamux::ConnectionError::Closed.into()));
         }
-        this.inbound_waker = Some(cx.waker().clone());
+        control.inbound_waker = Some(cx.waker().clone());
         Poll::Pending
     }
 
@@ -160,47 +306,63 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
-        self.get_mut()
-            .connection
-            .poll_new_outbound(cx)
-            .map_err(MuxError::from)
+        let mut control = lock(&self.control);
+        if let Some(result) = control.outbound.take() {
+            return Poll::Ready(result.map_err(MuxError::from));
+        }
+        if control.ended || control.close_requested {
+            return Poll::Ready(Err(yamux::ConnectionError::Closed.into()));
+        }
+        control.outbound_waker = Some(cx.waker().clone());
+        if !control.outbound_wanted {
+            control.outbound_wanted = true;
+            control.wake_driver();
+        }
+        Poll::Pending
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut()
-            .connection
-            .poll_close(cx)
-            .map_err(MuxError::from)
+        let mut control = lock(&self.control);
+        if control.ended {
+            return Poll::Ready(Ok(()));
+        }
+        control.close_waker = Some(cx.waker().clone());
+        if !control.close_requested {
+            control.close_requested = true;
+            control.wake_driver();
+        }
+        Poll::Pending
     }
 
     fn poll(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<StreamMuxerEvent, Self::Error>> {
-        let this = self.get_mut();
-        let stream = match this.poll_next_inbound(cx) {
-            Poll::Ready(Ok(stream)) => stream,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        };
-        if this.inbound.len() < MAX_PENDING_INBOUND_STREAMS {
-            this.inbound.push_back(stream);
-            if let Some(waker) = this.inbound_waker.take() {
-                waker.wake();
-            }
-        } else {
-            tracing::warn!(%stream, "inbound stream dropped: {MAX_PENDING_INBOUND_STREAMS} wait already");
+        let mut control = lock(&self.control);
+        if control.ended {
+            let error = control
+                .error
+                .take()
+                .unwrap_or(yamux::ConnectionError::Closed);
+            return Poll::Ready(Err(error.into()));
         }
-        // More frames may be ready: come back after the swarm has done its other work.
-        cx.waker().wake_by_ref();
+        control.event_waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl Drop for Muxer {
+    fn drop(&mut self) {
+        let mut control = lock(&self.control);
+        control.muxer_dropped = true;
+        control.wake_driver();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::{
-        future::{Future, poll_fn},
+        future::poll_fn,
         io,
         sync::{Arc, Mutex},
     };
@@ -255,21 +417,6 @@ mod tests {
         }
     }
 
-    /// Runs `work` while driving `muxer` (yamux reads and writes frames only while driven).
-    async fn driving<C, T>(muxer: &mut Muxer<C>, work: impl Future<Output = T>) -> T
-    where
-        C: AsyncRead + AsyncWrite + Unpin,
-    {
-        let mut work = std::pin::pin!(work);
-        poll_fn(|cx| {
-            if let Poll::Ready(Err(e)) = muxer.poll_unpin(cx) {
-                panic!("connection failed: {e}");
-            }
-            work.as_mut().poll(cx)
-        })
-        .await
-    }
-
     /// The body lengths of the data frames in `wire`, in order.
     fn data_frames(wire: &[u8]) -> Vec<usize> {
         let mut frames = Vec::new();
@@ -296,8 +443,14 @@ mod tests {
             inner: a.compat(),
             sent: sent.clone(),
         };
-        let Ok(mut client) = Config::new(8).upgrade_outbound(tee, PROTOCOL).await;
-        let Ok(mut server) = Config::new(8).upgrade_inbound(b.compat(), PROTOCOL).await;
+        let mut client = Config::new(8)
+            .upgrade_outbound(tee, PROTOCOL)
+            .await
+            .expect("client muxer");
+        let mut server = Config::new(8)
+            .upgrade_inbound(b.compat(), PROTOCOL)
+            .await
+            .expect("server muxer");
         // Three full tunnel writes and a half one.
         let data: Vec<u8> = (0..MAX_FRAME_BODY * 7 / 2)
             .map(|i| (i % 251) as u8)
@@ -308,30 +461,22 @@ mod tests {
             let mut stream = poll_fn(|cx| client.poll_outbound_unpin(cx))
                 .await
                 .expect("open a stream");
-            driving(&mut client, async {
-                for chunk in data.chunks(MAX_FRAME_BODY) {
-                    stream.write_all(chunk).await.expect("write");
-                }
-                stream.close().await.expect("close");
-                // Go on driving: the last frames leave only while the connection is driven.
-                std::future::pending::<()>().await
-            })
-            .await
+            for chunk in data.chunks(MAX_FRAME_BODY) {
+                stream.write_all(chunk).await.expect("write");
+            }
+            stream.close().await.expect("close");
         };
         let receive = async {
             let mut stream = poll_fn(|cx| server.poll_inbound_unpin(cx))
                 .await
                 .expect("accept a stream");
             let mut received = Vec::new();
-            driving(&mut server, stream.read_to_end(&mut received))
-                .await
-                .expect("read");
+            stream.read_to_end(&mut received).await.expect("read");
             received
         };
-        let received = tokio::select! {
-            () = send => unreachable!("the sender drives its connection until the end"),
-            received = receive => received,
-        };
+        // Nothing polls either muxer after it handed out its stream: their driver tasks move
+        // the frames.
+        let ((), received) = tokio::join!(send, receive);
 
         assert!(received == data, "the bytes arrive unchanged");
         let frames: Vec<usize> = data_frames(&sent.lock().expect("not poisoned"))
@@ -340,5 +485,123 @@ mod tests {
             .collect();
         let max = MAX_FRAME_BODY;
         assert_eq!(frames, [max, max, max, max / 2]);
+    }
+
+    /// Two muxers over an in-memory pipe.
+    async fn pair() -> (Muxer, Muxer) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let client = Config::new(8).upgrade_outbound(a.compat(), PROTOCOL);
+        let server = Config::new(8).upgrade_inbound(b.compat(), PROTOCOL);
+        (
+            client.await.expect("client muxer"),
+            server.await.expect("server muxer"),
+        )
+    }
+
+    /// What the swarm would learn from `muxer` now: its connection's end, or nothing yet.
+    async fn ended_within(muxer: &mut Muxer, wait: std::time::Duration) -> Option<MuxError> {
+        let event = poll_fn(|cx| muxer.poll_unpin(cx));
+        match tokio::time::timeout(wait, event).await {
+            Ok(Err(e)) => Some(e),
+            Ok(Ok(event)) => panic!("unexpected event {event:?}"),
+            Err(_) => None,
+        }
+    }
+
+    const A_WHILE: std::time::Duration = std::time::Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_stream_opened_on_one_side_is_accepted_on_the_other_and_carries_bytes_both_ways() {
+        let (mut client, mut server) = pair().await;
+        // The swarm asks; the driver task opens the stream and wakes it.
+        let mut outbound =
+            tokio::time::timeout(A_WHILE, poll_fn(|cx| client.poll_outbound_unpin(cx)))
+                .await
+                .expect("the driver answers")
+                .expect("open a stream");
+        outbound.write_all(b"ping").await.expect("write");
+        outbound.flush().await.expect("flush");
+        let mut inbound = poll_fn(|cx| server.poll_inbound_unpin(cx))
+            .await
+            .expect("accept a stream");
+        let mut buf = [0; 4];
+        inbound.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"ping");
+        inbound.write_all(b"pong").await.expect("write back");
+        inbound.flush().await.expect("flush");
+        outbound
+            .read_exact(&mut buf)
+            .await
+            .expect("read the answer");
+        assert_eq!(&buf, b"pong");
+        // Neither connection has ended.
+        assert!(
+            ended_within(&mut client, std::time::Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        assert!(
+            ended_within(&mut server, std::time::Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_one_side_ends_the_connection_on_both() {
+        let (mut client, mut server) = pair().await;
+        let mut stream = poll_fn(|cx| client.poll_outbound_unpin(cx))
+            .await
+            .expect("open a stream");
+        stream.write_all(b"x").await.expect("write");
+        stream.flush().await.expect("flush");
+        let _accepted = poll_fn(|cx| server.poll_inbound_unpin(cx))
+            .await
+            .expect("accept a stream");
+
+        tokio::time::timeout(A_WHILE, poll_fn(|cx| client.poll_close_unpin(cx)))
+            .await
+            .expect("the close completes")
+            .expect("closed cleanly");
+
+        assert!(
+            ended_within(&mut server, A_WHILE).await.is_some(),
+            "the remote learns the connection ended"
+        );
+        assert!(poll_fn(|cx| server.poll_inbound_unpin(cx)).await.is_err());
+        assert!(poll_fn(|cx| client.poll_outbound_unpin(cx)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn dropping_a_muxer_drops_its_connection() {
+        let (client, mut server) = pair().await;
+        drop(client);
+        assert!(
+            ended_within(&mut server, A_WHILE).await.is_some(),
+            "the remote sees the connection go"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_remote_that_sends_garbage_fails_the_connection_and_says_why() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut server = Config::new(8)
+            .upgrade_inbound(b.compat(), PROTOCOL)
+            .await
+            .expect("server muxer");
+        // A header with yamux version 7: no yamux speaks it.
+        tokio::io::AsyncWriteExt::write_all(&mut a, &[7; HEADER])
+            .await
+            .expect("write");
+        let error = ended_within(&mut server, A_WHILE)
+            .await
+            .expect("the connection fails");
+        assert!(
+            matches!(
+                error,
+                MuxError::Connection(yamux::ConnectionError::Decode(_))
+            ),
+            "{error:?}"
+        );
     }
 }
