@@ -218,14 +218,9 @@ impl Connection {
         }
     }
 
-    /// Unary latency, then streaming throughput.
-    pub(crate) async fn measure(&mut self, sizes: GrpcSizes) -> Result<GrpcResult> {
-        measure(&mut self.client, sizes).await
-    }
-
     /// `calls` unary round trips: p50, µs.
     pub(crate) async fn unary_p50(&mut self, calls: usize) -> Result<f64> {
-        Ok(unary(&mut self.client, calls).await?.0)
+        Ok(percentile_us(&unary(&mut self.client, calls).await?, 50.0))
     }
 
     /// One streaming transfer: Gbit/s, and CPU ms per GiB of both processes (this one holds
@@ -238,33 +233,58 @@ impl Connection {
     }
 }
 
-/// The echo service over `over`, server in its own process: unary latency and streaming.
-pub(crate) async fn over(
+/// The paths, in the order [`compare`] reports them.
+pub(crate) const PATHS: [Over; 3] = [Over::Tcp, Over::Tls, Over::Punchgate];
+
+/// The echo service over each of [`PATHS`], each server in its own process, `rounds` times on
+/// the same connections, the paths taking turns going first: per round and path,
+/// `sizes.unary / rounds` unary calls, then one streaming transfer. Per path: unary p50 and p99
+/// over all rounds' calls, and the median round's streaming throughput. Measured once each,
+/// one path could catch a slow moment of a shared machine alone and skew the ratios.
+pub(crate) async fn compare(
     bin: &std::path::Path,
     dir: &std::path::Path,
-    over: Over,
     config: &BridgeConfig,
     sizes: GrpcSizes,
-) -> Result<GrpcResult> {
-    let mut connection = Connection::open(bin, dir, over, config).await?;
-    let result = connection.measure(sizes).await;
-    connection.close().await;
-    result
-}
-
-async fn measure(client: &mut EchoClient<Channel>, sizes: GrpcSizes) -> Result<GrpcResult> {
-    let (unary_p50_us, unary_p99_us) = unary(client, sizes.unary).await?;
-    let stream_gbps = stream(client, sizes).await?;
-    Ok(GrpcResult {
-        unary_p50_us,
-        unary_p99_us,
-        stream_gbps,
-    })
+    rounds: usize,
+) -> Result<Vec<GrpcResult>> {
+    ensure!(rounds > 0, "at least one round");
+    let mut connections = Vec::with_capacity(PATHS.len());
+    for over in PATHS {
+        connections.push(Connection::open(bin, dir, over, config).await?);
+    }
+    let calls = sizes.unary.div_ceil(rounds);
+    let mut times = vec![Vec::with_capacity(calls * rounds); PATHS.len()];
+    let mut gbps = vec![Vec::with_capacity(rounds); PATHS.len()];
+    let measured: Result<()> = async {
+        for round in 0..rounds {
+            for k in 0..PATHS.len() {
+                let i = (round + k) % PATHS.len();
+                times[i].extend(unary(&mut connections[i].client, calls).await?);
+                gbps[i].push(stream(&mut connections[i].client, sizes).await?);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    for connection in connections {
+        connection.close().await;
+    }
+    measured?;
+    Ok(times
+        .iter()
+        .zip(gbps)
+        .map(|(times, mut gbps)| GrpcResult {
+            unary_p50_us: percentile_us(times, 50.0),
+            unary_p99_us: percentile_us(times, 99.0),
+            stream_gbps: crate::median(&mut gbps),
+        })
+        .collect())
 }
 
 /// `calls` unary round trips of [`UNARY_BYTES`] each way, after a tenth as many (and 10) to
-/// warm up: p50 and p99, µs.
-async fn unary(client: &mut EchoClient<Channel>, calls: usize) -> Result<(f64, f64)> {
+/// warm up: each one's time.
+async fn unary(client: &mut EchoClient<Channel>, calls: usize) -> Result<Vec<Duration>> {
     let request = || Payload {
         data: vec![0x33; UNARY_BYTES],
         reply_size: 0,
@@ -282,7 +302,7 @@ async fn unary(client: &mut EchoClient<Channel>, calls: usize) -> Result<(f64, f
             "short unary reply"
         );
     }
-    Ok((percentile_us(&times, 50.0), percentile_us(&times, 99.0)))
+    Ok(times)
 }
 
 /// Streams `messages` of `message_bytes` to the server (each answered with 1 byte) and times
