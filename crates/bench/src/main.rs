@@ -247,40 +247,34 @@ async fn run(args: &Args) -> Result<()> {
     let echo = services::echo().await?;
     let sink = services::sink().await?;
 
+    // Each path's processes start just before its measurements (its RSS baseline is taken
+    // fresh) and stay up for the one-stream rounds below.
+    eprintln!("{RAW}...");
+    let raw = Target {
+        name: RAW,
+        echo,
+        sink,
+        processes: None,
+    };
+    let mut paths = vec![measure(&raw, sizes).await?];
+    eprintln!("{FORWARDER}...");
     let chain = forward::start(&bin, &args.work, echo, sink)?;
+    let forwarder = Target {
+        name: FORWARDER,
+        echo: chain.echo,
+        sink: chain.sink,
+        processes: Some((&chain.client, &chain.service)),
+    };
+    paths.push(measure(&forwarder, sizes).await?);
+    eprintln!("{TUNNEL_TCP}...");
     let tcp_pair = nodes::start(&bin, &args.work, Transport::Tcp, echo, sink)?;
+    let tunnel_tcp = Target::tunnel(TUNNEL_TCP, &tcp_pair);
+    paths.push(measure(&tunnel_tcp, sizes).await?);
+    eprintln!("{TUNNEL_QUIC}...");
     let quic_pair = nodes::start(&bin, &args.work, Transport::Quic, echo, sink)?;
-    let targets = [
-        Target {
-            name: RAW,
-            echo,
-            sink,
-            processes: None,
-        },
-        Target {
-            name: FORWARDER,
-            echo: chain.echo,
-            sink: chain.sink,
-            processes: Some((&chain.client, &chain.service)),
-        },
-        Target {
-            name: TUNNEL_TCP,
-            echo: tcp_pair.echo,
-            sink: tcp_pair.sink,
-            processes: Some((&tcp_pair.tunnel, &tcp_pair.service)),
-        },
-        Target {
-            name: TUNNEL_QUIC,
-            echo: quic_pair.echo,
-            sink: quic_pair.sink,
-            processes: Some((&quic_pair.tunnel, &quic_pair.service)),
-        },
-    ];
-    let mut paths = Vec::with_capacity(targets.len());
-    for target in &targets {
-        eprintln!("{}...", target.name);
-        paths.push(measure(target, sizes).await?);
-    }
+    let tunnel_quic = Target::tunnel(TUNNEL_QUIC, &quic_pair);
+    paths.push(measure(&tunnel_quic, sizes).await?);
+    let targets = [raw, forwarder, tunnel_tcp, tunnel_quic];
     // The one-stream transfer, the figure the throughput target is set on, in rounds with the
     // paths taking turns going first: measured once each, a slow moment of the machine could
     // land on one path alone and move every ratio.
@@ -347,6 +341,18 @@ struct Target<'p> {
     echo: std::net::SocketAddr,
     sink: std::net::SocketAddr,
     processes: Option<(&'p nodes::Process, &'p nodes::Process)>,
+}
+
+impl<'p> Target<'p> {
+    /// The tunnel through `pair`'s two nodes.
+    fn tunnel(name: &'static str, pair: &'p nodes::Pair) -> Self {
+        Self {
+            name,
+            echo: pair.echo,
+            sink: pair.sink,
+            processes: Some((&pair.tunnel, &pair.service)),
+        }
+    }
 }
 
 /// Everything but the one-stream transfer (measured in rounds over all paths, see [`run`]):
