@@ -237,10 +237,11 @@ impl Connection {
 pub(crate) const PATHS: [Over; 3] = [Over::Tcp, Over::Tls, Over::Punchgate];
 
 /// The echo service over each of [`PATHS`], each server in its own process, `rounds` times on
-/// the same connections, the paths taking turns going first: per round and path,
-/// `sizes.unary / rounds` unary calls, then one streaming transfer. Per path: unary p50 and p99
-/// over all rounds' calls, and the median round's streaming throughput. Measured once each,
-/// one path could catch a slow moment of a shared machine alone and skew the ratios.
+/// the same connections, the paths taking turns going first: per round and path, a share of
+/// `sizes.unary` unary calls (split over the rounds, rounded up), then one streaming transfer.
+/// Per path: unary p50 and p99 over all rounds' calls, and the median round's streaming
+/// throughput. Measured once each, one path could catch a slow moment of a shared machine
+/// alone and skew the ratios.
 pub(crate) async fn compare(
     bin: &std::path::Path,
     dir: &std::path::Path,

@@ -276,7 +276,7 @@ async fn run(args: &Args) -> Result<()> {
     paths.push(measure(&tunnel_quic, sizes).await?);
     let targets = [raw, forwarder, tunnel_tcp, tunnel_quic];
     // The one-stream transfer, the figure the throughput target is set on, in rounds with the
-    // paths taking turns going first: measured once each, a slow moment of the machine could
+    // order rotating every round: measured once each, a slow moment of the machine could
     // land on one path alone and move every ratio.
     eprintln!(
         "one stream through each path, {} rounds...",

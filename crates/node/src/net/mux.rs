@@ -210,6 +210,19 @@ struct Driver<C> {
     control: Arc<Mutex<Control>>,
 }
 
+impl<C> Drop for Driver<C> {
+    /// A driver that stops without having ended the connection (it panicked, or the runtime
+    /// is shutting down) ends it here, so that the swarm hears of it instead of waiting forever.
+    fn drop(&mut self) {
+        let mut control = lock(&self.control);
+        if !control.ended {
+            control.end(Some(yamux::ConnectionError::Io(std::io::Error::other(
+                "the connection's driver task stopped",
+            ))));
+        }
+    }
+}
+
 /// Inbound streams the driver accepts in one turn before it lets its worker run other tasks.
 const INBOUND_STREAMS_PER_TURN: usize = 16;
 
@@ -245,12 +258,21 @@ where
             return Poll::Ready(());
         }
         if open {
-            if let Poll::Ready(stream) = this.connection.poll_new_outbound(cx) {
-                let mut control = lock(&this.control);
-                control.outbound = Some(stream);
-                control.outbound_wanted = false;
-                if let Some(waker) = control.outbound_waker.take() {
-                    waker.wake();
+            match this.connection.poll_new_outbound(cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(stream)) => {
+                    let mut control = lock(&this.control);
+                    control.outbound = Some(Ok(stream));
+                    control.outbound_wanted = false;
+                    if let Some(waker) = control.outbound_waker.take() {
+                        waker.wake();
+                    }
+                }
+                // yamux closes the whole connection when it cannot open a stream (too many
+                // streams, say): the swarm hears that reason as the connection's end.
+                Poll::Ready(Err(e)) => {
+                    lock(&this.control).end(Some(e));
+                    return Poll::Ready(());
                 }
             }
         }
@@ -324,7 +346,11 @@ impl StreamMuxer for Muxer {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let mut control = lock(&self.control);
         if control.ended {
-            return Poll::Ready(Ok(()));
+            // Closing failed: say why. A connection that had ended before is closed, fine.
+            return Poll::Ready(match control.error.take() {
+                Some(e) if control.close_requested => Err(e.into()),
+                _ => Ok(()),
+            });
         }
         control.close_waker = Some(cx.waker().clone());
         if !control.close_requested {
@@ -457,7 +483,7 @@ mod tests {
             .collect();
 
         let send = async {
-            // yamux opens a stream lazily (with its first frame): no round trip to wait for.
+            // yamux opens a stream lazily (with its first frame): no round trip to the remote.
             let mut stream = poll_fn(|cx| client.poll_outbound_unpin(cx))
                 .await
                 .expect("open a stream");
@@ -476,7 +502,7 @@ mod tests {
         };
         // Nothing polls either muxer after it handed out its stream: their driver tasks move
         // the frames.
-        let ((), received) = tokio::join!(send, receive);
+        let ((), received) = within(async { tokio::join!(send, receive) }).await;
 
         assert!(received == data, "the bytes arrive unchanged");
         let frames: Vec<usize> = data_frames(&sent.lock().expect("not poisoned"))
@@ -498,7 +524,17 @@ mod tests {
         )
     }
 
-    /// What the swarm would learn from `muxer` now: its connection's end, or nothing yet.
+    const A_WHILE: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// `work`'s output; the test fails if it takes longer than [`A_WHILE`] (a lost wake-up
+    /// would otherwise hang it).
+    async fn within<T>(work: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(A_WHILE, work)
+            .await
+            .expect("done in time")
+    }
+
+    /// What the swarm would learn from `muxer` within `wait`: its connection's end, or nothing.
     async fn ended_within(muxer: &mut Muxer, wait: std::time::Duration) -> Option<MuxError> {
         let event = poll_fn(|cx| muxer.poll_unpin(cx));
         match tokio::time::timeout(wait, event).await {
@@ -508,68 +544,68 @@ mod tests {
         }
     }
 
-    const A_WHILE: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Opens a stream on `client`, sends `bytes` on it and accepts it on `server`.
+    async fn open_and_accept(
+        client: &mut Muxer,
+        server: &mut Muxer,
+        bytes: &[u8],
+    ) -> (yamux::Stream, yamux::Stream) {
+        // The swarm asks; the driver task opens the stream and wakes it.
+        let mut outbound = within(poll_fn(|cx| client.poll_outbound_unpin(cx)))
+            .await
+            .expect("open a stream");
+        within(outbound.write_all(bytes)).await.expect("write");
+        within(outbound.flush()).await.expect("flush");
+        let inbound = within(poll_fn(|cx| server.poll_inbound_unpin(cx)))
+            .await
+            .expect("accept a stream");
+        (outbound, inbound)
+    }
 
     #[tokio::test]
     async fn a_stream_opened_on_one_side_is_accepted_on_the_other_and_carries_bytes_both_ways() {
         let (mut client, mut server) = pair().await;
-        // The swarm asks; the driver task opens the stream and wakes it.
-        let mut outbound =
-            tokio::time::timeout(A_WHILE, poll_fn(|cx| client.poll_outbound_unpin(cx)))
-                .await
-                .expect("the driver answers")
-                .expect("open a stream");
-        outbound.write_all(b"ping").await.expect("write");
-        outbound.flush().await.expect("flush");
-        let mut inbound = poll_fn(|cx| server.poll_inbound_unpin(cx))
-            .await
-            .expect("accept a stream");
+        let (mut outbound, mut inbound) = open_and_accept(&mut client, &mut server, b"ping").await;
         let mut buf = [0; 4];
-        inbound.read_exact(&mut buf).await.expect("read");
+        within(inbound.read_exact(&mut buf)).await.expect("read");
         assert_eq!(&buf, b"ping");
-        inbound.write_all(b"pong").await.expect("write back");
-        inbound.flush().await.expect("flush");
-        outbound
-            .read_exact(&mut buf)
+        within(inbound.write_all(b"pong"))
+            .await
+            .expect("write back");
+        within(inbound.flush()).await.expect("flush");
+        within(outbound.read_exact(&mut buf))
             .await
             .expect("read the answer");
         assert_eq!(&buf, b"pong");
         // Neither connection has ended.
-        assert!(
-            ended_within(&mut client, std::time::Duration::from_millis(50))
-                .await
-                .is_none()
-        );
-        assert!(
-            ended_within(&mut server, std::time::Duration::from_millis(50))
-                .await
-                .is_none()
-        );
+        let moment = std::time::Duration::from_millis(50);
+        assert!(ended_within(&mut client, moment).await.is_none());
+        assert!(ended_within(&mut server, moment).await.is_none());
     }
 
     #[tokio::test]
     async fn closing_one_side_ends_the_connection_on_both() {
         let (mut client, mut server) = pair().await;
-        let mut stream = poll_fn(|cx| client.poll_outbound_unpin(cx))
-            .await
-            .expect("open a stream");
-        stream.write_all(b"x").await.expect("write");
-        stream.flush().await.expect("flush");
-        let _accepted = poll_fn(|cx| server.poll_inbound_unpin(cx))
-            .await
-            .expect("accept a stream");
+        let _streams = open_and_accept(&mut client, &mut server, b"x").await;
 
-        tokio::time::timeout(A_WHILE, poll_fn(|cx| client.poll_close_unpin(cx)))
+        within(poll_fn(|cx| client.poll_close_unpin(cx)))
             .await
-            .expect("the close completes")
             .expect("closed cleanly");
 
         assert!(
             ended_within(&mut server, A_WHILE).await.is_some(),
             "the remote learns the connection ended"
         );
-        assert!(poll_fn(|cx| server.poll_inbound_unpin(cx)).await.is_err());
-        assert!(poll_fn(|cx| client.poll_outbound_unpin(cx)).await.is_err());
+        assert!(
+            within(poll_fn(|cx| server.poll_inbound_unpin(cx)))
+                .await
+                .is_err()
+        );
+        assert!(
+            within(poll_fn(|cx| client.poll_outbound_unpin(cx)))
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -579,6 +615,24 @@ mod tests {
         assert!(
             ended_within(&mut server, A_WHILE).await.is_some(),
             "the remote sees the connection go"
+        );
+    }
+
+    #[test]
+    fn a_driver_that_stops_without_ending_its_connection_still_reports_the_end() {
+        // A runtime shutting down drops its tasks unfinished, as a panic in yamux would.
+        let first = tokio::runtime::Runtime::new().expect("runtime");
+        let (mut client, _server) = first.block_on(pair());
+        drop(first);
+        let second = tokio::runtime::Runtime::new().expect("runtime");
+        let error = second
+            .block_on(ended_within(&mut client, A_WHILE))
+            .expect("the swarm hears the connection ended");
+        assert!(error.to_string().contains("driver task stopped"), "{error}");
+        assert!(
+            second
+                .block_on(within(poll_fn(|cx| client.poll_outbound_unpin(cx))))
+                .is_err()
         );
     }
 
