@@ -138,8 +138,8 @@ struct Control {
     inbound: VecDeque<yamux::Stream>,
     /// The swarm wants a new outbound stream.
     outbound_wanted: bool,
-    /// The driver's answer to `outbound_wanted`.
-    outbound: Option<Result<yamux::Stream, yamux::ConnectionError>>,
+    /// The driver's answer to `outbound_wanted` (a failure to open ends the connection).
+    outbound: Option<yamux::Stream>,
     /// The swarm asked to close the connection.
     close_requested: bool,
     /// The connection has ended (closed by either side, failed, or given up).
@@ -262,7 +262,7 @@ where
                 Poll::Pending => {}
                 Poll::Ready(Ok(stream)) => {
                     let mut control = lock(&this.control);
-                    control.outbound = Some(Ok(stream));
+                    control.outbound = Some(stream);
                     control.outbound_wanted = false;
                     if let Some(waker) = control.outbound_waker.take() {
                         waker.wake();
@@ -329,8 +329,8 @@ impl StreamMuxer for Muxer {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let mut control = lock(&self.control);
-        if let Some(result) = control.outbound.take() {
-            return Poll::Ready(result.map_err(MuxError::from));
+        if let Some(stream) = control.outbound.take() {
+            return Poll::Ready(Ok(stream));
         }
         if control.ended || control.close_requested {
             return Poll::Ready(Err(yamux::ConnectionError::Closed.into()));
