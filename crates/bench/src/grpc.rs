@@ -248,7 +248,7 @@ pub(crate) async fn compare(
     config: &BridgeConfig,
     sizes: GrpcSizes,
     rounds: usize,
-) -> Result<Vec<GrpcResult>> {
+) -> Result<[GrpcResult; PATHS.len()]> {
     ensure!(rounds > 0, "at least one round");
     let mut connections = Vec::with_capacity(PATHS.len());
     for over in PATHS {
@@ -272,15 +272,11 @@ pub(crate) async fn compare(
         connection.close().await;
     }
     measured?;
-    Ok(times
-        .iter()
-        .zip(gbps)
-        .map(|(times, mut gbps)| GrpcResult {
-            unary_p50_us: percentile_us(times, 50.0),
-            unary_p99_us: percentile_us(times, 99.0),
-            stream_gbps: crate::median(&mut gbps),
-        })
-        .collect())
+    Ok(std::array::from_fn(|i| GrpcResult {
+        unary_p50_us: percentile_us(&times[i], 50.0),
+        unary_p99_us: percentile_us(&times[i], 99.0),
+        stream_gbps: crate::median(&mut gbps[i]),
+    }))
 }
 
 /// `calls` unary round trips of [`UNARY_BYTES`] each way, after a tenth as many (and 10) to

@@ -310,9 +310,8 @@ async fn run(args: &Args) -> Result<()> {
         "gRPC over TCP, TLS and Punchgate, {} rounds...",
         sizes.grpc_rounds
     );
-    let grpc = grpc::compare(&bin, &args.work, &config, grpc_sizes, sizes.grpc_rounds).await?;
     let [grpc_tcp, grpc_tls, grpc_punchgate] =
-        <[GrpcResult; 3]>::try_from(grpc).map_err(|_| anyhow::anyhow!("three gRPC paths"))?;
+        grpc::compare(&bin, &args.work, &config, grpc_sizes, sizes.grpc_rounds).await?;
 
     eprintln!("ciphers on one core...");
     let ciphers_one_core = crypto::ciphers(if args.smoke { 16 << 20 } else { 1 << 30 });
