@@ -62,13 +62,21 @@ enum Command {
     },
     /// Forward one new 127.0.0.1 port to each target until stdin closes; used by the benchmark.
     Forward {
+        /// What the hop between the two forwarders of a chain carries.
+        #[arg(long, value_enum, default_value = "plain")]
+        hop: forward::Hop,
+        /// Which end of that hop this forwarder is.
+        #[arg(long, value_enum, default_value = "client")]
+        side: forward::Side,
         /// Where each port's connections go.
         targets: Vec<std::net::SocketAddr>,
     },
     /// Only the one-stream transfer, through the plain forwarder and the tunnel over TCP in
     /// turn, `--rounds` times; with `--against`, also through a tunnel between nodes of another
     /// build, in the same rounds: a quick, interleaved comparison of two builds (CPU per GiB
-    /// relative to the forwarder is the figure that holds still on a shared machine).
+    /// relative to the forwarder is the figure that holds still on a shared machine). With
+    /// `--layers`, also through forwarders whose middle hop is the node's TLS, then its TLS and
+    /// yamux: what each layer of the tunnel costs.
     Bulk {
         /// How many times each path carries the transfer.
         #[arg(long, default_value_t = 5)]
@@ -79,6 +87,9 @@ enum Command {
         /// Another build of this benchmark: its nodes make a second tunnel.
         #[arg(long)]
         against: Option<PathBuf>,
+        /// Also measure the TLS forwarder and the TLS + yamux forwarder.
+        #[arg(long)]
+        layers: bool,
     },
     /// Only gRPC streaming and unary latency, over plain TCP, tonic's TLS and Punchgate in
     /// turn, `--rounds` times on the same connections: throughput, CPU per GiB of both
@@ -197,9 +208,9 @@ fn main() -> ExitCode {
             );
             return punchgate::cli::run_main(cli);
         }
-        Some(Command::Forward { targets }) => tokio::runtime::Runtime::new()
+        Some(Command::Forward { hop, side, targets }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(forward::serve(targets))),
+            .and_then(|rt| rt.block_on(forward::serve(hop, side, targets))),
         Some(Command::Grpc { rounds, mib, unary }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(grpc_rounds(&args.work, rounds, mib, unary))),
@@ -210,6 +221,7 @@ fn main() -> ExitCode {
             rounds,
             mib,
             against,
+            layers,
         }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| {
@@ -218,6 +230,7 @@ fn main() -> ExitCode {
                     rounds,
                     mib << 20,
                     against.as_deref(),
+                    layers,
                 ))
             }),
         None => {
@@ -258,7 +271,7 @@ async fn run(args: &Args) -> Result<()> {
     };
     let mut paths = vec![measure(&raw, sizes).await?];
     eprintln!("{FORWARDER}...");
-    let chain = forward::start(&bin, &args.work, echo, sink)?;
+    let chain = forward::start(&bin, &args.work, forward::Hop::Plain, echo, sink)?;
     let forwarder = Target {
         name: FORWARDER,
         echo: chain.echo,
@@ -420,9 +433,16 @@ async fn bulk(
     Ok((gbps, ms_per_gib))
 }
 
-/// The `bulk` subcommand: the forwarder, this build's tunnel and `against`'s tunnel in turn, one
-/// line per round, then the medians.
-async fn bulk_rounds(work: &Path, rounds: usize, bytes: u64, against: Option<&Path>) -> Result<()> {
+/// The `bulk` subcommand: the plain forwarder, then (with `layers`) the TLS and TLS + yamux
+/// forwarders, this build's tunnel and `against`'s tunnel in turn, one line per round, then the
+/// medians.
+async fn bulk_rounds(
+    work: &Path,
+    rounds: usize,
+    bytes: u64,
+    against: Option<&Path>,
+    layers: bool,
+) -> Result<()> {
     anyhow::ensure!(
         rounds > 0 && bytes > 0,
         "--rounds and --mib must be at least 1"
@@ -431,51 +451,64 @@ async fn bulk_rounds(work: &Path, rounds: usize, bytes: u64, against: Option<&Pa
     std::fs::create_dir_all(work)?;
     let echo = services::echo().await?;
     let sink = services::sink().await?;
-    let chain = forward::start(&bin, work, echo, sink)?;
+    let chain = forward::start(&bin, work, forward::Hop::Plain, echo, sink)?;
+    // Every path but the plain forwarder: its name, its port for the sink, its two processes.
+    let mut paths: Vec<(
+        String,
+        std::net::SocketAddr,
+        (nodes::Process, nodes::Process),
+    )> = Vec::new();
+    if layers {
+        for hop in [forward::Hop::Tls, forward::Hop::TlsYamux] {
+            let chain = forward::start(&bin, work, hop, echo, sink)?;
+            paths.push((
+                hop.name().to_owned(),
+                chain.sink,
+                (chain.client, chain.service),
+            ));
+        }
+    }
     let mut tunnels = vec![(
-        "this build",
+        "tunnel (this build)",
         nodes::start(&bin, work, Transport::Tcp, echo, sink)?,
     )];
     if let Some(other) = against {
         let dir = work.join("against");
         std::fs::create_dir_all(&dir)?;
         tunnels.push((
-            "--against",
+            "tunnel (--against)",
             nodes::start(other, &dir, Transport::Tcp, echo, sink)?,
         ));
     }
-    let mut header = String::from("| round | forwarder Gbit/s | CPU ms/GiB |");
-    for (name, _) in &tunnels {
-        let _ = write!(
-            header,
-            " tunnel ({name}) Gbit/s | CPU ms/GiB | CPU ÷ forwarder |"
-        );
+    for (name, pair) in tunnels {
+        // The tunnel's libp2p connection is dialled by its first connection.
+        tcp::setups(pair.echo, 5).await?;
+        paths.push((name.to_owned(), pair.sink, (pair.tunnel, pair.service)));
+    }
+    let mut header = String::from("| round | plain forwarder Gbit/s | CPU ms/GiB |");
+    for (name, _, _) in &paths {
+        let _ = write!(header, " {name} Gbit/s | CPU ms/GiB | CPU ÷ forwarder |");
     }
     println!(
         "{header}\n|---|---|---|{}",
-        "---|---|---|".repeat(tunnels.len())
+        "---|---|---|".repeat(paths.len())
     );
-    for (_, pair) in &tunnels {
-        // The tunnel's libp2p connection is dialled by its first connection.
-        tcp::setups(pair.echo, 5).await?;
-    }
     let mut rows: Vec<Vec<f64>> = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         let sides = (&chain.client, &chain.service);
         let (gbps, cpu) = bulk(chain.sink, bytes, Some(sides)).await?;
         let forwarder_cpu = cpu.unwrap_or(f64::NAN);
-        // The tunnels take turns going first: whichever runs right after another transfer
+        // The other paths take turns going first: whichever runs right after another transfer
         // may find the machine in a different state.
-        let mut measured = Vec::with_capacity(tunnels.len());
+        let mut measured = Vec::with_capacity(paths.len());
         let order: Vec<usize> = if round % 2 == 1 {
-            (0..tunnels.len()).collect()
+            (0..paths.len()).collect()
         } else {
-            (0..tunnels.len()).rev().collect()
+            (0..paths.len()).rev().collect()
         };
         for i in order {
-            let pair = &tunnels[i].1;
-            let sides = (&pair.tunnel, &pair.service);
-            measured.push((i, bulk(pair.sink, bytes, Some(sides)).await?));
+            let (_, sink, (client, service)) = &paths[i];
+            measured.push((i, bulk(*sink, bytes, Some((client, service))).await?));
         }
         measured.sort_by_key(|(i, _)| *i);
         let mut row = vec![gbps, forwarder_cpu];

@@ -50,15 +50,30 @@ fn every_measurement_runs() {
     assert!(markdown.contains("| target | measured | met |"));
 }
 
-/// `bulk`, the quick comparison of two builds: one small round against a second "build" (this
-/// one again); every cell of its table is a number and every throughput is positive.
+/// `bulk`, the quick comparison of two builds: one small round through the forwarders of every
+/// layer (`--layers`) and against a second "build" (this one again); every cell of its table
+/// is a number and every throughput is positive (each transfer's byte count is checked by the
+/// sink's answer, so a forwarder that lost or invented a byte fails here).
 #[test]
 fn a_bulk_comparison_runs() {
     let bin = env!("CARGO_BIN_EXE_punchgate-bench");
-    let table = run_table(&["bulk", "--rounds", "1", "--mib", "4", "--against", bin]);
-    for (row, values) in numeric_rows(&table, &["1", "median"], 2 + 2 * 3) {
+    let table = run_table(&[
+        "bulk",
+        "--rounds",
+        "1",
+        "--mib",
+        "4",
+        "--layers",
+        "--against",
+        bin,
+    ]);
+    assert!(
+        table.contains("TLS forwarder") && table.contains("TLS + yamux forwarder"),
+        "{table}"
+    );
+    for (row, values) in numeric_rows(&table, &["1", "median"], 2 + 4 * 3) {
         // Throughputs; CPU figures may be 0 at this size (the clock ticks every 10 ms).
-        for i in [0, 2, 5] {
+        for i in [0, 2, 5, 8, 11] {
             assert!(values[i].is_finite() && values[i] > 0.0, "{row}");
         }
     }

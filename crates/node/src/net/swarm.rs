@@ -27,7 +27,7 @@ pub const MAX_YAMUX_STREAMS_PER_CONNECTION: usize = 2048;
 
 /// The read buffer under TLS on TCP connections: rustls reads its socket at most 4 KiB at a
 /// time, so a 64 KiB burst would cost 16 `read` calls; through this buffer it costs one.
-const TCP_READ_BUFFER: usize = 128 << 10;
+pub const TCP_READ_BUFFER: usize = 128 << 10;
 
 /// How long an idle connection (no streams, nothing kept alive) stays open.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
