@@ -46,8 +46,15 @@ fn every_measurement_runs() {
             assert!(v.is_finite() && v > 0.0, "{side} {key} = {v}");
         }
     }
+    for key in ["throughput_gbps", "cpu_ms_per_gib"] {
+        let v = json["tls_forwarder"][key].as_f64().unwrap_or(f64::NAN);
+        // CPU may be 0 at this size (the clock ticks every 10 ms).
+        assert!(v.is_finite() && v >= 0.0, "tls_forwarder {key} = {v}");
+    }
+    assert!(json["tls_forwarder"]["throughput_gbps"].as_f64() > Some(0.0));
     let markdown = std::fs::read_to_string(out.with_extension("md")).expect("markdown");
     assert!(markdown.contains("| target | measured | met |"));
+    assert!(markdown.contains("The TLS forwarder"), "{markdown}");
 }
 
 /// `bulk`, the quick comparison of two builds: one small round through the forwarders of every
