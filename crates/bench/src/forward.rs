@@ -66,15 +66,38 @@ pub(crate) enum Side {
 /// Listens on one 127.0.0.1 port per target, prints `forwarding on <addr>` for each (in the
 /// targets' order), and forwards every connection until stdin closes.
 pub(crate) async fn serve(hop: Hop, side: Side, targets: Vec<SocketAddr>) -> Result<()> {
-    let tls = tls::Config::new(&libp2p::identity::Keypair::generate_ed25519())
-        .context("cannot set up TLS")?;
     for target in targets {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         println!("forwarding on {}", listener.local_addr()?);
-        let tls = tls.clone();
         match (hop, side) {
+            (Hop::Plain, _) => {
+                tokio::spawn(accept(listener, move |incoming| async move {
+                    forward(incoming, dial(target).await?).await
+                }));
+            }
+            (Hop::Tls, Side::Client) => {
+                let tls = tls_config()?;
+                tokio::spawn(accept(listener, move |incoming| {
+                    let tls = tls.clone();
+                    async move {
+                        let b = socket(dial(target).await?);
+                        let (_, secure) = tls.upgrade_outbound(b, "").await?;
+                        framed(incoming, secure).await
+                    }
+                }));
+            }
+            (Hop::Tls, Side::Service) => {
+                let tls = tls_config()?;
+                tokio::spawn(accept(listener, move |incoming| {
+                    let tls = tls.clone();
+                    async move {
+                        let (_, secure) = tls.upgrade_inbound(socket(incoming), "").await?;
+                        framed(dial(target).await?, secure).await
+                    }
+                }));
+            }
             (Hop::TlsYamux, Side::Client) => {
-                let muxer = yamux_client(target, tls).await?;
+                let muxer = yamux_client(target, tls_config()?).await?;
                 tokio::spawn(accept(listener, move |client| {
                     let muxer = muxer.clone();
                     async move {
@@ -87,13 +110,9 @@ pub(crate) async fn serve(hop: Hop, side: Side, targets: Vec<SocketAddr>) -> Res
                 }));
             }
             (Hop::TlsYamux, Side::Service) => {
+                let tls = tls_config()?;
                 tokio::spawn(accept(listener, move |connection| {
                     yamux_service(connection, target, tls.clone())
-                }));
-            }
-            _ => {
-                tokio::spawn(accept(listener, move |incoming| {
-                    connection(hop, side, incoming, target, tls.clone())
                 }));
             }
         }
@@ -151,32 +170,17 @@ fn socket(stream: TcpStream) -> Socket {
     )
 }
 
-/// One forwarded connection over a plain or TLS hop.
-async fn connection(
-    hop: Hop,
-    side: Side,
-    incoming: TcpStream,
-    target: SocketAddr,
-    tls: tls::Config,
-) -> Result<()> {
-    let outgoing = dial(target).await?;
-    match (hop, side) {
-        (Hop::Tls, Side::Client) => {
-            let (_, secure) = tls.upgrade_outbound(socket(outgoing), "").await?;
-            framed(incoming, secure).await
-        }
-        (Hop::Tls, Side::Service) => {
-            let (_, secure) = tls.upgrade_inbound(socket(incoming), "").await?;
-            framed(outgoing, secure).await
-        }
-        // Plain (a yamux hop is served by `yamux_client` and `yamux_service`).
-        _ => forward(incoming, outgoing).await,
-    }
+/// The node's TLS, with a key of its own.
+fn tls_config() -> Result<tls::Config> {
+    tls::Config::new(&libp2p::identity::Keypair::generate_ed25519()).context("cannot set up TLS")
 }
 
 /// The frame header of [`Hop::Tls`]: the body's length (big-endian), then padding to yamux's
 /// 12 bytes, so that TLS records are laid out as the tunnel's are.
 const HEADER: usize = 12;
+
+// A frame's length is a u32.
+const _: () = assert!(punchgate::tunnel::COPY_BUFFER <= u32::MAX as usize);
 
 /// Carries one forwarded connection over a TLS stream of its own, framed as the least any
 /// multiplexer does it: every read from `plain` (up to the tunnel's copy buffer) goes as one
@@ -195,7 +199,8 @@ where
         loop {
             let n = plain_read.read(&mut buf).await?;
             let mut header = [0; HEADER];
-            header[..4].copy_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+            // `n` fits: at most the copy buffer (checked below at compile time).
+            header[..4].copy_from_slice(&(n as u32).to_be_bytes());
             secure_write.write_all(&header).await?;
             secure_write.write_all(&buf[..n]).await?;
             secure_write.flush().await?;
@@ -225,7 +230,9 @@ where
         }
     };
     futures::try_join!(outgoing, incoming)?;
-    secure_write.close().await?;
+    // Both directions ended on a frame of length 0; the remote may already be gone, so a
+    // failed close_notify is no error.
+    let _ = secure_write.close().await;
     Ok(())
 }
 
@@ -247,8 +254,8 @@ async fn yamux_service(connection: TcpStream, target: SocketAddr, tls: tls::Conf
     let mut muxer = mux::Config::new(swarm::MAX_YAMUX_STREAMS_PER_CONNECTION)
         .upgrade_inbound(secure, "")
         .await?;
-    loop {
-        let stream = poll_fn(|cx| Pin::new(&mut muxer).poll_inbound(cx)).await?;
+    // Until the connection ends (A closes it when it exits).
+    while let Ok(stream) = poll_fn(|cx| Pin::new(&mut muxer).poll_inbound(cx)).await {
         tokio::spawn(async move {
             let result = async { forward(stream.compat(), dial(target).await?).await }.await;
             if let Err(e) = result {
@@ -256,6 +263,7 @@ async fn yamux_service(connection: TcpStream, target: SocketAddr, tls: tls::Conf
             }
         });
     }
+    Ok(())
 }
 
 /// B forwarding to `echo` and `sink`, A forwarding to B.
@@ -327,4 +335,103 @@ fn arg(value: impl clap::ValueEnum) -> String {
         .to_possible_value()
         .map(|v| v.get_name().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::compat::TokioAsyncReadCompatExt as _;
+
+    use super::*;
+
+    /// Pseudo-random bytes (xorshift), so that a lost, repeated or reordered frame shows.
+    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed.to_le_bytes()[0]
+            })
+            .collect()
+    }
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (dialled.expect("connect"), accepted.expect("accept").0)
+    }
+
+    /// An application's end: sends `out` and half-closes while reading everything that comes.
+    async fn exchange(socket: TcpStream, out: Vec<u8>) -> io::Result<Vec<u8>> {
+        let (mut read, mut write) = socket.into_split();
+        let send = async {
+            write.write_all(&out).await?;
+            write.shutdown().await
+        };
+        let receive = async {
+            let mut got = Vec::new();
+            read.read_to_end(&mut got).await?;
+            Ok(got)
+        };
+        let ((), got) = tokio::try_join!(send, receive)?;
+        Ok(got)
+    }
+
+    /// A and B as the TLS forwarder runs them: bytes both ways at once, more than a copy
+    /// buffer's worth and not a multiple of it, arrive whole and in order, and each side's end
+    /// (a half-close) reaches the other.
+    #[tokio::test]
+    async fn framed_tls_carries_both_directions_and_their_ends() {
+        let (client_app, a_plain) = pair().await;
+        let (b_plain, service_app) = pair().await;
+        let (a_hop, b_hop) = pair().await;
+        let a_tls = tls_config().expect("TLS");
+        let b_tls = tls_config().expect("TLS");
+        let a = async {
+            let (_, secure) = a_tls.upgrade_outbound(socket(a_hop), "").await?;
+            framed(a_plain, secure).await
+        };
+        let b = async {
+            let (_, secure) = b_tls.upgrade_inbound(socket(b_hop), "").await?;
+            framed(b_plain, secure).await
+        };
+        let up = noise(3 * punchgate::tunnel::COPY_BUFFER + 17, 1);
+        let down = noise(2 * punchgate::tunnel::COPY_BUFFER + 5, 2);
+        let (a, b, at_client, at_service) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(
+                a,
+                b,
+                exchange(client_app, up.clone()),
+                exchange(service_app, down.clone())
+            )
+        })
+        .await
+        .expect("the exchange ends");
+        a.expect("A forwards");
+        b.expect("B forwards");
+        assert!(at_service.expect("service side") == up, "bytes up differ");
+        assert!(at_client.expect("client side") == down, "bytes down differ");
+    }
+
+    /// A frame longer than the copy buffer is refused with an error that says so.
+    #[tokio::test]
+    async fn an_oversized_frame_is_an_error() {
+        let (_app, plain) = pair().await;
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut header = [0; HEADER];
+        header[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        theirs.write_all(&header).await.expect("write a header");
+        let result = tokio::time::timeout(Duration::from_secs(5), framed(plain, ours.compat()))
+            .await
+            .expect("refused at once");
+        let error = result.expect_err("refused");
+        assert!(
+            format!("{error:#}").contains("larger than the copy buffer"),
+            "{error:#}"
+        );
+    }
 }

@@ -186,14 +186,6 @@ struct PathResult {
     cpu_ms_per_gib: Option<f64>,
 }
 
-/// The median one-stream transfer of a path measured only for that.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct OneStream {
-    throughput_gbps: f64,
-    /// CPU both its processes used per GiB, ms.
-    cpu_ms_per_gib: f64,
-}
-
 #[derive(Debug, Serialize)]
 struct Report {
     smoke: bool,
@@ -202,10 +194,6 @@ struct Report {
     /// The TLS suites' ciphers alone on one core, the one the tunnel uses here first.
     ciphers_one_core: Vec<crypto::CipherSpeed>,
     paths: Vec<PathResult>,
-    /// The one-stream transfer through the TLS forwarder (the plain forwarder's hops with the
-    /// node's TLS and the cheapest framing a multiplexer could use between them): the most a
-    /// tunnel on this TLS could move here.
-    tls_forwarder: OneStream,
     grpc_tcp: GrpcResult,
     grpc_tls: GrpcResult,
     grpc_punchgate: GrpcResult,
@@ -291,6 +279,15 @@ async fn run(args: &Args) -> Result<()> {
         processes: Some((&chain.client, &chain.service)),
     };
     paths.push(measure(&forwarder, sizes).await?);
+    eprintln!("{TLS_FORWARDER}...");
+    let tls_chain = forward::start(&bin, &args.work, forward::Hop::Tls, echo, sink)?;
+    let tls_forwarder = Target {
+        name: TLS_FORWARDER,
+        echo: tls_chain.echo,
+        sink: tls_chain.sink,
+        processes: Some((&tls_chain.client, &tls_chain.service)),
+    };
+    paths.push(measure(&tls_forwarder, sizes).await?);
     eprintln!("{TUNNEL_TCP}...");
     let tcp_pair = nodes::start(&bin, &args.work, Transport::Tcp, echo, sink)?;
     let tunnel_tcp = Target::tunnel(TUNNEL_TCP, &tcp_pair);
@@ -299,49 +296,37 @@ async fn run(args: &Args) -> Result<()> {
     let quic_pair = nodes::start(&bin, &args.work, Transport::Quic, echo, sink)?;
     let tunnel_quic = Target::tunnel(TUNNEL_QUIC, &quic_pair);
     paths.push(measure(&tunnel_quic, sizes).await?);
-    // Measured for the one-stream transfer only: the limit for a tunnel on the node's TLS.
-    let tls_chain = forward::start(&bin, &args.work, forward::Hop::Tls, echo, sink)?;
-    let tls_forwarder = Target {
-        name: forward::Hop::Tls.name(),
-        echo: tls_chain.echo,
-        sink: tls_chain.sink,
-        processes: Some((&tls_chain.client, &tls_chain.service)),
-    };
-    let targets = [raw, forwarder, tunnel_tcp, tunnel_quic, tls_forwarder];
+    let targets = [raw, forwarder, tls_forwarder, tunnel_tcp, tunnel_quic];
     // The one-stream transfer, the figure the throughput target is set on, in rounds with the
-    // order rotating every round: measured once each, a slow moment of the machine could
-    // land on one path alone and move every ratio.
+    // order rotating every round and reversed every other one (so that no path always follows
+    // the same one): measured once each, a slow moment of the machine could land on one path
+    // alone and move every ratio.
     eprintln!(
-        "one stream through each path and the TLS forwarder, {} rounds...",
+        "one stream through each path, {} rounds...",
         sizes.bulk_rounds
     );
     let mut transfers = vec![Vec::with_capacity(sizes.bulk_rounds); targets.len()];
     for round in 0..sizes.bulk_rounds {
         for k in 0..targets.len() {
+            let k = if round % 2 == 1 {
+                targets.len() - 1 - k
+            } else {
+                k
+            };
             let i = (round + k) % targets.len();
             let target = &targets[i];
             transfers[i].push(bulk(target.sink, sizes.bulk_bytes, target.processes).await?);
         }
     }
-    let medians: Vec<OneStream> = transfers
-        .into_iter()
-        .map(|transfers| {
-            let (mut gbps, mut cpu): (Vec<f64>, Vec<f64>) = transfers
-                .into_iter()
-                .map(|(gbps, cpu)| (gbps, cpu.unwrap_or(f64::NAN)))
-                .unzip();
-            OneStream {
-                throughput_gbps: median(&mut gbps),
-                cpu_ms_per_gib: median(&mut cpu),
-            }
-        })
-        .collect();
-    for (path, one) in paths.iter_mut().zip(&medians) {
-        path.throughput_gbps = one.throughput_gbps;
-        path.cpu_ms_per_gib = path.cpu_ms_per_gib.and(Some(one.cpu_ms_per_gib));
+    for (path, transfers) in paths.iter_mut().zip(transfers) {
+        let (mut gbps, mut cpu): (Vec<f64>, Vec<f64>) = transfers
+            .into_iter()
+            .map(|(gbps, cpu)| (gbps, cpu.unwrap_or(f64::NAN)))
+            .unzip();
+        path.throughput_gbps = median(&mut gbps);
+        path.cpu_ms_per_gib = path.cpu_ms_per_gib.and(Some(median(&mut cpu)));
     }
-    let tls_forwarder = medians[targets.len() - 1];
-    drop((chain, tcp_pair, quic_pair, tls_chain));
+    drop((chain, tls_chain, tcp_pair, quic_pair));
 
     let config = punchgate_grpc::BridgeConfig::default();
     let grpc_sizes = GrpcSizes {
@@ -364,7 +349,6 @@ async fn run(args: &Args) -> Result<()> {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ciphers_one_core,
         paths,
-        tls_forwarder,
         grpc_tcp,
         grpc_tls,
         grpc_punchgate,
@@ -483,20 +467,16 @@ async fn bulk_rounds(
     let echo = services::echo().await?;
     let sink = services::sink().await?;
     let chain = forward::start(&bin, work, forward::Hop::Plain, echo, sink)?;
-    // Every path but the plain forwarder: its name, its port for the sink, its two processes.
-    let mut paths: Vec<(
-        String,
-        std::net::SocketAddr,
-        (nodes::Process, nodes::Process),
-    )> = Vec::new();
+    let mut paths: Vec<BulkPath> = Vec::new();
     if layers {
         for hop in [forward::Hop::Tls, forward::Hop::TlsYamux] {
             let chain = forward::start(&bin, work, hop, echo, sink)?;
-            paths.push((
-                hop.name().to_owned(),
-                chain.sink,
-                (chain.client, chain.service),
-            ));
+            paths.push(BulkPath {
+                name: hop.name().to_owned(),
+                echo: chain.echo,
+                sink: chain.sink,
+                processes: (chain.client, chain.service),
+            });
         }
     }
     let mut tunnels = vec![(
@@ -514,11 +494,28 @@ async fn bulk_rounds(
     for (name, pair) in tunnels {
         // The tunnel's libp2p connection is dialled by its first connection.
         tcp::setups(pair.echo, 5).await?;
-        paths.push((name.to_owned(), pair.sink, (pair.tunnel, pair.service)));
+        paths.push(BulkPath {
+            name: name.to_owned(),
+            echo: pair.echo,
+            sink: pair.sink,
+            processes: (pair.tunnel, pair.service),
+        });
     }
-    let mut header = String::from("| round | plain forwarder Gbit/s | CPU ms/GiB |");
-    for (name, _, _) in &paths {
-        let _ = write!(header, " {name} Gbit/s | CPU ms/GiB | CPU ÷ forwarder |");
+    // Every byte echoed back is checked: the forwarders carry both directions correctly.
+    tcp::round_trips(chain.echo, 20).await?;
+    for path in &paths {
+        tcp::round_trips(path.echo, 20).await?;
+    }
+    let mut header = format!(
+        "| round | {} Gbit/s | CPU ms/GiB |",
+        forward::Hop::Plain.name()
+    );
+    for path in &paths {
+        let _ = write!(
+            header,
+            " {} Gbit/s | CPU ms/GiB | CPU ÷ forwarder |",
+            path.name
+        );
     }
     println!(
         "{header}\n|---|---|---|{}",
@@ -538,8 +535,9 @@ async fn bulk_rounds(
             (0..paths.len()).rev().collect()
         };
         for i in order {
-            let (_, sink, (client, service)) = &paths[i];
-            measured.push((i, bulk(*sink, bytes, Some((client, service))).await?));
+            let path = &paths[i];
+            let (client, service) = &path.processes;
+            measured.push((i, bulk(path.sink, bytes, Some((client, service))).await?));
         }
         measured.sort_by_key(|(i, _)| *i);
         let mut row = vec![gbps, forwarder_cpu];
@@ -553,6 +551,16 @@ async fn bulk_rounds(
     let medians = medians(&rows);
     println!("| median | {} |", bulk_cells(&medians));
     Ok(())
+}
+
+/// A path of the `bulk` table after the plain forwarder: a layered forwarder or a tunnel.
+#[derive(Debug)]
+struct BulkPath {
+    name: String,
+    echo: std::net::SocketAddr,
+    sink: std::net::SocketAddr,
+    /// Its client-side and service-side processes, whose CPU is counted.
+    processes: (nodes::Process, nodes::Process),
 }
 
 /// The `grpc` subcommand: over each path in turn (the order rotating every round), streaming
@@ -610,8 +618,8 @@ async fn grpc_rounds(work: &Path, rounds: usize, mib: usize, unary: usize) -> Re
     Ok(())
 }
 
-/// A `bulk` row's cells: the forwarder's Gbit/s and CPU, then per tunnel Gbit/s, CPU and CPU ÷
-/// the forwarder's.
+/// A `bulk` row's cells: the plain forwarder's Gbit/s and CPU, then per other path Gbit/s, CPU
+/// and CPU ÷ the plain forwarder's.
 fn bulk_cells(row: &[f64]) -> String {
     cells(row, |i| i == 1 || (i >= 2 && (i - 2) % 3 == 1))
 }
@@ -664,6 +672,7 @@ fn cells(row: &[f64], whole: impl Fn(usize) -> bool) -> String {
 /// The paths, in the order they are measured and shown.
 const RAW: &str = "raw TCP";
 const FORWARDER: &str = "plain forwarder (2 processes, no cipher)";
+const TLS_FORWARDER: &str = "TLS forwarder (2 processes, the node's TLS, no multiplexer)";
 const TUNNEL_TCP: &str = "tunnel over TCP (TLS + yamux)";
 const TUNNEL_QUIC: &str = "tunnel over QUIC";
 
@@ -813,20 +822,7 @@ fn markdown(r: &Report) -> String {
             bound / raw.throughput_gbps,
             100.0 * tunnel.throughput_gbps / bound
         );
-        let tls = r.tls_forwarder;
-        let _ = writeln!(
-            out,
-            "\nThe TLS forwarder (the same hops and processes with the node's TLS between them and \
-             the least framing any multiplexer needs, no multiplexer: `bulk --layers`) moved \
-             {:.1} Gbit/s ({:.2}× raw TCP, {:.2}× the plain forwarder) at {:.0} ms of CPU per \
-             GiB: about the most a tunnel on this TLS could move here. The tunnel over TCP \
-             reached {:.0}% of it.",
-            tls.throughput_gbps,
-            tls.throughput_gbps / raw.throughput_gbps,
-            tls.throughput_gbps / forwarder,
-            tls.cpu_ms_per_gib,
-            100.0 * tunnel.throughput_gbps / tls.throughput_gbps
-        );
+
         if let (Some(t), Some(f)) = (tunnel.cpu_ms_per_gib, path(r, FORWARDER).cpu_ms_per_gib) {
             // A GiB is 8.59 Gbit.
             let cipher_ms = 1000.0 * cipher * f64::from(1u32 << 30) * 8.0 / 1e9;
@@ -838,6 +834,24 @@ fn markdown(r: &Report) -> String {
                 t / f
             );
         }
+    }
+    let tls = path(r, TLS_FORWARDER);
+    if let (Some(c), Some(f)) = (tls.cpu_ms_per_gib, path(r, FORWARDER).cpu_ms_per_gib) {
+        let _ = writeln!(
+            out,
+            "\nThe TLS forwarder (the plain forwarder's hops and processes with the node's TLS \
+             between them and only the framing a multiplexer needs; no multiplexer, no libp2p) \
+             moved {:.2} Gbit/s ({:.3}× raw TCP, {:.2}× the plain forwarder) at {c:.0} ms of CPU \
+             per GiB ({:.2}× the plain forwarder's): a reference for what a tunnel on this TLS \
+             moves here, with the run-to-run noise of any one figure. The tunnel over TCP moved \
+             {:.2}× as much at {:.2}× its CPU per GiB.",
+            tls.throughput_gbps,
+            tls.throughput_gbps / raw.throughput_gbps,
+            tls.throughput_gbps / forwarder,
+            c / f,
+            tunnel.throughput_gbps / tls.throughput_gbps,
+            tunnel.cpu_ms_per_gib.map_or(f64::NAN, |t| t / c),
+        );
     }
     let rss = tunnel
         .rss_per_connection_kib
@@ -856,9 +870,9 @@ fn markdown(r: &Report) -> String {
     target(
         "encrypted tunnel throughput ≥ 0.30× raw TCP",
         format!(
-            "{ratio:.2}× (plain forwarder {:.2}×, TLS forwarder {:.2}×)",
+            "{ratio:.3}× (plain forwarder {:.3}×, TLS forwarder {:.3}×)",
             forwarder / raw.throughput_gbps,
-            r.tls_forwarder.throughput_gbps / raw.throughput_gbps
+            tls.throughput_gbps / raw.throughput_gbps
         ),
         ratio >= 0.30,
     );
@@ -908,7 +922,7 @@ fn chart(r: &Report) -> String {
         ("connection setup p50", |p| p.setup_p50_us, false),
     ];
     let (bar_h, gap, left, width) = (18.0, 10.0, 190.0, 420.0);
-    let colors = ["#9a9a9a", "#4a7fb5", "#d9823b"];
+    let colors = ["#9a9a9a", "#6aa84f", "#4a7fb5", "#d9823b"];
     let mut y = 40.0;
     let mut body = String::new();
     for (label, cell, higher_is_better) in metrics {

@@ -19,8 +19,8 @@ fn every_measurement_runs() {
     let paths = json["paths"].as_array().expect("paths");
     assert_eq!(
         paths.len(),
-        4,
-        "raw TCP, plain forwarder, tunnel over TCP, tunnel over QUIC"
+        5,
+        "raw TCP, plain forwarder, TLS forwarder, tunnel over TCP, tunnel over QUIC"
     );
     for path in paths {
         for key in [
@@ -46,12 +46,6 @@ fn every_measurement_runs() {
             assert!(v.is_finite() && v > 0.0, "{side} {key} = {v}");
         }
     }
-    for key in ["throughput_gbps", "cpu_ms_per_gib"] {
-        let v = json["tls_forwarder"][key].as_f64().unwrap_or(f64::NAN);
-        // CPU may be 0 at this size (the clock ticks every 10 ms).
-        assert!(v.is_finite() && v >= 0.0, "tls_forwarder {key} = {v}");
-    }
-    assert!(json["tls_forwarder"]["throughput_gbps"].as_f64() > Some(0.0));
     let markdown = std::fs::read_to_string(out.with_extension("md")).expect("markdown");
     assert!(markdown.contains("| target | measured | met |"));
     assert!(markdown.contains("The TLS forwarder"), "{markdown}");
@@ -59,8 +53,9 @@ fn every_measurement_runs() {
 
 /// `bulk`, the quick comparison of two builds: one small round through the forwarders of every
 /// layer (`--layers`) and against a second "build" (this one again); every cell of its table
-/// is a number and every throughput is positive (each transfer's byte count is checked by the
-/// sink's answer, so a forwarder that lost or invented a byte fails here).
+/// is a number and every throughput is positive. Each transfer's byte count is checked by the
+/// sink's answer and 20 echoed round trips through every path byte for byte, so a forwarder
+/// that loses, invents or garbles bytes in either direction fails here.
 #[test]
 fn a_bulk_comparison_runs() {
     let bin = env!("CARGO_BIN_EXE_punchgate-bench");
