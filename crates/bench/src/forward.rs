@@ -30,7 +30,7 @@ use tokio::{
 };
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
-use crate::nodes::Process;
+use crate::{nodes::Process, tcp};
 
 /// What the hop between the two forwarders carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,7 +72,7 @@ pub(crate) async fn serve(hop: Hop, side: Side, targets: Vec<SocketAddr>) -> Res
         match (hop, side) {
             (Hop::Plain, _) => {
                 tokio::spawn(accept(listener, move |incoming| async move {
-                    forward(incoming, dial(target).await?).await
+                    forward(incoming, tcp::connect(target).await?).await
                 }));
             }
             (Hop::Tls, Side::Client) => {
@@ -80,7 +80,7 @@ pub(crate) async fn serve(hop: Hop, side: Side, targets: Vec<SocketAddr>) -> Res
                 tokio::spawn(accept(listener, move |incoming| {
                     let tls = tls.clone();
                     async move {
-                        let b = socket(dial(target).await?);
+                        let b = socket(tcp::connect(target).await?);
                         let (_, secure) = tls.upgrade_outbound(b, "").await?;
                         framed(incoming, secure).await
                     }
@@ -92,7 +92,7 @@ pub(crate) async fn serve(hop: Hop, side: Side, targets: Vec<SocketAddr>) -> Res
                     let tls = tls.clone();
                     async move {
                         let (_, secure) = tls.upgrade_inbound(socket(incoming), "").await?;
-                        framed(dial(target).await?, secure).await
+                        framed(tcp::connect(target).await?, secure).await
                     }
                 }));
             }
@@ -148,14 +148,6 @@ where
 {
     punchgate::tunnel::splice::splice(&mut a, &mut b).await?;
     Ok(())
-}
-
-async fn dial(target: SocketAddr) -> Result<TcpStream> {
-    let stream = TcpStream::connect(target)
-        .await
-        .with_context(|| format!("cannot connect to {target}"))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 /// The node's stack under TLS: libp2p's TCP socket (which, unlike tokio-util's adapter, passes
@@ -241,7 +233,9 @@ async fn yamux_client(
     b: SocketAddr,
     tls: tls::Config,
 ) -> Result<Arc<tokio::sync::Mutex<mux::Muxer>>> {
-    let (_, secure) = tls.upgrade_outbound(socket(dial(b).await?), "").await?;
+    let (_, secure) = tls
+        .upgrade_outbound(socket(tcp::connect(b).await?), "")
+        .await?;
     let muxer = mux::Config::new(swarm::MAX_YAMUX_STREAMS_PER_CONNECTION)
         .upgrade_outbound(secure, "")
         .await?;
@@ -257,7 +251,8 @@ async fn yamux_service(connection: TcpStream, target: SocketAddr, tls: tls::Conf
     // Until the connection ends (A closes it when it exits).
     while let Ok(stream) = poll_fn(|cx| Pin::new(&mut muxer).poll_inbound(cx)).await {
         tokio::spawn(async move {
-            let result = async { forward(stream.compat(), dial(target).await?).await }.await;
+            let result =
+                async { forward(stream.compat(), tcp::connect(target).await?).await }.await;
             if let Err(e) = result {
                 eprintln!("forwarding failed: {e:#}");
             }

@@ -272,21 +272,11 @@ async fn run(args: &Args) -> Result<()> {
     let mut paths = vec![measure(&raw, sizes).await?];
     eprintln!("{FORWARDER}...");
     let chain = forward::start(&bin, &args.work, forward::Hop::Plain, echo, sink)?;
-    let forwarder = Target {
-        name: FORWARDER,
-        echo: chain.echo,
-        sink: chain.sink,
-        processes: Some((&chain.client, &chain.service)),
-    };
+    let forwarder = Target::chain(FORWARDER, &chain);
     paths.push(measure(&forwarder, sizes).await?);
     eprintln!("{TLS_FORWARDER}...");
     let tls_chain = forward::start(&bin, &args.work, forward::Hop::Tls, echo, sink)?;
-    let tls_forwarder = Target {
-        name: TLS_FORWARDER,
-        echo: tls_chain.echo,
-        sink: tls_chain.sink,
-        processes: Some((&tls_chain.client, &tls_chain.service)),
-    };
+    let tls_forwarder = Target::chain(TLS_FORWARDER, &tls_chain);
     paths.push(measure(&tls_forwarder, sizes).await?);
     eprintln!("{TUNNEL_TCP}...");
     let tcp_pair = nodes::start(&bin, &args.work, Transport::Tcp, echo, sink)?;
@@ -371,6 +361,16 @@ struct Target<'p> {
 }
 
 impl<'p> Target<'p> {
+    /// The forwarder `chain`'s two processes.
+    fn chain(name: &'static str, chain: &'p forward::Chain) -> Self {
+        Self {
+            name,
+            echo: chain.echo,
+            sink: chain.sink,
+            processes: Some((&chain.client, &chain.service)),
+        }
+    }
+
     /// The tunnel through `pair`'s two nodes.
     fn tunnel(name: &'static str, pair: &'p nodes::Pair) -> Self {
         Self {

@@ -19,7 +19,8 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// Bytes per round trip in the latency test.
 pub(crate) const RTT_BYTES: usize = 64;
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream> {
+/// A TCP connection to `addr`, with `TCP_NODELAY`.
+pub(crate) async fn connect(addr: SocketAddr) -> Result<TcpStream> {
     let socket = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
