@@ -1,16 +1,16 @@
 //! Forwarders of the tunnel's shape: two processes (this executable run as `forward`) between
-//! the client and the service, each copying bytes both ways as the tunnel does
-//! (`punchgate::tunnel::splice`, with its buffers). client → A → B → service crosses the same
-//! three loopback hops as client → tunnel node → service node → service.
+//! the client and the service, each copying bytes both ways. client → A → B → service crosses
+//! the same three loopback hops as client → tunnel node → service node → service.
 //!
 //! What the middle hop (A → B) carries is chosen per chain ([`Hop`]), one layer of the tunnel's
 //! stack at a time, so that the cost of each layer can be measured on its own:
-//! - [`Hop::Plain`]: plain TCP, no cipher, no multiplexing: the measured limit for a tunnel of
-//!   this shape on this machine.
+//! - [`Hop::Plain`]: plain TCP, no cipher, no multiplexing, copied as the tunnel copies
+//!   (`punchgate::tunnel::splice`, with its buffers): the measured limit for a tunnel of this
+//!   shape on this machine.
 //! - [`Hop::Tls`]: the node's TLS (`punchgate::net::tls`, with its read buffer and write
 //!   coalescing), one TLS connection per forwarded connection, carrying frames as the least
-//!   any multiplexer would ([`framed`]): the limit for a tunnel built on that TLS stack with
-//!   the cheapest multiplexer possible.
+//!   any multiplexer would ([`framed`]): a reference for what a tunnel on that TLS costs with
+//!   the cheapest multiplexer possible (its figures have the noise of any one measurement).
 //! - [`Hop::TlsYamux`]: that TLS with the node's yamux (`punchgate::net::mux`, its driver task
 //!   and frame size) on top, one connection per target and a stream per forwarded connection:
 //!   the tunnel without libp2p's swarm, stream negotiation and our protocols.
@@ -179,7 +179,8 @@ const _: () = assert!(punchgate::tunnel::COPY_BUFFER <= u32::MAX as usize);
 /// frame, a header then the body, which [`punchgate::net::coalesce`] joins into one write as it
 /// does yamux's; the far side reads a header, then the body straight into its copy buffer. A
 /// frame of length 0 ends the direction. No stream table, windows, or hand-offs between tasks:
-/// what a TLS tunnel costs with the cheapest possible multiplexer.
+/// what a TLS tunnel costs with the cheapest possible multiplexer. Its buffers have the copy
+/// buffer's largest size from the start (the tunnel's grow to it while reads fill them).
 async fn framed<S>(plain: TcpStream, secure: S) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -191,7 +192,7 @@ where
         loop {
             let n = plain_read.read(&mut buf).await?;
             let mut header = [0; HEADER];
-            // `n` fits: at most the copy buffer (checked below at compile time).
+            // `n` fits: at most the copy buffer (checked at compile time above).
             header[..4].copy_from_slice(&(n as u32).to_be_bytes());
             secure_write.write_all(&header).await?;
             secure_write.write_all(&buf[..n]).await?;
