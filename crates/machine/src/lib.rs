@@ -23,4 +23,4 @@ pub mod reach;
 
 pub use backoff::Backoff;
 pub use node::{Command, Config, DialReason, Event, NatStatus, Phase, RelayState, State, Timer};
-pub use paths::{PathKind, PathSelection};
+pub use paths::{CircuitLimit, PathKind, PathSelection};

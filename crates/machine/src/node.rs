@@ -246,6 +246,15 @@ pub enum Event<C> {
         /// The relay that held it.
         relay: PeerId,
     },
+    /// The relay of a relayed connection to `peer` told us the circuit's limit.
+    CircuitLimit {
+        /// The remote peer.
+        peer: PeerId,
+        /// The driver's id for the relayed connection.
+        connection: C,
+        /// What the relay allows.
+        limit: crate::paths::CircuitLimit,
+    },
     /// DCUtR opened a direct connection to `peer`.
     HolePunchSucceeded {
         /// The peer.
@@ -281,6 +290,7 @@ impl<C> Event<C> {
             Event::RelayReservationAccepted { .. } => "RelayReservationAccepted",
             Event::RelayReservationFailed { .. } => "RelayReservationFailed",
             Event::RelayReservationLost { .. } => "RelayReservationLost",
+            Event::CircuitLimit { .. } => "CircuitLimit",
             Event::HolePunchSucceeded { .. } => "HolePunchSucceeded",
             Event::HolePunchFailed { .. } => "HolePunchFailed",
             Event::TimerFired(_) => "TimerFired",
@@ -472,6 +482,13 @@ impl<C: Copy + Eq + Debug> State<C> {
             .map_or(PathSelection::NotConnected, |c| c.select(waited_enough))
     }
 
+    /// A short relay circuit to `peer`, when such circuits are its only connections.
+    pub fn only_short_circuit(&self, peer: &PeerId) -> Option<C> {
+        self.connections
+            .get(peer)
+            .and_then(|c| c.only_short_circuit())
+    }
+
     /// The transition function: consume the state and an event, return the next state and the
     /// commands to execute, in order.
     pub fn step(mut self, event: Event<C>) -> (Self, Vec<Command>) {
@@ -546,6 +563,15 @@ impl<C: Copy + Eq + Debug> State<C> {
             }
             Event::HolePunchSucceeded { .. } => {
                 // The direct connection arrives as its own `ConnectionEstablished`.
+            }
+            Event::CircuitLimit {
+                peer,
+                connection,
+                limit,
+            } => {
+                if let Some(conns) = self.connections.get_mut(&peer) {
+                    conns.on_circuit_limit(connection, limit);
+                }
             }
             Event::HolePunchFailed { peer, .. } => {
                 if let Some(conns) = self.connections.get_mut(&peer) {

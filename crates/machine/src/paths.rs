@@ -4,6 +4,64 @@
 //! connection. A new stream should ride the direct connection when there is one, wait a bounded
 //! time for the punch while it may still succeed, and fall back to the relayed connection when the
 //! punch failed or the wait ran out. Streams never migrate: one opened on the relay stays there.
+//!
+//! A relay may grant a circuit only a few minutes or kilobytes ([`CircuitLimit::is_short`]:
+//! libp2p's default, which Punchgate relays give circuits whose ends they do not trust). Such a
+//! circuit is good for coordinating a hole punch and nothing else: a stream on it would be cut
+//! off by the relay mid-transfer. New streams never use it; while it is the only path they wait
+//! for the punch, and when the punch fails they are refused with
+//! [`PathSelection::ShortCircuit`], which the caller turns into an error that says which relay
+//! would have to trust whom.
+
+use std::time::Duration;
+
+/// What a relay said it allows on one circuit: it closes the circuit after `duration`, or after
+/// `bytes` bytes (libp2p's relay counts both directions together). `None` (or 0 bytes, which
+/// libp2p's relay reads as no limit) means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CircuitLimit {
+    /// The circuit is closed this long after it opened.
+    pub duration: Option<Duration>,
+    /// The circuit is closed after this many bytes.
+    pub bytes: Option<u64>,
+}
+
+/// A circuit that lasts less than this is too short to carry a stream.
+pub const MIN_STREAM_CIRCUIT_DURATION: Duration = Duration::from_secs(10 * 60);
+/// A circuit that carries fewer bytes than this is too small to carry a stream.
+pub const MIN_STREAM_CIRCUIT_BYTES: u64 = 16 << 20;
+
+impl CircuitLimit {
+    /// No limit at all.
+    pub const NONE: CircuitLimit = CircuitLimit {
+        duration: None,
+        bytes: None,
+    };
+
+    /// Whether the relay would cut a stream off soon: under [`MIN_STREAM_CIRCUIT_DURATION`] or
+    /// [`MIN_STREAM_CIRCUIT_BYTES`]. Enough to coordinate a hole punch, not to carry a tunnel.
+    pub fn is_short(&self) -> bool {
+        self.duration
+            .is_some_and(|d| d < MIN_STREAM_CIRCUIT_DURATION)
+            || self
+                .bytes
+                .is_some_and(|b| b > 0 && b < MIN_STREAM_CIRCUIT_BYTES)
+    }
+}
+
+impl std::fmt::Display for CircuitLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.duration {
+            Some(d) => write!(f, "{} s", d.as_secs())?,
+            None => f.write_str("no time limit")?,
+        }
+        match self.bytes {
+            Some(b) if b > 0 && b % 1024 == 0 => write!(f, " / {} KiB", b / 1024),
+            Some(b) if b > 0 => write!(f, " / {b} bytes"),
+            _ => f.write_str(" / no byte limit"),
+        }
+    }
+}
 
 /// How a connection reaches the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,6 +103,12 @@ pub enum PathSelection<C> {
     WaitForDirect,
     /// No open connection: dial the peer first.
     NotConnected,
+    /// The only connections are short relay circuits ([`CircuitLimit::is_short`]) and the hole
+    /// punch failed: a stream would be cut off by the relay. Refuse it.
+    ShortCircuit {
+        /// The short circuit (to name its relay in the error).
+        connection: C,
+    },
 }
 
 /// The open connections to one peer and what DCUtR said about them.
@@ -56,6 +120,8 @@ pub(crate) struct PeerConnections<C> {
     /// DCUtR gave up since the last relayed connection opened: waiting for a direct path is
     /// pointless until something changes.
     punch_failed: bool,
+    /// Open relayed connections whose relay grants only short circuits.
+    short: Vec<C>,
 }
 
 impl<C> Default for PeerConnections<C> {
@@ -63,6 +129,7 @@ impl<C> Default for PeerConnections<C> {
         Self {
             open: Vec::new(),
             punch_failed: false,
+            short: Vec::new(),
         }
     }
 }
@@ -81,7 +148,20 @@ impl<C: Copy + Eq> PeerConnections<C> {
     /// Forgets `connection`; `true` when no connection to the peer remains.
     pub(crate) fn on_closed(&mut self, connection: C) -> bool {
         self.open.retain(|(c, _)| *c != connection);
+        self.short.retain(|c| *c != connection);
         self.open.is_empty()
+    }
+
+    /// The relay of `connection` told us its circuit's limit.
+    pub(crate) fn on_circuit_limit(&mut self, connection: C, limit: CircuitLimit) {
+        let relayed = self
+            .open
+            .iter()
+            .any(|(c, k)| *c == connection && *k == PathKind::Relayed);
+        self.short.retain(|c| *c != connection);
+        if relayed && limit.is_short() {
+            self.short.push(connection);
+        }
     }
 
     pub(crate) fn on_hole_punch_failed(&mut self) {
@@ -107,14 +187,38 @@ impl<C: Copy + Eq> PeerConnections<C> {
                 kind: PathKind::Direct,
             };
         }
-        match first(PathKind::Relayed) {
-            Some(connection) if waited_enough || self.punch_failed => PathSelection::Use {
+        let long_relayed = self
+            .open
+            .iter()
+            .find(|(c, k)| *k == PathKind::Relayed && !self.short.contains(c))
+            .map(|(c, _)| *c);
+        match (long_relayed, first(PathKind::Relayed)) {
+            (Some(connection), _) if waited_enough || self.punch_failed => PathSelection::Use {
                 connection,
                 kind: PathKind::Relayed,
             },
-            Some(_) => PathSelection::WaitForDirect,
-            None => PathSelection::NotConnected,
+            // Only short circuits: wait for the punch however long the caller waits, since
+            // the relay is no fallback.
+            (None, Some(connection)) if self.punch_failed => {
+                PathSelection::ShortCircuit { connection }
+            }
+            (_, Some(_)) => PathSelection::WaitForDirect,
+            (_, None) => PathSelection::NotConnected,
         }
+    }
+
+    /// A short circuit, when short circuits are the only connections (for the error of a
+    /// request that ran out of time waiting for a punch).
+    pub(crate) fn only_short_circuit(&self) -> Option<C> {
+        let direct = self.open.iter().any(|(_, k)| *k == PathKind::Direct);
+        let long = self
+            .open
+            .iter()
+            .any(|(c, k)| *k == PathKind::Relayed && !self.short.contains(c));
+        if direct || long {
+            return None;
+        }
+        self.short.first().copied()
     }
 }
 
@@ -173,6 +277,77 @@ mod tests {
         ));
         p.on_established(8, PathKind::Relayed);
         assert_eq!(p.select(false), PathSelection::WaitForDirect);
+    }
+
+    const SHORT: CircuitLimit = CircuitLimit {
+        duration: Some(Duration::from_secs(120)),
+        bytes: Some(128 << 10),
+    };
+
+    #[test]
+    fn short_limits_are_the_ones_that_would_cut_a_stream() {
+        assert!(SHORT.is_short());
+        assert!(!CircuitLimit::NONE.is_short());
+        let long = CircuitLimit {
+            duration: Some(Duration::from_secs(3600)),
+            bytes: Some(1 << 30),
+        };
+        assert!(!long.is_short());
+        // 0 bytes is no byte limit to libp2p's relay.
+        let zero = CircuitLimit {
+            duration: None,
+            bytes: Some(0),
+        };
+        assert!(!zero.is_short());
+        let brief = CircuitLimit {
+            duration: Some(Duration::from_secs(60)),
+            bytes: None,
+        };
+        assert!(brief.is_short());
+        assert_eq!(SHORT.to_string(), "120 s / 128 KiB");
+    }
+
+    #[test]
+    fn a_short_circuit_is_never_a_fallback() {
+        let mut p = PeerConnections::default();
+        p.on_established(7, PathKind::Relayed);
+        p.on_circuit_limit(7, SHORT);
+        // The wait for a direct path does not end with the caller's wait: the relay is no
+        // fallback.
+        assert_eq!(p.select(true), PathSelection::WaitForDirect);
+        assert_eq!(p.only_short_circuit(), Some(7));
+        p.on_hole_punch_failed();
+        assert_eq!(
+            p.select(false),
+            PathSelection::ShortCircuit { connection: 7 }
+        );
+        // A long circuit through another relay is a fallback again.
+        p.on_established(8, PathKind::Relayed);
+        p.on_circuit_limit(8, CircuitLimit::NONE);
+        assert_eq!(p.only_short_circuit(), None);
+        assert_eq!(
+            p.select(true),
+            PathSelection::Use {
+                connection: 8,
+                kind: PathKind::Relayed
+            }
+        );
+        // A punched connection is used whatever the circuits are.
+        p.on_established(9, PathKind::Direct);
+        assert_eq!(
+            p.select(false),
+            PathSelection::Use {
+                connection: 9,
+                kind: PathKind::Direct
+            }
+        );
+        p.on_closed(9);
+        p.on_closed(8);
+        p.on_hole_punch_failed();
+        assert_eq!(
+            p.select(true),
+            PathSelection::ShortCircuit { connection: 7 }
+        );
     }
 
     #[test]

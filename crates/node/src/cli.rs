@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     Node,
+    access::{AccessError, AllowSpec, RelayMode},
     config::{
         BootstrapAddr, ExposeSpec, NatStatus, NodeConfig, RelayLimits, Timing, TunnelSpec,
         default_listen_addrs,
@@ -45,9 +46,30 @@ pub struct Cli {
     #[arg(long, value_name = "MULTIADDR/p2p/PEER_ID")]
     pub bootstrap: Vec<BootstrapAddr>,
 
-    /// Offer a local TCP service to the mesh under NAME (repeatable).
+    /// Offer a local TCP service to the mesh under NAME (repeatable). Nobody may use it until an
+    /// --allow rule names it.
     #[arg(long, value_name = "NAME=HOST:PORT")]
     pub expose: Vec<ExposeSpec>,
+
+    /// Let these peers use exposed service SVC (repeatable; rules for one service add up).
+    /// `SVC=any` opens it to every peer. Every exposed service needs a rule.
+    #[arg(long, value_name = "SVC=PEER_ID[,PEER_ID...]|SVC=any")]
+    pub allow: Vec<AllowSpec>,
+
+    /// Trust this peer with long relay circuits (repeatable). Peers named in --allow are
+    /// trusted too.
+    #[arg(long, value_name = "PEER_ID")]
+    pub trust: Vec<libp2p::PeerId>,
+
+    /// Who may relay through this node with long circuits (--relay-circuit-duration,
+    /// --relay-circuit-bytes): `trusted` (both ends trusted), `any` peer, or `off` (no relaying
+    /// at all). Everyone else gets short circuits (2 min, 128 KiB): enough to punch a hole.
+    #[arg(long, value_name = "MODE", default_value = "trusted")]
+    pub relay: RelayArg,
+
+    /// Print the peer id of --identity (creating the key if missing) and exit.
+    #[arg(long)]
+    pub print_peer_id: bool,
 
     /// Listen on BIND and carry each connection to service SVC of peer PEER (repeatable).
     #[arg(long, value_name = "PEER:SVC@BIND")]
@@ -84,11 +106,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
 
-    /// Relay circuits this node grants others are closed after this long.
+    /// Long relay circuits (see --relay) are closed after this long.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub relay_circuit_duration: Duration,
 
-    /// Relay circuits this node grants others are closed after this many bytes.
+    /// Long relay circuits (see --relay) are closed after this many bytes.
     #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub relay_circuit_bytes: u64,
 
@@ -122,6 +144,27 @@ pub enum NatArg {
     Public,
 }
 
+/// `--relay` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RelayArg {
+    /// Long circuits for any pair of peers.
+    Any,
+    /// Long circuits only when both ends are trusted (--trust, --allow).
+    Trusted,
+    /// Relay for nobody.
+    Off,
+}
+
+impl From<RelayArg> for RelayMode {
+    fn from(arg: RelayArg) -> Self {
+        match arg {
+            RelayArg::Any => RelayMode::Any,
+            RelayArg::Trusted => RelayMode::Trusted,
+            RelayArg::Off => RelayMode::Off,
+        }
+    }
+}
+
 /// `--log-format` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -138,6 +181,9 @@ pub enum CliError {
     /// The identity file could not be used.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The --allow rules do not fit the --expose flags.
+    #[error(transparent)]
+    Access(#[from] AccessError),
 }
 
 /// Running the binary failed.
@@ -156,8 +202,27 @@ pub enum RunError {
 }
 
 /// The `punchgate` binary: logging, the node, and a clean stop on Ctrl-C or SIGTERM. Errors are
-/// printed as one line (no backtrace: they are the user's to fix) and give exit code 1.
+/// printed as one line (no backtrace: they are the user's to fix) and give exit code 1; flags
+/// that do not fit together (an --expose without an --allow rule) give exit code 2, like a
+/// malformed flag.
 pub fn run_main(cli: Cli) -> ExitCode {
+    if cli.print_peer_id {
+        return match identity::load_or_create(&cli.identity) {
+            Ok((keypair, _)) => {
+                println!("{}", keypair.public().to_peer_id());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Check the rules before anything starts (and before a key file is created).
+    if let Err(error) = crate::access::Access::new(&cli.expose, &cli.allow) {
+        eprintln!("error: {error}");
+        return ExitCode::from(2);
+    }
     init_tracing(cli.log_format);
     raise_fd_limit();
     let result = tokio::runtime::Runtime::new()
@@ -184,6 +249,26 @@ async fn run(cli: Cli) -> Result<(), RunError> {
 
     // Watch for signals before printing the addresses: a supervisor (or a test) that reads them
     // and at once sends SIGTERM must get a clean stop, not the default action.
+    if let Ok(access) = config.access() {
+        for expose in &config.expose {
+            match access.rule(&expose.name) {
+                Some(crate::access::Allow::Any) => tracing::warn!(
+                    service = %expose.name,
+                    target = %expose.target,
+                    "service open to every peer (--allow {}=any)",
+                    expose.name
+                ),
+                Some(rule) => tracing::info!(
+                    service = %expose.name,
+                    target = %expose.target,
+                    allowed = %rule,
+                    "service exposed to the allowed peers only"
+                ),
+                None => {}
+            }
+        }
+    }
+    tracing::info!(relay = %config.relay_mode, trusted = config.trusted_peers().len(), "relay policy");
     let mut signals = StopSignals::watch();
     let node = Node::start(config).await.map_err(Box::new)?;
     // Addresses a user can paste into another node's --bootstrap.
@@ -285,6 +370,10 @@ impl Cli {
         };
         config.bootstrap = self.bootstrap;
         config.expose = self.expose;
+        config.allow = self.allow;
+        config.access()?;
+        config.trust = self.trust;
+        config.relay_mode = self.relay.into();
         config.tunnels = self.tunnel;
         config.nat_override = self.nat_status.map(|n| match n {
             NatArg::Private => NatStatus::Private,

@@ -7,6 +7,8 @@ use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 
 pub use punchgate_machine::NatStatus;
 
+pub use crate::access::{Allow, AllowSpec, RelayMode};
+
 /// A service name: 1–64 characters from `A–Z a–z 0–9 . _ -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceName(String);
@@ -198,7 +200,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn new(value: &str, expected: &str) -> Self {
+    pub(crate) fn new(value: &str, expected: &str) -> Self {
         Self {
             value: value.to_owned(),
             expected: expected.to_owned(),
@@ -207,7 +209,9 @@ impl SpecError {
 }
 
 /// Limits this node grants others' relay reservations and circuits. Every node is a relay once
-/// it is public, so these are what its operator lends to the mesh.
+/// it is public, so these are what its operator lends to the mesh. `circuit_duration` and
+/// `circuit_bytes` are what a *long* circuit gets (both ends trusted, or `--relay any`); every
+/// other circuit gets [`SHORT_CIRCUIT_DURATION`] and [`SHORT_CIRCUIT_BYTES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayLimits {
     /// Reservations held at once, across all peers.
@@ -216,16 +220,24 @@ pub struct RelayLimits {
     pub max_circuits: usize,
     /// Circuits open at once per peer.
     pub max_circuits_per_peer: usize,
-    /// A circuit is closed after this long.
+    /// A long circuit is closed after this long.
     pub circuit_duration: Duration,
-    /// A circuit is closed after this many bytes (both directions together).
+    /// A long circuit is closed after this many bytes (both directions together).
     pub circuit_bytes: u64,
 }
 
+/// How long a short circuit (one end not trusted) lasts: libp2p's default, enough to coordinate
+/// a hole punch.
+pub const SHORT_CIRCUIT_DURATION: Duration = Duration::from_secs(2 * 60);
+/// How many bytes a short circuit carries: libp2p's default (128 KiB), enough to coordinate a
+/// hole punch.
+pub const SHORT_CIRCUIT_BYTES: u64 = 128 << 10;
+
 impl Default for RelayLimits {
     /// Defaults for a tunnel mesh. libp2p's own (2 minutes, 128 KiB per circuit) suit hole-punch
-    /// coordination only; a tunnel that falls back to the relay needs room: one hour and 1 GiB per
-    /// circuit, 64 circuits (8 per peer), 128 reservations.
+    /// coordination only, and are what untrusted circuits get; a trusted tunnel that falls back
+    /// to the relay needs room: one hour and 1 GiB per long circuit, 64 circuits (8 per peer),
+    /// 128 reservations.
     fn default() -> Self {
         Self {
             max_reservations: 128,
@@ -282,6 +294,13 @@ pub struct NodeConfig {
     pub bootstrap: Vec<BootstrapAddr>,
     /// Local services offered to the mesh.
     pub expose: Vec<ExposeSpec>,
+    /// Who may use each exposed service. Every exposed service needs a rule
+    /// ([`crate::access::Access::new`] checks), so a node denies by default.
+    pub allow: Vec<AllowSpec>,
+    /// Peers trusted with long relay circuits (besides those named in `allow`).
+    pub trust: Vec<PeerId>,
+    /// Who may use this node as a relay for long circuits.
+    pub relay_mode: RelayMode,
     /// Remote services made available on local ports.
     pub tunnels: Vec<TunnelSpec>,
     /// Forces the NAT status instead of waiting for AutoNAT.
@@ -311,6 +330,9 @@ impl NodeConfig {
             listen: default_listen_addrs(),
             bootstrap: Vec::new(),
             expose: Vec::new(),
+            allow: Vec::new(),
+            trust: Vec::new(),
+            relay_mode: RelayMode::default(),
             tunnels: Vec::new(),
             nat_override: None,
             external_addresses: Vec::new(),
@@ -326,6 +348,30 @@ impl NodeConfig {
     pub fn peer_id(&self) -> PeerId {
         self.keypair.public().to_peer_id()
     }
+
+    /// Exposes `expose` to the peers `allow` admits (a convenience for library users and tests:
+    /// the same as an `--expose` and an `--allow` flag).
+    pub fn expose_to(&mut self, expose: ExposeSpec, allow: Allow) {
+        self.allow.push(AllowSpec {
+            service: expose.name.clone(),
+            allow,
+        });
+        self.expose.push(expose);
+    }
+
+    /// The per-service rules, checked against the exposed services.
+    pub fn access(&self) -> Result<crate::access::Access, crate::access::AccessError> {
+        crate::access::Access::new(&self.expose, &self.allow)
+    }
+
+    /// Peers trusted with long relay circuits: `trust` and every peer named in `allow`.
+    pub fn trusted_peers(&self) -> std::collections::HashSet<PeerId> {
+        let mut trusted: std::collections::HashSet<PeerId> = self.trust.iter().copied().collect();
+        for spec in &self.allow {
+            trusted.extend(spec.allow.peers().copied());
+        }
+        trusted
+    }
 }
 
 impl fmt::Debug for NodeConfig {
@@ -336,6 +382,9 @@ impl fmt::Debug for NodeConfig {
             .field("listen", &self.listen)
             .field("bootstrap", &self.bootstrap)
             .field("expose", &self.expose)
+            .field("allow", &self.allow)
+            .field("trust", &self.trust)
+            .field("relay_mode", &self.relay_mode)
             .field("tunnels", &self.tunnels)
             .field("nat_override", &self.nat_override)
             .field("external_addresses", &self.external_addresses)

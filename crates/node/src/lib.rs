@@ -5,6 +5,8 @@
 //! mDNS), and exposes or consumes TCP tunnels.
 //!
 //! # Layout
+//! - [`access`]: who may reach what: per-service allow lists (deny by default), relay trust,
+//!   rate-limited denial logs.
 //! - [`config`]: typed, validated settings (`--expose`, `--tunnel`, relay limits, timeouts).
 //! - [`cli`]: command-line flags → [`config::NodeConfig`].
 //! - [`identity`]: the persistent Ed25519 key file.
@@ -21,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod frame;

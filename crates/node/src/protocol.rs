@@ -29,12 +29,7 @@ pub fn agent_version() -> String {
 /// Largest negotiation frame (request or response) a peer may send.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 
-/// DHT key under which providers of service `name` are announced.
-pub fn service_key(name: &str) -> Vec<u8> {
-    format!("/punchgate/svc/{name}").into_bytes()
-}
-
-/// DHT key of the record naming a peer's addresses and services.
+/// DHT key of the signed record of a peer's addresses (never its services).
 pub fn peer_record_key(peer: &libp2p::PeerId) -> Vec<u8> {
     format!("/punchgate/peer/{peer}").into_bytes()
 }

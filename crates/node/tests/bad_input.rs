@@ -27,15 +27,17 @@ async fn pair() -> (Node, Node) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
+    let mut a_config = config(&[TCP]);
+    let a_only = punchgate::config::Allow::Peers([a_config.peer_id()].into());
     let mut b_config = config(&[TCP]);
-    b_config.expose = vec![
+    b_config.expose_to(
         format!("echo={echo}").parse().expect("expose"),
-        format!("dead={dead}").parse().expect("expose"),
-    ];
+        a_only.clone(),
+    );
+    b_config.expose_to(format!("dead={dead}").parse().expect("expose"), a_only);
     b_config.timing.negotiation_timeout = Duration::from_millis(500);
     let b = Node::start(b_config).await.expect("start B");
 
-    let mut a_config = config(&[TCP]);
     a_config.bootstrap = vec![bootstrap(&b, "tcp")];
     a_config.tunnels = vec![
         format!("{}:echo@0", b.peer_id()).parse().expect("tunnel"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use punchgate::{
     Node,
-    config::{ExposeSpec, TunnelSpec},
+    config::{Allow, ExposeSpec, TunnelSpec},
 };
 
 /// Three peers: R (bootstrap), B (exposes an echo service), A (tunnels to B, whose address it
@@ -18,17 +18,18 @@ async fn three_peer_tunnel(transport: &str) {
     let echo = echo_server().await;
     let relay = Node::start(config(&[transport])).await.expect("start R");
 
+    // A knows B's address (as a second bootstrap peer): no DHT lookup needed.
+    let mut a_config = config(&[transport]);
     let mut b_config = config(&[transport]);
     b_config.bootstrap = vec![bootstrap(&relay, transport_name(transport))];
-    b_config.expose = vec![
+    b_config.expose_to(
         format!("echo={echo}")
             .parse::<ExposeSpec>()
             .expect("expose"),
-    ];
+        Allow::Peers([a_config.peer_id()].into()),
+    );
     let b = Node::start(b_config).await.expect("start B");
 
-    // A knows B's address (as a second bootstrap peer): no DHT lookup needed.
-    let mut a_config = config(&[transport]);
     a_config.bootstrap = vec![
         bootstrap(&relay, transport_name(transport)),
         bootstrap(&b, transport_name(transport)),
@@ -85,7 +86,7 @@ async fn tunnel_to_a_peer_found_only_through_the_dht() {
 
     let mut b_config = config(&[TCP]);
     b_config.bootstrap = vec![bootstrap(&relay, "tcp")];
-    b_config.expose = vec![format!("echo={echo}").parse().expect("expose")];
+    b_config.expose_to(format!("echo={echo}").parse().expect("expose"), Allow::Any);
     let b = Node::start(b_config).await.expect("start B");
     // B has published its record once it participates.
     let mut b_events = b.handle().subscribe();

@@ -25,7 +25,8 @@ pub type Mdns = libp2p::swarm::dummy::Behaviour;
 pub struct Behaviour {
     /// Reserve slots on relays and dial through them when we are private.
     pub relay_client: relay::client::Behaviour,
-    /// Relay for others once we have a confirmed public address.
+    /// Relay for others once we have a confirmed public address (long circuits for trusted
+    /// peers only, nothing with `--relay off`).
     pub relay: RelayServer,
     /// Upgrade relayed connections to direct ones (hole punching).
     pub dcutr: dcutr::Behaviour,
@@ -67,7 +68,7 @@ impl Behaviour {
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
 
-        let relay = RelayServer::new(relay::Behaviour::new(
+        let relay = RelayServer::new(
             peer_id,
             relay::Config {
                 max_reservations: config.relay.max_reservations,
@@ -77,7 +78,9 @@ impl Behaviour {
                 max_circuit_bytes: config.relay.circuit_bytes,
                 ..relay::Config::default()
             },
-        ));
+            config.relay_mode,
+            config.trusted_peers(),
+        );
 
         let identify = identify::Behaviour::new(
             identify::Config::new(protocol::IDENTIFY_PROTOCOL_VERSION.to_owned(), key.public())

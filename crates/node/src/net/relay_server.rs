@@ -1,5 +1,26 @@
-//! libp2p's relay server (`relay::Behaviour`), with one upstream bug kept from crashing
-//! relayed connections.
+//! libp2p's relay server (`relay::Behaviour`), with long circuits for trusted peers only, and
+//! one upstream bug kept from crashing relayed connections.
+//!
+//! # Whom it relays for, and how long
+//! The operator chooses ([`RelayMode`]): `off` relays for nobody (every connection gets libp2p's
+//! `dummy` handler, which speaks no relay protocol); `any` gives every circuit the long limits
+//! (`--relay-circuit-duration`, `--relay-circuit-bytes`); `trusted`, the default, gives them
+//! only to circuits between two trusted peers and libp2p's default limits (2 min, 128 KiB) to
+//! every other, enough to coordinate a hole punch.
+//!
+//! libp2p-relay 0.22 has one circuit limit for the whole server. But it fixes a circuit's limits
+//! in the *connection handler*, from the config the handler was built with: the source's
+//! handler drives the circuit (and enforces its limits), the destination's tells the destination
+//! what they are. So [`RelayServer`] keeps a second `relay::Behaviour` with the short limits
+//! that only builds handlers: a connection from a trusted peer gets a handler from the main
+//! (long) server, every other one from the short one, and all their events go to the main
+//! server, which alone keeps reservations and circuits. A circuit from an untrusted source is
+//! short; one from a trusted source to an untrusted destination is driven long but announced
+//! short to the destination, which then refuses tunnels on it (so, in effect, both ends must
+//! be trusted). Upstream change that would let us delete this: a per-circuit limit callback in
+//! `relay::Config` (rust-libp2p has none as of libp2p-relay 0.22).
+//!
+//! # The upstream bug
 //!
 //! libp2p-relay 0.22 gives every relayed connection a `dummy` handler, but when it turns its
 //! HOP advertisement on or off (automatically, as our confirmed external addresses come and
@@ -21,33 +42,101 @@ use libp2p::{
     relay,
     swarm::{
         ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
-        THandlerInEvent, THandlerOutEvent, ToSwarm,
+        THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
     },
 };
 use punchgate_machine::node::is_relayed;
 
-/// `relay::Behaviour` that never addresses a relayed connection's handler (module docs).
+use crate::{
+    access::RelayMode,
+    config::{SHORT_CIRCUIT_BYTES, SHORT_CIRCUIT_DURATION},
+};
+
+/// `relay::Behaviour` with long circuits for trusted peers only, that never addresses a
+/// `dummy` handler (module docs).
 pub struct RelayServer {
+    /// The server: reservations, circuits, and the handlers of trusted peers (long limits).
     inner: relay::Behaviour,
-    /// Open connections that run over a relay circuit (their handler takes no events).
-    relayed: HashSet<ConnectionId>,
+    /// Builds the handlers of everyone else (short limits); keeps no state that matters.
+    short: relay::Behaviour,
+    /// Whom long circuits are for.
+    mode: RelayMode,
+    /// Peers trusted with long circuits (`--trust`, and the peers named in `--allow`).
+    trusted: HashSet<PeerId>,
+    /// Open connections with a `dummy` handler (relayed ones, or all when relaying is off):
+    /// their handler takes no events.
+    dummies: HashSet<ConnectionId>,
 }
 
 impl std::fmt::Debug for RelayServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayServer")
-            .field("relayed", &self.relayed)
+            .field("mode", &self.mode)
+            .field("trusted", &self.trusted.len())
+            .field("dummies", &self.dummies)
             .finish_non_exhaustive()
     }
 }
 
 impl RelayServer {
-    /// Wraps a relay server.
-    pub fn new(inner: relay::Behaviour) -> Self {
+    /// A relay server for `local`: `config`'s circuit limits for long circuits, libp2p's
+    /// default ones for short circuits; `mode` and `trusted` say which is which.
+    pub fn new(
+        local: PeerId,
+        config: relay::Config,
+        mode: RelayMode,
+        trusted: HashSet<PeerId>,
+    ) -> Self {
+        let short = relay::Config {
+            reservation_duration: config.reservation_duration,
+            max_circuit_duration: SHORT_CIRCUIT_DURATION,
+            max_circuit_bytes: SHORT_CIRCUIT_BYTES,
+            ..relay::Config::default()
+        };
         Self {
-            inner,
-            relayed: HashSet::new(),
+            inner: relay::Behaviour::new(local, config),
+            short: relay::Behaviour::new(local, short),
+            mode,
+            trusted,
+            dummies: HashSet::new(),
         }
+    }
+
+    /// Whether circuits from (or to) `peer` get the long limits.
+    pub fn trusts(&self, peer: &PeerId) -> bool {
+        match self.mode {
+            RelayMode::Any => true,
+            RelayMode::Trusted => self.trusted.contains(peer),
+            RelayMode::Off => false,
+        }
+    }
+
+    /// Whether a circuit from `src` to `dst` is long.
+    pub fn is_long(&self, src: &PeerId, dst: &PeerId) -> bool {
+        self.trusts(src) && self.trusts(dst)
+    }
+
+    /// The handler for a new connection to `peer` (`relayed`: it runs over a circuit itself).
+    fn handler(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        relayed: bool,
+        build: impl FnOnce(&mut relay::Behaviour) -> Result<THandler<Self>, ConnectionDenied>,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if self.mode == RelayMode::Off {
+            self.dummies.insert(connection);
+            return Ok(either::Either::Right(dummy::ConnectionHandler));
+        }
+        let handler = if self.trusts(&peer) {
+            build(&mut self.inner)?
+        } else {
+            build(&mut self.short)?
+        };
+        if relayed {
+            self.dummies.insert(connection);
+        }
+        Ok(handler)
     }
 }
 
@@ -72,16 +161,14 @@ impl NetworkBehaviour for RelayServer {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        let handler = self.inner.handle_established_inbound_connection(
-            connection_id,
-            peer,
-            local_addr,
-            remote_addr,
-        )?;
-        if is_relayed(local_addr) {
-            self.relayed.insert(connection_id);
-        }
-        Ok(handler)
+        self.handler(connection_id, peer, is_relayed(local_addr), |server| {
+            server.handle_established_inbound_connection(
+                connection_id,
+                peer,
+                local_addr,
+                remote_addr,
+            )
+        })
     }
 
     fn handle_pending_outbound_connection(
@@ -107,22 +194,28 @@ impl NetworkBehaviour for RelayServer {
         role_override: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        let handler = self.inner.handle_established_outbound_connection(
-            connection_id,
-            peer,
-            addr,
-            role_override,
-            port_use,
-        )?;
-        if is_relayed(addr) {
-            self.relayed.insert(connection_id);
-        }
-        Ok(handler)
+        self.handler(connection_id, peer, is_relayed(addr), |server| {
+            server.handle_established_outbound_connection(
+                connection_id,
+                peer,
+                addr,
+                role_override,
+                port_use,
+            )
+        })
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::ConnectionClosed(closed) = &event {
-            self.relayed.remove(&closed.connection_id);
+        match &event {
+            FromSwarm::ConnectionClosed(closed) => {
+                self.dummies.remove(&closed.connection_id);
+            }
+            // The short server's handlers must advertise the relay protocol when the main
+            // server's do: both follow our confirmed external addresses.
+            FromSwarm::ExternalAddrConfirmed(_) | FromSwarm::ExternalAddrExpired(_) => {
+                self.short.on_swarm_event(event);
+            }
+            _ => {}
         }
         self.inner.on_swarm_event(event);
     }
@@ -138,6 +231,8 @@ impl NetworkBehaviour for RelayServer {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<relay::Event, THandlerInEvent<Self>>> {
+        // The short server knows no connection: all it says is that its status changed.
+        while self.short.poll(cx).is_ready() {}
         loop {
             let action = ready!(self.inner.poll(cx));
             if let ToSwarm::NotifyHandler {
@@ -146,11 +241,11 @@ impl NetworkBehaviour for RelayServer {
                 ..
             } = &action
             {
-                if self.relayed.contains(connection) {
+                if self.dummies.contains(connection) {
                     tracing::debug!(
                         %peer_id,
                         ?connection,
-                        "relay server event for a relayed connection dropped"
+                        "relay server event for a connection without a relay handler dropped"
                     );
                     continue;
                 }
@@ -211,7 +306,12 @@ mod tests {
     #[test]
     fn a_status_change_reaches_direct_connections_only() {
         let local = Keypair::generate_ed25519().public().to_peer_id();
-        let mut server = RelayServer::new(relay::Behaviour::new(local, relay::Config::default()));
+        let mut server = RelayServer::new(
+            local,
+            relay::Config::default(),
+            RelayMode::Any,
+            HashSet::new(),
+        );
         let (direct, relayed) = (
             ConnectionId::new_unchecked(1),
             ConnectionId::new_unchecked(2),
@@ -245,11 +345,16 @@ mod tests {
     #[test]
     fn a_closed_relayed_connection_is_forgotten() {
         let local = Keypair::generate_ed25519().public().to_peer_id();
-        let mut server = RelayServer::new(relay::Behaviour::new(local, relay::Config::default()));
+        let mut server = RelayServer::new(
+            local,
+            relay::Config::default(),
+            RelayMode::Any,
+            HashSet::new(),
+        );
         let id = ConnectionId::new_unchecked(7);
         let circuit: Multiaddr = CIRCUIT.parse().expect("address");
         establish(&mut server, id, &circuit);
-        assert!(server.relayed.contains(&id));
+        assert!(server.dummies.contains(&id));
         let endpoint = ConnectedPoint::Listener {
             local_addr: circuit,
             send_back_addr: "/ip4/198.51.100.7/tcp/4001".parse().expect("address"),
@@ -263,6 +368,6 @@ mod tests {
                 remaining_established: 0,
             },
         ));
-        assert!(server.relayed.is_empty());
+        assert!(server.dummies.is_empty());
     }
 }

@@ -37,9 +37,11 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker, time::DelayQueue};
 
-use super::{ConnectError, NodeEvent, NodeStatus, Request, StartError, introduce, records};
+use super::{
+    ConnectError, NodeEvent, NodeStatus, Request, StartError, circuits, introduce, records,
+};
 use crate::{
-    config::{NodeConfig, ServiceName, Timing},
+    config::{NodeConfig, Timing},
     net::{Behaviour, BehaviourEvent, stream::ConnectionInfo},
     protocol,
 };
@@ -65,8 +67,6 @@ pub(super) struct Driver {
     machine: Option<State<ConnectionId>>,
     /// Signs the peer record.
     keypair: Keypair,
-    /// Services this node exposes, published to the DHT.
-    services: Vec<ServiceName>,
     timing: Timing,
     /// Requests from handles.
     requests: mpsc::Receiver<Request>,
@@ -102,6 +102,8 @@ pub(super) struct Driver {
     lookups: HashMap<QueryId, PeerId>,
     /// Per-peer timing of relayed → direct upgrades.
     contacts: HashMap<PeerId, Contact>,
+    /// Pairs relays' circuit limits with the relayed connections they belong to.
+    circuits: circuits::Circuits,
     /// Exact dials waiting for their outcome, by the dial's connection id.
     exact_dials: HashMap<ConnectionId, oneshot::Sender<Result<ConnectionInfo, ConnectError>>>,
     /// The machine said stop.
@@ -178,7 +180,6 @@ impl Driver {
             swarm,
             machine: Some(State::new(machine_config)),
             keypair: config.keypair.clone(),
-            services: config.expose.iter().map(|e| e.name.clone()).collect(),
             timing: config.timing.clone(),
             requests,
             requests_tx,
@@ -197,6 +198,7 @@ impl Driver {
             reaching: HashMap::new(),
             lookups: HashMap::new(),
             contacts: HashMap::new(),
+            circuits: circuits::Circuits::default(),
             exact_dials: HashMap::new(),
             stopping: false,
         }
@@ -505,7 +507,8 @@ impl Driver {
             .unwrap_or_else(Multiaddr::empty)
     }
 
-    /// Puts the signed peer record and one provider record per exposed service.
+    /// Puts the signed peer record: addresses only. Service names are never published: a peer
+    /// learns them from the operator who allowed it, and a stranger learns nothing.
     fn publish(&mut self) {
         let me = *self.swarm.local_peer_id();
         let mut addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
@@ -531,14 +534,7 @@ impl Driver {
                 Err(error) => tracing::warn!(%error, "cannot store the peer record"),
             }
         }
-        for service in &self.services {
-            if let Err(error) =
-                kademlia.start_providing(RecordKey::new(&protocol::service_key(service.as_str())))
-            {
-                tracing::warn!(%service, %error, "cannot announce service");
-            }
-        }
-        tracing::info!(services = ?self.services.iter().map(|s| s.as_str()).collect::<Vec<_>>(), addrs = count, observed, seq, "published peer record and services");
+        tracing::info!(addrs = count, observed, seq, "published peer record");
     }
 
     // --- Requests from handles -----------------------------------------------------------
@@ -627,8 +623,32 @@ impl Driver {
                     None => Some(w), // Closing as we speak; the close event re-evaluates.
                 }
             }
+            PathSelection::ShortCircuit { connection } => {
+                let _ = w
+                    .reply
+                    .send(Err(self.short_circuit_error(w.peer, connection)));
+                None
+            }
             PathSelection::WaitForDirect | PathSelection::NotConnected => Some(w),
         }
+    }
+
+    /// The error for a stream to `peer` that only a short relay circuit could carry.
+    fn short_circuit_error(&self, peer: PeerId, connection: ConnectionId) -> ConnectError {
+        let info = self
+            .swarm
+            .behaviour()
+            .streams
+            .new_control()
+            .connection_info(connection);
+        let relay = info.as_ref().and_then(|i| i.relay);
+        let limit = info
+            .and_then(|i| i.circuit_limit)
+            .unwrap_or(punchgate_machine::CircuitLimit::NONE);
+        let advice =
+            crate::access::short_circuit_advice(relay, &limit, *self.swarm.local_peer_id(), peer);
+        tracing::warn!(%peer, relay = ?relay, %limit, %advice, "stream refused: only a short relay circuit reaches the peer");
+        ConnectError::ShortCircuit { peer, advice }
     }
 
     /// Re-evaluates every request waiting for `peer`.
@@ -693,6 +713,9 @@ impl Driver {
 
     /// The error for a request that ran out of time reaching `peer`.
     fn give_up_error(&self, peer: PeerId) -> ConnectError {
+        if let Some(connection) = self.machine().only_short_circuit(&peer) {
+            return self.short_circuit_error(peer, connection);
+        }
         let reach = self.reaching.get(&peer);
         match reach.and_then(|r| r.last_error.clone()) {
             Some(reason) => ConnectError::Unreachable {
@@ -1014,8 +1037,10 @@ impl Driver {
                         relayed: endpoint.is_relayed(),
                         relay: relay_of_endpoint(&endpoint),
                         outbound: endpoint.is_dialer(),
+                        circuit_limit: None,
                     },
                 });
+                self.circuits.closed(connection_id);
                 self.step(Event::ConnectionClosed {
                     peer: peer_id,
                     connection: connection_id,
@@ -1153,6 +1178,13 @@ impl Driver {
             relayed: kind == PathKind::Relayed,
             relay: relay_of_endpoint(&endpoint),
             outbound: endpoint.is_dialer(),
+            circuit_limit: None,
+        };
+        let circuit_limit = if kind == PathKind::Relayed {
+            self.circuits
+                .connection(peer, connection, info.relay, info.outbound, Instant::now())
+        } else {
+            None
         };
         if let Some(reply) = self.exact_dials.remove(&connection) {
             let _ = reply.send(Ok(info.clone()));
@@ -1166,7 +1198,37 @@ impl Driver {
             connection,
             kind,
         });
+        if let Some(limit) = circuit_limit {
+            self.circuit_limit(circuits::Paired {
+                peer,
+                connection,
+                limit,
+            });
+        }
         self.answer_waiting(peer);
+    }
+
+    /// A relayed connection's circuit limit is known: tell the machine (which keeps streams off
+    /// short circuits) and the stream table (which tells the tunnel server).
+    fn circuit_limit(&mut self, paired: circuits::Paired) {
+        let circuits::Paired {
+            peer,
+            connection,
+            limit,
+        } = paired;
+        let control = self.swarm.behaviour().streams.new_control();
+        control.set_circuit_limit(connection, limit);
+        let relay = control.connection_info(connection).and_then(|i| i.relay);
+        if limit.is_short() {
+            tracing::info!(%peer, relay = ?relay, %limit, %connection, "relayed connection is a short circuit: for hole punching, not for tunnels");
+        } else {
+            tracing::info!(%peer, relay = ?relay, %limit, %connection, "relayed connection can carry tunnels");
+        }
+        self.step(Event::CircuitLimit {
+            peer,
+            connection,
+            limit,
+        });
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
@@ -1215,7 +1277,9 @@ impl Driver {
             #[cfg(not(feature = "mdns"))]
             BehaviourEvent::Mdns(never) => match never {},
             BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
-            BehaviourEvent::Relay(event) => on_relay_server_event(event),
+            BehaviourEvent::Relay(event) => {
+                on_relay_server_event(&self.swarm.behaviour().relay, event)
+            }
             BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
                 result,
@@ -1255,11 +1319,32 @@ impl Driver {
                 renewal,
                 ..
             } => tracing::debug!(relay = %relay_peer_id, renewal, "reservation request accepted"),
-            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
-                tracing::debug!(relay = %relay_peer_id, "outbound circuit established");
+            relay::client::Event::OutboundCircuitEstablished {
+                relay_peer_id,
+                limit,
+            } => {
+                let limit =
+                    circuit_limit_of(limit.as_ref().map(|l| (l.duration(), l.data_in_bytes())));
+                tracing::debug!(relay = %relay_peer_id, %limit, "outbound circuit established");
+                if let Some(paired) =
+                    self.circuits
+                        .outbound_limit(relay_peer_id, limit, Instant::now())
+                {
+                    self.circuit_limit(paired);
+                    self.answer_waiting(paired.peer);
+                }
             }
-            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
-                tracing::debug!(src = %src_peer_id, "inbound circuit established");
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, limit } => {
+                let limit =
+                    circuit_limit_of(limit.as_ref().map(|l| (l.duration(), l.data_in_bytes())));
+                tracing::debug!(src = %src_peer_id, %limit, "inbound circuit established");
+                if let Some(paired) =
+                    self.circuits
+                        .inbound_limit(src_peer_id, limit, Instant::now())
+                {
+                    self.circuit_limit(paired);
+                    self.answer_waiting(paired.peer);
+                }
             }
         }
     }
@@ -1361,7 +1446,7 @@ impl Driver {
     }
 }
 
-fn on_relay_server_event(event: relay::Event) {
+fn on_relay_server_event(server: &crate::net::relay_server::RelayServer, event: relay::Event) {
     match event {
         relay::Event::ReservationReqAccepted {
             src_peer_id,
@@ -1373,7 +1458,13 @@ fn on_relay_server_event(event: relay::Event) {
         relay::Event::CircuitReqAccepted {
             src_peer_id,
             dst_peer_id,
-        } => tracing::info!(src = %src_peer_id, dst = %dst_peer_id, "relaying circuit"),
+        } => {
+            if server.is_long(&src_peer_id, &dst_peer_id) {
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, "relaying circuit (long: both ends trusted)");
+            } else {
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, "relaying circuit (short: enough to punch a hole; --trust both ends for tunnels)");
+            }
+        }
         relay::Event::CircuitReqDenied {
             src_peer_id,
             dst_peer_id,
@@ -1396,6 +1487,16 @@ fn relay_of_endpoint(endpoint: &libp2p::core::ConnectedPoint) -> Option<PeerId> 
     match endpoint {
         libp2p::core::ConnectedPoint::Dialer { address, .. } => reach::relay_of(address),
         libp2p::core::ConnectedPoint::Listener { local_addr, .. } => reach::relay_of(local_addr),
+    }
+}
+
+/// A relay's limit as the machine takes it (no limit when the relay gave none).
+fn circuit_limit_of(
+    limit: Option<(Option<Duration>, Option<u64>)>,
+) -> punchgate_machine::CircuitLimit {
+    match limit {
+        Some((duration, bytes)) => punchgate_machine::CircuitLimit { duration, bytes },
+        None => punchgate_machine::CircuitLimit::NONE,
     }
 }
 

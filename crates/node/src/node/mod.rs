@@ -5,6 +5,7 @@
 //! bridge and tests use: open a stream to a peer on the best path, accept streams of a protocol,
 //! watch [`NodeEvent`]s. [`Node::shutdown`] stops everything and returns once every task ended.
 
+mod circuits;
 mod driver;
 mod introduce;
 mod records;
@@ -155,6 +156,9 @@ pub enum StartError {
     /// Two `--expose` flags use the same name.
     #[error("service '{0}' is exposed twice")]
     DuplicateService(String),
+    /// The allow rules do not fit the exposed services (deny by default).
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
 }
 
 /// Reaching a peer failed.
@@ -189,6 +193,15 @@ pub enum ConnectError {
     /// A peer cannot be dialled by itself.
     #[error("cannot open a stream to ourselves")]
     SelfDial,
+    /// The only path to the peer is a relay circuit too short to carry a stream (the relay
+    /// does not trust both ends), and no direct connection could be punched.
+    #[error("peer {peer} is reachable only through a short relay circuit: {advice}")]
+    ShortCircuit {
+        /// The peer.
+        peer: PeerId,
+        /// What the relay allows and which flag on which node would allow more.
+        advice: String,
+    },
 }
 
 /// Opening a stream to a peer failed.
@@ -397,6 +410,7 @@ impl Node {
     /// Builds the swarm, listens, binds tunnel ports and starts every task. Returns once each
     /// listener has reported its address.
     pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+        let access = config.access()?;
         let mut services = HashMap::new();
         for expose in &config.expose {
             if services
@@ -472,7 +486,7 @@ impl Node {
         ));
         tasks.spawn(tunnel::server::run(
             incoming,
-            Arc::new(services),
+            Arc::new(tunnel::server::Exposed::new(services, access, peer_id)),
             limits.clone(),
             shutdown.clone(),
             tasks.clone(),

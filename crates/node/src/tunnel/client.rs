@@ -139,7 +139,14 @@ async fn carry(
     match negotiate(&mut stream, service, limits.negotiation_timeout).await {
         Ok(()) => {}
         Err(NegotiateError::Refused(reason)) => {
-            tracing::warn!(%service, peer = %spec.peer, %reason, "client tunnel rejected");
+            if reason == crate::tunnel::server::unknown_service(service) {
+                // The server says the same to a peer it does not allow (so strangers cannot
+                // probe); say both possibilities here, where only we can read it.
+                let me = node.peer_id();
+                tracing::warn!(%service, peer = %spec.peer, %reason, "client tunnel rejected: the peer does not expose '{service}', or its --allow rule does not name this node; ask its operator for --allow {service}={me}");
+            } else {
+                tracing::warn!(%service, peer = %spec.peer, %reason, "client tunnel rejected");
+            }
             return;
         }
         Err(error) => {

@@ -1,8 +1,20 @@
-//! Serves inbound tunnel streams: read the request, connect to the exposed service, answer,
-//! then splice. Every failure refuses the stream with a reason the client logs; the node goes on
-//! serving everyone else.
+//! Serves inbound tunnel streams: read the request, admit, connect to the exposed service,
+//! answer, then splice. Every failure refuses the stream with a reason the client logs; the node
+//! goes on serving everyone else.
+//!
+//! Admission ([`crate::access`]): a peer that is not allowed to use a service gets exactly the
+//! refusal a peer asking for a service that does not exist gets (same words, and both are
+//! answered before anything is connected), so a stranger cannot find out which services a node
+//! has. Only admitted peers hear about a service's own failures. A stream that arrives on a short
+//! relay circuit (one its relay would cut after a few minutes or kilobytes) is refused before
+//! its request is looked at, so a tunnel is never cut off mid-stream by the relay.
 
-use std::{collections::HashMap, str::FromStr as _, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    str::FromStr as _,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{io::AsyncWriteExt as _, net::TcpStream, time::timeout};
 use tokio_util::{
@@ -15,6 +27,7 @@ use super::{
     wire::{self, TunnelRequest, TunnelResponse},
 };
 use crate::{
+    access::{Access, DenialLog},
     config::{HostPort, ServiceName},
     net::stream::{IncomingStream, IncomingStreams},
     node::path_kind,
@@ -23,6 +36,45 @@ use crate::{
 /// Services a node exposes, by name.
 pub type Services = HashMap<ServiceName, HostPort>;
 
+/// What the tunnel server serves, and to whom.
+#[derive(Debug)]
+pub struct Exposed {
+    /// The services, by name.
+    pub services: Services,
+    /// Who may use each.
+    pub access: Access,
+    /// Refusals logged, rate-limited per peer.
+    pub denials: Mutex<DenialLog>,
+    /// This node's peer id (named in the advice of a short-circuit refusal).
+    pub local: libp2p::PeerId,
+}
+
+impl Exposed {
+    /// Services and the rules for them, served by `local`.
+    pub fn new(services: Services, access: Access, local: libp2p::PeerId) -> Self {
+        Self {
+            services,
+            access,
+            denials: Mutex::new(DenialLog::default()),
+            local,
+        }
+    }
+
+    /// Whether a refusal for `peer` should be logged now; `Some(n)` with the lines held back.
+    fn log_denial(&self, peer: libp2p::PeerId) -> Option<u64> {
+        self.denials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(peer, std::time::Instant::now())
+    }
+}
+
+/// The refusal for a service that does not exist, and (word for word) for one the peer may not
+/// use.
+pub fn unknown_service(service: &str) -> String {
+    format!("unknown service '{service}'")
+}
+
 /// How long a refusal may take to write before the stream is dropped anyway.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -30,7 +82,7 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// wait in the accept queue (and peers are slowed down) instead of being dropped.
 pub async fn run(
     mut incoming: IncomingStreams,
-    services: Arc<Services>,
+    services: Arc<Exposed>,
     limits: Limits,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -62,7 +114,7 @@ pub async fn run(
 
 async fn serve(
     incoming: IncomingStream,
-    services: &Services,
+    exposed: &Exposed,
     limits: &Limits,
     shutdown: &CancellationToken,
 ) {
@@ -79,29 +131,53 @@ async fn serve(
         Ok(Ok(request)) => request,
         Ok(Err(error)) => {
             let reason = format!("bad tunnel request: {error}");
-            tracing::warn!(peer_id = %peer, service = "", %reason, "tunnel rejected");
+            if let Some(held_back) = exposed.log_denial(peer) {
+                tracing::warn!(peer_id = %peer, service = "", %reason, held_back, "tunnel rejected");
+            }
             refuse(&mut stream, reason).await;
             return;
         }
         Err(_) => {
             let reason = format!("no tunnel request within {:?}", limits.negotiation_timeout);
-            tracing::warn!(peer_id = %peer, service = "", %reason, "tunnel rejected");
+            if let Some(held_back) = exposed.log_denial(peer) {
+                tracing::warn!(peer_id = %peer, service = "", %reason, held_back, "tunnel rejected");
+            }
             refuse(&mut stream, reason).await;
             return;
         }
     };
     let service = request.service;
-    tracing::info!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request");
+    tracing::debug!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request");
 
-    let Some(target) = ServiceName::from_str(&service)
-        .ok()
-        .and_then(|name| services.get(&name))
-    else {
-        let reason = format!("unknown service '{service}'");
-        tracing::warn!(peer_id = %peer, %service, %reason, "tunnel rejected");
+    if let Some(limit) = info.circuit_limit.filter(|l| l.is_short()) {
+        let reason = format!(
+            "this connection is a short relay circuit: {}",
+            crate::access::short_circuit_advice(info.relay, &limit, peer, exposed.local)
+        );
+        if let Some(held_back) = exposed.log_denial(peer) {
+            tracing::warn!(peer_id = %peer, %service, %reason, held_back, "tunnel rejected");
+        }
         refuse(&mut stream, reason).await;
         return;
+    }
+
+    let name = ServiceName::from_str(&service).ok();
+    let target = name.as_ref().and_then(|name| exposed.services.get(name));
+    let admitted = name
+        .as_ref()
+        .is_some_and(|name| exposed.access.admits(name, &peer));
+    let Some(target) = target.filter(|_| admitted) else {
+        if let Some(held_back) = exposed.log_denial(peer) {
+            if target.is_some() {
+                tracing::warn!(peer_id = %peer, %service, held_back, "tunnel denied: the peer is not in the service's --allow rule");
+            } else {
+                tracing::warn!(peer_id = %peer, %service, held_back, "tunnel rejected: no such service");
+            }
+        }
+        refuse(&mut stream, unknown_service(&service)).await;
+        return;
     };
+    tracing::info!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request admitted");
 
     let connect = TcpStream::connect((target.host.as_str(), target.port));
     let mut tcp = match timeout(limits.service_connect_timeout, connect).await {

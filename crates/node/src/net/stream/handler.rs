@@ -133,6 +133,16 @@ impl Handler {
             );
             return;
         }
+        if self.info.relayed && self.info.circuit_limit.is_none() {
+            // The relay's word on the circuit comes after the connection (the driver records
+            // it in the shared table): pick it up for this stream and the ones after it.
+            if let Some(entry) = Shared::lock(&self.shared)
+                .connections
+                .get(&self.info.connection)
+            {
+                self.info.circuit_limit = entry.info.circuit_limit;
+            }
+        }
         waiting.fetch_add(1, Ordering::Relaxed);
         self.backlog.push_back(IncomingStream {
             stream,

@@ -63,6 +63,8 @@ pub struct ConnectionInfo {
     pub relay: Option<PeerId>,
     /// Whether this side dialled it.
     pub outbound: bool,
+    /// What the relay allows on the circuit, once it said so (relayed connections only).
+    pub circuit_limit: Option<punchgate_machine::CircuitLimit>,
 }
 
 /// An inbound stream with the connection it arrived on.
@@ -185,6 +187,18 @@ impl Control {
             .filter(|c| c.info.peer == peer)
             .map(|c| c.info.clone())
             .collect()
+    }
+
+    /// Records what the relay of a relayed `connection` allows on its circuit; streams that
+    /// arrive on it from now on carry it in their [`ConnectionInfo`].
+    pub fn set_circuit_limit(
+        &self,
+        connection: ConnectionId,
+        limit: punchgate_machine::CircuitLimit,
+    ) {
+        if let Some(entry) = Shared::lock(&self.shared).connections.get_mut(&connection) {
+            entry.info.circuit_limit = Some(limit);
+        }
     }
 
     /// What is known about an open connection.
@@ -361,6 +375,7 @@ impl NetworkBehaviour for Behaviour {
             // Inbound circuits: our listen address names the relay.
             relay: punchgate_machine::reach::relay_of(local_addr),
             outbound: false,
+            circuit_limit: None,
         }))
     }
 
@@ -379,6 +394,7 @@ impl NetworkBehaviour for Behaviour {
             relayed: punchgate_machine::node::is_relayed(addr),
             relay: punchgate_machine::reach::relay_of(addr),
             outbound: true,
+            circuit_limit: None,
         }))
     }
 
