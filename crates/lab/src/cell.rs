@@ -1,8 +1,11 @@
 //! One cell of the matrix: a scenario and a transport, run once.
 //!
 //! 1. Build the network; start an echo server in B's namespace.
-//! 2. Start the relay R (public, `--external-address`), then B (exposes the echo service) and A
-//!    (`--tunnel` to B's echo) together. Neither is told its NAT status: AutoNAT decides.
+//! 2. Create A's and B's identities (`--print-peer-id`), as an operator writing allow lists
+//!    would. Start the relay R (public, `--external-address`; it trusts A and B with long
+//!    circuits only where the cell cannot punch), then B (exposes the echo service to A alone:
+//!    `--allow echo=<A>`) and A (`--tunnel` to B's echo) together. Neither is told its NAT
+//!    status: AutoNAT decides.
 //! 3. Wait until B is reachable (relay reservation accepted, or AutoNAT says public) and both
 //!    participate (Kademlia bootstrapped, NAT status known).
 //! 4. Send bytes through A's tunnel port from inside A's namespace; verify the echo.
@@ -71,16 +74,22 @@ pub struct CellSpec {
     pub one_way_delay: Duration,
     /// Bytes sent through the tunnel each time.
     pub payload: usize,
+    /// The relay trusts A and B (`--trust`), so their circuits are long enough to carry
+    /// tunnels. Without it the relay gives them short circuits, which only punch holes.
+    pub relay_trusts_peers: bool,
 }
 
 impl CellSpec {
-    /// A spec with no delay and a 1 MiB payload.
+    /// A spec with no delay and a 1 MiB payload. The relay trusts A and B only where the NATs
+    /// cannot be punched: a punchable cell must go direct through a relay that lends strangers
+    /// nothing but short circuits.
     pub fn new(scenario: Scenario, transport: Transport) -> Self {
         Self {
             scenario,
             transport,
             one_way_delay: Duration::ZERO,
             payload: 1 << 20,
+            relay_trusts_peers: !scenario.expect_direct(),
         }
     }
 
@@ -244,22 +253,21 @@ impl Cell {
         let mdns = spec.scenario == Scenario::SameNat;
         let relay_ip = net.relay_ip()?.to_string();
         let t = spec.transport;
+        let a_id = print_peer_id(bin, &dir, "peer-a")?;
+        let b_id = print_peer_id(bin, &dir, "peer-b")?;
 
-        let relay = Peer::start(
-            &net.relay,
-            bin,
-            "relay",
-            &dir,
-            vec![
-                "--listen".into(),
-                t.multiaddr("0.0.0.0", 4001),
-                "--external-address".into(),
-                t.multiaddr(&relay_ip, 4001),
-                "--no-mdns".into(),
-                "--autonat-private-ips".into(),
-            ],
-        )
-        .await?;
+        let mut relay_args = vec![
+            "--listen".into(),
+            t.multiaddr("0.0.0.0", 4001),
+            "--external-address".into(),
+            t.multiaddr(&relay_ip, 4001),
+            "--no-mdns".into(),
+            "--autonat-private-ips".into(),
+        ];
+        if spec.relay_trusts_peers {
+            relay_args.extend(["--trust".into(), a_id.clone(), "--trust".into(), b_id]);
+        }
+        let relay = Peer::start(&net.relay, bin, "relay", &dir, relay_args).await?;
         let bootstrap = format!("{}/p2p/{}", t.multiaddr(&relay_ip, 4001), relay.peer_id);
         let common = |extra: Vec<String>| {
             let mut args = vec![
@@ -280,7 +288,12 @@ impl Cell {
             bin,
             "peer-b",
             &dir,
-            common(vec!["--expose".into(), format!("echo=127.0.0.1:{echo}")]),
+            common(vec![
+                "--expose".into(),
+                format!("echo=127.0.0.1:{echo}"),
+                "--allow".into(),
+                format!("echo={a_id}"),
+            ]),
         )
         .await?;
         let a = Peer::start(
@@ -340,7 +353,7 @@ impl Cell {
             let since = events.iter().position(reachable).unwrap_or(0);
             let seq = events[since..]
                 .iter()
-                .find(|e| matches(e, "published peer record and services", &[]))
+                .find(|e| matches(e, "published peer record", &[]))
                 .and_then(|e| e.get("seq").and_then(Value::as_u64));
             let stored = seq.is_some_and(|seq| {
                 events.iter().any(|e| {
@@ -626,6 +639,31 @@ pub async fn echo_from(device: &Device, addr: SocketAddr, data: Vec<u8>) -> Resu
         .await
         .context("tunnel round trip took over 120 s")?
         .context("client task")?
+}
+
+/// Creates `dir/<name>.key` (the identity [`Peer::start`] gives the node `name`) and returns
+/// its peer id, as `punchgate --print-peer-id` does for an operator writing allow lists.
+pub fn print_peer_id(bin: &Path, dir: &Path, name: &str) -> Result<String> {
+    let key = dir.join(format!("{name}.key"));
+    let out = std::process::Command::new(bin)
+        .arg("node")
+        .arg("--identity")
+        .arg(&key)
+        .arg("--print-peer-id")
+        .output()
+        .with_context(|| format!("run {} node --print-peer-id", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} node --print-peer-id failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if id.is_empty() {
+        bail!("{} node --print-peer-id printed nothing", bin.display());
+    }
+    Ok(id)
 }
 
 /// Deterministic pseudo-random bytes.

@@ -195,11 +195,21 @@ async fn demo(
         .find(|e| matches(e, "relay reservation accepted", &[]))
         .and_then(|e| field(e, "addr"));
     println!(
-        "  peer B {}  exposes 'echo'; AutoNAT: {}; reachable at {}",
+        "  peer B {}  exposes 'echo' to peer A only (--allow echo={}); AutoNAT: {}; reachable at {}",
         cell.b.peer_id,
+        cell.a.peer_id,
         status(&cell.b.events()),
         reservation.as_deref().unwrap_or("its public address")
     );
+    if spec.relay_trusts_peers {
+        println!(
+            "  the relay trusts A and B (--trust): their circuits may carry the tunnel; strangers get short circuits"
+        );
+    } else {
+        println!(
+            "  the relay trusts nobody: A and B get short circuits (2 min, 128 KiB), enough to punch a hole, not to carry the tunnel"
+        );
+    }
     println!(
         "  peer A {}  AutoNAT: {}; tunnel to B's echo on {} (inside A's namespace)",
         cell.a.peer_id,

@@ -495,6 +495,9 @@ mod tests {
                 "1GiB",
             ),
             (&["--max-tunnels", "0"], "--max-tunnels", "0"),
+            (&["--allow", "ssh"], "--allow", "SERVICE=PEER_ID"),
+            (&["--trust", "bob"], "--trust", "bob"),
+            (&["--relay", "maybe"], "--relay", "trusted"),
         ];
         for (args, flag, form) in cases {
             let err = parse(args).expect_err("invalid").to_string();

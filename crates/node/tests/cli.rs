@@ -153,3 +153,77 @@ fn starts_prints_its_addresses_and_exits_0_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn an_exposed_service_without_an_allow_rule_exits_2_naming_allow() {
+    let (code, stderr) = run(&["--no-mdns", "--expose", "ssh=127.0.0.1:22"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'ssh'"), "{stderr}");
+    assert!(stderr.contains("--allow ssh="), "{stderr}");
+    assert!(stderr.contains("--allow ssh=any"), "{stderr}");
+}
+
+#[test]
+fn an_allow_rule_for_a_service_that_is_not_exposed_exits_2() {
+    let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    let (code, stderr) = run(&[
+        "--no-mdns",
+        "--expose",
+        "ssh=127.0.0.1:22",
+        "--allow",
+        &format!("ssh={peer}"),
+        "--allow",
+        "shh=any",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'shh'"), "{stderr}");
+    assert!(stderr.contains("exposed: ssh"), "{stderr}");
+    // A malformed rule is a malformed flag.
+    let (code, stderr) = run(&["--allow", "ssh=nobody"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--allow"), "{stderr}");
+    assert!(stderr.contains("SERVICE=PEER_ID"), "{stderr}");
+    let (code, stderr) = run(&["--relay", "everyone"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("trusted"), "{stderr}");
+}
+
+#[test]
+fn print_peer_id_prints_the_id_the_node_then_runs_with() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("id.key");
+    let out = Command::new(BIN)
+        .args([
+            "--identity",
+            key.to_str().expect("utf-8"),
+            "--print-peer-id",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(printed.starts_with("12D3KooW"), "{printed}");
+    assert!(key.exists(), "the key is created");
+
+    let mut child = Command::new(BIN)
+        .args([
+            "--identity",
+            key.to_str().expect("utf-8"),
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let first = BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("utf-8");
+    assert_eq!(first, format!("peer id: {printed}"));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+}
