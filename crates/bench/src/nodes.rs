@@ -153,26 +153,32 @@ pub(crate) fn start(
         Transport::Tcp => "tcp",
         Transport::Quic => "quic",
     };
-    let service = Process::node(
-        bin,
-        dir,
-        &format!("service-{label}"),
-        &[
-            "--listen".into(),
-            transport.listen().into(),
-            "--expose".into(),
-            format!("echo={echo}"),
-            "--expose".into(),
-            format!("sink={sink}"),
-        ],
-        0,
-    )?;
+    let tunnel_name = format!("tunnel-{label}");
+    let mut service_args = vec![
+        "--listen".into(),
+        transport.listen().into(),
+        "--expose".into(),
+        format!("echo={echo}"),
+        "--expose".into(),
+        format!("sink={sink}"),
+    ];
+    // The service node allows the tunnel node only, as a deployment would. A build from before
+    // allow lists (`--against`) has no --print-peer-id and needs no rule.
+    if let Some(id) = print_peer_id(bin, dir, &tunnel_name) {
+        service_args.extend([
+            "--allow".into(),
+            format!("echo={id}"),
+            "--allow".into(),
+            format!("sink={id}"),
+        ]);
+    }
+    let service = Process::node(bin, dir, &format!("service-{label}"), &service_args, 0)?;
     let bootstrap = service.listen_addr().context("service node address")?;
     let peer = bootstrap.rsplit('/').next().context("peer id")?.to_owned();
     let tunnel = Process::node(
         bin,
         dir,
-        &format!("tunnel-{label}"),
+        &tunnel_name,
         &[
             "--listen".into(),
             transport.listen().into(),
@@ -194,6 +200,20 @@ pub(crate) fn start(
         service,
         tunnel,
     })
+}
+
+/// The peer id of node `name`'s identity in `dir` (created if missing), from
+/// `bin node --print-peer-id`; `None` for a build without that flag.
+fn print_peer_id(bin: &Path, dir: &Path, name: &str) -> Option<String> {
+    let out = Command::new(bin)
+        .arg("node")
+        .arg("--identity")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("--print-peer-id")
+        .output()
+        .ok()?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && id.starts_with("12D3")).then_some(id)
 }
 
 /// Reads a child's stdout lines until `done(lines)`, for at most `within`. The blocking reads

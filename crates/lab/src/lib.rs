@@ -6,6 +6,7 @@
 //!   routers behave like real ones (input drop, TCP full cone).
 //! - [`delay`]: one-way delay on a router's WAN in user space (NFQUEUE); this kernel has no netem.
 //! - [`topology`]: builds a scenario's network: relay, A's and B's sites.
+//! - [`preflight`]: can this machine run the lab (tools on PATH, root or user namespaces)?
 //! - [`peer`]: a `punchgate` process in a namespace, its JSON log, stop and kill.
 //! - [`cell`]: runs one scenario: start the nodes, tunnel bytes both ways, record path and timings.
 //! - [`report`]: repeated runs → Markdown and JSON tables.
@@ -19,5 +20,6 @@ pub mod cell;
 pub mod delay;
 pub mod nat;
 pub mod peer;
+pub mod preflight;
 pub mod report;
 pub mod topology;

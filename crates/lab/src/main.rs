@@ -118,6 +118,11 @@ fn main() -> ExitCode {
 
 /// The commands that build namespaces.
 fn with_lab(command: Command) -> ExitCode {
+    // The tools and rights the lab needs, before anything is built.
+    if let Err(error) = punchgate_lab::preflight::check() {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
     // Namespaces without root: enter a user namespace before any thread exists.
     if let Err(error) = patchbay::init_userns() {
         eprintln!("error: cannot enter a user namespace: {error:#}");
