@@ -6,8 +6,8 @@
 //! - [`stream`]: [`P2pStream`], a libp2p stream as a tonic/hyper connection, and its
 //!   [`P2pConnectInfo`] (peer, address, relayed, byte counters, synthetic socket address).
 //! - [`config`]: [`BridgeConfig`], HTTP/2 and message settings both ends share.
-//! - [`server`]: [`Incoming`], inbound connections for `serve_with_incoming`, with admission
-//!   (duplicate peers, relay quotas).
+//! - [`server`]: [`Incoming`], inbound connections for `serve_with_incoming`, with admission:
+//!   an [`Allow`] list of peers (deny by default), duplicate peers, relay quotas.
 //! - [`client`]: [`Target`] (`punchgate://<peer>?addr=<multiaddr>`) and [`connect`], a tonic
 //!   `Channel` to a peer.
 //! - [`quota`]: the relay quota book.
@@ -16,11 +16,13 @@
 //! # Example
 //! ```no_run
 //! # async fn example(server_node: punchgate::Node, client_node: punchgate::Node) -> Result<(), Box<dyn std::error::Error>> {
-//! use punchgate_grpc::{BridgeConfig, Incoming, Target, connect, echo};
+//! use punchgate_grpc::{Allow, BridgeConfig, Incoming, Target, connect, echo};
 //!
 //! let config = BridgeConfig::default();
-//! // Server: any tonic service, on the peer's inbound gRPC streams.
-//! let incoming = Incoming::new(server_node.handle(), &config)?;
+//! // Server: any tonic service, on the inbound gRPC streams of the peers it allows (here the
+//! // client only; `Allow::Any` serves every peer).
+//! let allow = Allow::Peers([client_node.peer_id()].into());
+//! let incoming = Incoming::new(server_node.handle(), &config, allow)?;
 //! tokio::spawn(config.server().add_service(echo::server(&config)).serve_with_incoming(incoming));
 //!
 //! // Client: a Channel to that peer, by peer id (known addresses, the DHT, or a relay).
@@ -41,6 +43,8 @@ pub mod echo;
 pub mod quota;
 pub mod server;
 pub mod stream;
+
+pub use punchgate::access::Allow;
 
 pub use client::{
     ConnectError, ConnectOptions, Observer, Target, TargetError, connect, connect_lazy,

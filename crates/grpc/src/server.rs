@@ -2,8 +2,21 @@
 //!
 //! [`Incoming`] is the stream of connections `serve_with_incoming` takes. It holds inbound
 //! streams in bounded queues (the node's stream behaviour keeps them until taken: backpressure,
-//! never drops) and admits each connection or refuses it: relay quotas, duplicate peers, or the
-//! application's own rule.
+//! never drops) and admits each connection or refuses it: the allow list, relay quotas,
+//! duplicate peers, or the application's own rule.
+//!
+//! # Who may call (deny by default)
+//! [`Incoming::new`] takes an [`Allow`]: the peers whose connections are served, or
+//! [`Allow::Any`] to serve every peer on purpose. There is no default, so a server cannot admit
+//! everyone by omission. A peer is its cryptographic identity (the key that authenticated the
+//! libp2p connection), so there is no secret to share or leak.
+//!
+//! The allow list is checked first, before any other rule and before a relay quota slot is
+//! taken. A peer that is not allowed gets a closed stream and nothing else: no gRPC status, no
+//! reason, the same as any other refusal. The refusal is logged at WARN (`peer not allowed`,
+//! with the peer id), at most one line per peer every
+//! [`DENIAL_LOG_INTERVAL`](punchgate::access::DENIAL_LOG_INTERVAL); the next line says how many
+//! were held back (`suppressed`).
 
 use std::{
     collections::HashMap,
@@ -11,12 +24,14 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
+    time::Instant,
 };
 
 use futures::Stream;
 use libp2p::PeerId;
 use punchgate::{
-    net::stream::{AlreadyRegistered, IncomingStreams},
+    access::{Allow, DenialLog},
+    net::stream::{AlreadyRegistered, IncomingStream, IncomingStreams},
     node::NodeHandle,
 };
 
@@ -77,9 +92,12 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Inbound gRPC connections for `Server::serve_with_incoming`.
+/// Inbound gRPC connections for `Server::serve_with_incoming`, from the peers an [`Allow`]
+/// admits.
 pub struct Incoming {
     streams: IncomingStreams,
+    allow: Allow,
+    denials: DenialLog,
     connections: Connections,
     relays: RelayBook,
     admission: Option<Admission>,
@@ -88,6 +106,7 @@ pub struct Incoming {
 impl fmt::Debug for Incoming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Incoming")
+            .field("allow", &self.allow)
             .field("connections", &self.connections.total())
             .field("relayed", &self.relays.total_in_use())
             .finish_non_exhaustive()
@@ -95,10 +114,18 @@ impl fmt::Debug for Incoming {
 }
 
 impl Incoming {
-    /// Accepts `config.protocol` streams on `node` (at most `config.accept_queue` waiting).
-    pub fn new(node: &NodeHandle, config: &BridgeConfig) -> Result<Self, AlreadyRegistered> {
+    /// Accepts `config.protocol` streams on `node` (at most `config.accept_queue` waiting) from
+    /// the peers `allow` admits; every other peer's stream is closed (deny by default: pass
+    /// [`Allow::Any`] to serve every peer).
+    pub fn new(
+        node: &NodeHandle,
+        config: &BridgeConfig,
+        allow: Allow,
+    ) -> Result<Self, AlreadyRegistered> {
         Ok(Self {
             streams: node.accept(config.protocol.clone(), config.accept_queue)?,
+            allow,
+            denials: DenialLog::default(),
             connections: Connections::default(),
             relays: RelayBook::new(config.relay_limits),
             admission: None,
@@ -116,13 +143,19 @@ impl Incoming {
         })
     }
 
-    /// Admits connections by the application's rule (replaces any earlier rule).
+    /// Admits connections by the application's rule (replaces any earlier rule). The rule sees
+    /// only connections from peers the allow list admits.
     pub fn admit_with(
         mut self,
         rule: impl Fn(&P2pConnectInfo, &Connections) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         self.admission = Some(Box::new(rule));
         self
+    }
+
+    /// Who may call.
+    pub fn allow(&self) -> &Allow {
+        &self.allow
     }
 
     /// The live connections, for the application's own bookkeeping.
@@ -135,7 +168,19 @@ impl Incoming {
         self.relays.clone()
     }
 
-    fn admit(&self, incoming: punchgate::net::stream::IncomingStream) -> Option<P2pStream> {
+    fn admit(&mut self, incoming: IncomingStream) -> Option<P2pStream> {
+        let peer = incoming.info.peer;
+        if !self.allow.admits(&peer) {
+            // Dropping the stream closes it: the peer learns nothing more.
+            if let Some(suppressed) = self.denials.admit(peer, Instant::now()) {
+                tracing::warn!(
+                    %peer,
+                    suppressed,
+                    "gRPC connection refused: peer not allowed"
+                );
+            }
+            return None;
+        }
         let stream = P2pStream::new(incoming.stream, &incoming.info);
         let info = stream.info().clone();
         let ticket = match incoming.info.relay {

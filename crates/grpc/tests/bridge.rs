@@ -1,6 +1,6 @@
 //! The bridge between real nodes on loopback: calls both ways, connect info, 8 MiB messages,
-//! 100 connections opened at once, duplicate refusal, byte counters, and a tunnel on the same
-//! node at the same time.
+//! 100 connections opened at once, admission (the allow list, duplicate refusal), byte counters,
+//! and a tunnel on the same node at the same time.
 
 use std::{
     sync::{Arc, Mutex},
@@ -13,18 +13,22 @@ use punchgate::{
     config::{BootstrapAddr, NodeConfig},
 };
 use punchgate_grpc::{
-    BridgeConfig, ConnectOptions, Incoming, P2pConnectInfo, Target, connect, connect_with,
+    Allow, BridgeConfig, ConnectOptions, Incoming, P2pConnectInfo, Target, connect, connect_with,
     echo::{self, Echo, EchoServer, EchoService, Payload},
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 fn config() -> NodeConfig {
+    config_with(Keypair::generate_ed25519())
+}
+
+fn config_with(keypair: Keypair) -> NodeConfig {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut config = NodeConfig::new(Keypair::generate_ed25519());
+    let mut config = NodeConfig::new(keypair);
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
     config.mdns = false;
     config.autonat_private_ips = true;
@@ -69,22 +73,43 @@ struct Pair {
     seen: Arc<Mutex<Vec<P2pConnectInfo>>>,
 }
 
-async fn pair(refuse_duplicates: bool, expose: Option<std::net::SocketAddr>) -> Pair {
-    gated_pair(refuse_duplicates, expose, None).await
+/// Whom the test server allows.
+#[derive(Clone, Copy)]
+enum Allowed {
+    /// The pair's client only.
+    Client,
+    /// Every peer.
+    Any,
 }
 
-/// Like `pair`, but the server only starts taking connections once `gate` fires.
+/// A server that allows only its client.
+async fn pair(refuse_duplicates: bool, expose: Option<std::net::SocketAddr>) -> Pair {
+    gated_pair(refuse_duplicates, expose, None, Allowed::Client).await
+}
+
+/// Like `pair`, but the server allows `allowed` and only starts taking connections once `gate`
+/// fires.
 async fn gated_pair(
     refuse_duplicates: bool,
     expose: Option<std::net::SocketAddr>,
     gate: Option<tokio::sync::oneshot::Receiver<()>>,
+    allowed: Allowed,
 ) -> Pair {
+    let client_key = Keypair::generate_ed25519();
+    let allow = match allowed {
+        Allowed::Client => Allow::Peers([client_key.public().to_peer_id()].into()),
+        Allowed::Any => Allow::Any,
+    };
     let mut server_config = config();
     if let Some(echo) = expose {
-        server_config.expose = vec![format!("echo={echo}").parse().expect("expose")];
+        // The tunnel admits whom the gRPC server admits.
+        server_config.expose_to(
+            format!("echo={echo}").parse().expect("expose"),
+            allow.clone(),
+        );
     }
     let server = Node::start(server_config).await.expect("server node");
-    let mut client_config = config();
+    let mut client_config = config_with(client_key);
     client_config.bootstrap = vec![bootstrap(&server)];
     if expose.is_some() {
         client_config.tunnels = vec![
@@ -98,7 +123,7 @@ async fn gated_pair(
     let bridge = BridgeConfig::default();
     let recording = Recording::default();
     let seen = recording.seen.clone();
-    let mut incoming = Incoming::new(server.handle(), &bridge).expect("accept gRPC");
+    let mut incoming = Incoming::new(server.handle(), &bridge, allow).expect("accept gRPC");
     if refuse_duplicates {
         incoming = incoming.refuse_duplicate_peers();
     }
@@ -205,7 +230,7 @@ async fn eight_mib_messages_pass_both_ways() {
 async fn a_hundred_connections_opened_at_once_are_all_served() {
     const N: usize = 100;
     let (open_gate, gate) = tokio::sync::oneshot::channel();
-    let p = gated_pair(false, None, Some(gate)).await;
+    let p = gated_pair(false, None, Some(gate), Allowed::Client).await;
     assert!(N > p.bridge.accept_queue);
     let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (all_opened_tx, all_opened) = tokio::sync::watch::channel(0usize);
@@ -262,6 +287,73 @@ async fn a_hundred_connections_opened_at_once_are_all_served() {
         .expect("all served in time")
         .expect("calls task");
     assert_eq!(p.seen.lock().expect("lock").len(), N);
+}
+
+/// A third node, a stranger to the pair's server, connected to it.
+async fn stranger(server: &Node) -> Node {
+    let mut config = config();
+    config.bootstrap = vec![bootstrap(server)];
+    Node::start(config).await.expect("stranger node")
+}
+
+/// Whether one echo call from `node` to `server` is served.
+async fn served(node: &Node, server: &Node, bridge: &BridgeConfig) -> bool {
+    // The libp2p stream may open (and tonic connect) before the server closes it.
+    let Ok(channel) = connect(node.handle(), &target(server), bridge).await else {
+        return false;
+    };
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        echo::client(channel, bridge).unary(Payload {
+            data: b"who".to_vec(),
+            reply_size: 0,
+        }),
+    )
+    .await
+    .expect("the call ends in time, served or refused")
+    .is_ok_and(|reply| reply.into_inner().data == b"who")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_peer_is_served_and_a_stranger_refused() {
+    let p = pair(false, None).await;
+    assert!(served(&p.client, &p.server, &p.bridge).await, "allowed");
+    let stranger = stranger(&p.server).await;
+    for _ in 0..3 {
+        assert!(
+            !served(&stranger, &p.server, &p.bridge).await,
+            "a peer not on the list must be refused"
+        );
+    }
+    // The server goes on serving the peer it allows, on its existing and on new connections.
+    let channel = connect(p.client.handle(), &target(&p.server), &p.bridge)
+        .await
+        .expect("channel");
+    echo::client(channel, &p.bridge)
+        .unary(Payload::default())
+        .await
+        .expect("allowed peer still served");
+    assert!(
+        served(&p.client, &p.server, &p.bridge).await,
+        "still allowed"
+    );
+    // The refused calls never reached the service.
+    let seen = p.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|info| info.peer == p.client.peer_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_any_serves_every_peer() {
+    let p = gated_pair(false, None, None, Allowed::Any).await;
+    let stranger = stranger(&p.server).await;
+    assert!(served(&stranger, &p.server, &p.bridge).await, "any peer");
+    assert!(
+        served(&p.client, &p.server, &p.bridge).await,
+        "and the client"
+    );
+    let seen = p.seen.lock().expect("lock").clone();
+    assert_eq!(seen[0].peer, stranger.peer_id());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,18 +10,30 @@
 //! | `LIBP2P_RELAY_MULTIADDRS` | `--relay` | both | Relays (public peers) to join through and reserve on when private |
 //! | `LIBP2P_REMOTE_PEER_ID` | `--remote-peer-id` | client | The server's peer id |
 //! | `LIBP2P_REMOTE_MULTIADDRS` | `--remote-multiaddrs` | client | Addresses of the server, tried in order |
+//! | `LIBP2P_ALLOW_PEERS` | `--allow` | server | Peers whose `MessageStream` calls are served, or `any` (required) |
 //!
 //! Lists are separated by commas or semicolons. The program exits 0 when the handshake
 //! completes (a server with `--once` after its first one) and non-zero when it fails.
+//!
+//! # Who may call (deny by default)
+//! A server serves only the peers it is told to: `--allow PEER_ID[,PEER_ID...]` (repeatable,
+//! the values add up) or `--allow any` for every peer, on purpose. Without any, it refuses to
+//! start (exit code 2, as for a malformed flag) rather than admit nobody or everybody.
+//! `LIBP2P_ALLOW_PEERS` is not one of the proof of concept's variables; it is ours, in its
+//! style. `kaspa-p2p peer-id` prints the peer id of an identity file (creating it if missing),
+//! so a client's id can be learnt before it first runs. A caller that is not allowed gets a
+//! closed stream and nothing else; the server logs the refusal (`peer not allowed`) and goes on
+//! serving.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use punchgate::{
     Node,
+    access::Allow,
     cli::{LogFormat, NatArg, StopSignals, init_tracing, parse_duration},
-    config::{BootstrapAddr, NatStatus, NodeConfig},
+    config::{BootstrapAddr, NatStatus, NodeConfig, SpecError},
     identity,
 };
 use punchgate_grpc::{BridgeConfig, ConnectOptions, Incoming, P2pConnectInfo, Target};
@@ -92,6 +104,15 @@ pub enum Mode {
         /// Exit (0) after the first completed handshake, non-zero if it fails.
         #[arg(long)]
         once: bool,
+        /// Peers whose calls are served (comma or semicolon separated; repeatable, the values
+        /// add up), or `any` to serve every peer. Required: deny by default.
+        #[arg(
+            long,
+            value_name = "PEER_ID[,PEER_ID...]|any",
+            env = "LIBP2P_ALLOW_PEERS",
+            value_parser = parse_allow
+        )]
+        allow: Vec<Allow>,
     },
     /// Call a peer and run the handshake.
     Client {
@@ -106,6 +127,53 @@ pub enum Mode {
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         direct_wait: Duration,
     },
+    /// Print the peer id of --identity (creating the key if missing) and exit: what a server's
+    /// --allow names.
+    PeerId,
+}
+
+/// The arguments do not fit together (exit code 2, as for a malformed flag).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// A server with no `--allow` would serve nobody; serving everybody must be asked for.
+    #[error(
+        "kaspa-p2p server serves nobody without --allow: add --allow PEER_ID[,PEER_ID...] (the peers that may call; `kaspa-p2p peer-id` prints a peer's id from its --identity file) or --allow any to serve every peer (or set LIBP2P_ALLOW_PEERS)"
+    )]
+    NoAllow,
+}
+
+impl Args {
+    /// Checks what the parser cannot: a server names whom it serves.
+    pub fn check(&self) -> Result<(), UsageError> {
+        match &self.mode {
+            Mode::Server { allow, .. } if allow.is_empty() => Err(UsageError::NoAllow),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One `--allow` value: `any`, or peer ids separated by commas or semicolons.
+fn parse_allow(s: &str) -> Result<Allow, SpecError> {
+    s.replace(';', ",")
+        .parse()
+        .map_err(|e: SpecError| SpecError {
+            value: s.to_owned(),
+            ..e
+        })
+}
+
+/// Every `--allow` value together: `any` if one is `any`, else all the peers they name;
+/// `None` without any value.
+pub fn allowed(values: &[Allow]) -> Option<Allow> {
+    let mut peers = BTreeSet::new();
+    for value in values {
+        match value {
+            Allow::Any => return Some(Allow::Any),
+            Allow::Peers(named) => peers.extend(named.iter().copied()),
+        }
+    }
+    (!values.is_empty()).then_some(Allow::Peers(peers))
 }
 
 /// A flag or variable does not have the expected form.
@@ -189,8 +257,26 @@ fn node_config(
     Ok(config)
 }
 
-/// Runs the program; errors are printed as one line and give exit code 1.
+/// Runs the program; errors are printed as one line and give exit code 1, arguments that do
+/// not fit together ([`UsageError`]) exit code 2.
 pub fn run_main(args: Args) -> ExitCode {
+    if let Mode::PeerId = args.mode {
+        return match identity::load_or_create(&args.identity) {
+            Ok((keypair, _)) => {
+                println!("{}", keypair.public().to_peer_id());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Before anything starts (and before a key file is created).
+    if let Err(error) = args.check() {
+        eprintln!("error: {error}");
+        return ExitCode::from(2);
+    }
     init_tracing(args.log_format);
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| e.into())
@@ -207,7 +293,7 @@ pub fn run_main(args: Args) -> ExitCode {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let direct_wait = match &args.mode {
         Mode::Client { direct_wait, .. } => Some(*direct_wait),
-        Mode::Server { .. } => None,
+        Mode::Server { .. } | Mode::PeerId => None,
     };
     let config = node_config(&args, direct_wait)?;
     // Watched before the addresses are printed: a SIGTERM right after them stops us cleanly.
@@ -222,7 +308,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let local = Local::new(args.network.clone());
     let timeouts = Timeouts::default();
     let outcome = match args.mode {
-        Mode::Server { once } => serve(&node, &bridge, local, timeouts, once, signals).await,
+        Mode::Server { once, allow } => {
+            let allow = allowed(&allow).ok_or(UsageError::NoAllow)?;
+            serve(&node, &bridge, allow, local, timeouts, once, signals).await
+        }
         Mode::Client {
             remote_peer_id,
             remote_multiaddrs,
@@ -231,6 +320,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let addrs = multiaddrs("LIBP2P_REMOTE_MULTIADDRS", remote_multiaddrs.as_deref())?;
             call(&node, &bridge, remote_peer_id, addrs, &local, &timeouts).await
         }
+        // Handled by `run_main`, without a node.
+        Mode::PeerId => Ok(()),
     };
     node.shutdown().await;
     outcome
@@ -239,13 +330,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 async fn serve(
     node: &Node,
     bridge: &BridgeConfig,
+    allow: Allow,
     local: Local,
     timeouts: Timeouts,
     once: bool,
     mut signals: StopSignals,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (outcomes_tx, mut outcomes) = mpsc::channel(16);
-    let incoming = Incoming::new(node.handle(), bridge)?.refuse_duplicate_peers();
+    let allowed = allow.to_string();
+    let incoming = Incoming::new(node.handle(), bridge, allow)?.refuse_duplicate_peers();
     let service = P2pService::new(local, timeouts, outcomes_tx).into_server(bridge);
     let stop = node.handle().clone();
     let server = tokio::spawn(
@@ -254,7 +347,7 @@ async fn serve(
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move { stop.stopped().await }),
     );
-    tracing::info!(protocol = %bridge.protocol, "serving Kaspa P2P over libp2p");
+    tracing::info!(protocol = %bridge.protocol, allow = %allowed, "serving Kaspa P2P over libp2p");
     let result = loop {
         tokio::select! {
             outcome = outcomes.recv() => match outcome {
@@ -353,6 +446,51 @@ mod tests {
             err.starts_with("LIBP2P_REMOTE_MULTIADDRS: 'nope' is not valid"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn allow_values_add_up_and_any_wins() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let values = [
+            parse_allow(&format!("{a}")).expect("one"),
+            parse_allow(&format!("{b}; {a}")).expect("semicolons"),
+        ];
+        assert_eq!(allowed(&values), Some(Allow::Peers([a, b].into())));
+        let values = [values[0].clone(), parse_allow("any").expect("any")];
+        assert_eq!(allowed(&values), Some(Allow::Any));
+        assert_eq!(allowed(&[]), None);
+        let err = parse_allow("nobody;x").expect_err("bad").to_string();
+        assert!(err.contains("'nobody;x'"), "{err}");
+        assert!(err.contains("PEER_ID[,PEER_ID...]"), "{err}");
+    }
+
+    #[test]
+    fn a_server_must_name_whom_it_serves() {
+        let args = Args::try_parse_from(["kaspa-p2p", "server", "--once"]).expect("parses");
+        // (Unless the environment names them.)
+        if std::env::var_os("LIBP2P_ALLOW_PEERS").is_none() {
+            let err = args.check().expect_err("no --allow").to_string();
+            assert!(err.contains("--allow PEER_ID"), "{err}");
+            assert!(err.contains("--allow any"), "{err}");
+        }
+        let peer = PeerId::random();
+        let args = Args::try_parse_from([
+            "kaspa-p2p",
+            "server",
+            "--allow",
+            &peer.to_string(),
+            "--allow",
+            "any",
+        ])
+        .expect("parses");
+        assert_eq!(args.check(), Ok(()));
+        let err = Args::try_parse_from(["kaspa-p2p", "server", "--allow", "nobody"])
+            .expect_err("not a peer id");
+        assert_eq!(err.exit_code(), 2);
+        let err = err.to_string();
+        assert!(err.contains("--allow"), "{err}");
+        assert!(err.contains("'nobody'"), "{err}");
+        assert!(err.contains("PEER_ID[,PEER_ID...]"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The real `kaspa-p2p` programs on loopback: configured through the proof of concept's
 //! environment variables, they complete the handshake and exit 0; a network mismatch or an
-//! unreachable peer exits non-zero with a message.
+//! unreachable peer exits non-zero with a message. A server serves only the peers it allows
+//! (`--allow`, `LIBP2P_ALLOW_PEERS`) and will not start without being told whom.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -31,10 +32,51 @@ impl Drop for Server {
     }
 }
 
-fn server(network: &str) -> Server {
+/// A client's identity, made before it runs so that a server can allow it.
+struct Identity {
+    key: std::path::PathBuf,
+    peer_id: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A new identity, its peer id as `kaspa-p2p peer-id` prints it.
+fn identity() -> Identity {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("client.key");
+    let out = Command::new(BIN)
+        .arg("peer-id")
+        .env("KASPA_P2P_IDENTITY", &key)
+        .output()
+        .expect("run peer-id");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peer_id = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    assert!(peer_id.starts_with("12D3KooW"), "{peer_id}");
+    Identity {
+        key,
+        peer_id,
+        _dir: dir,
+    }
+}
+
+/// A server that serves `allowed` (given with `--allow`).
+fn server(network: &str, allowed: &Identity) -> Server {
+    server_with(network, &["--allow", &allowed.peer_id], &[])
+}
+
+fn server_with(network: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(BIN)
         .args(["server", "--once", "--no-mdns", "--network", network])
+        .args(args)
+        .envs(env.iter().copied())
         .env("LIBP2P_LISTEN_MULTIADDRS", "/ip4/127.0.0.1/tcp/0")
         .env("KASPA_P2P_IDENTITY", dir.path().join("server.key"))
         .stdout(Stdio::piped())
@@ -62,14 +104,13 @@ fn server(network: &str) -> Server {
     }
 }
 
-fn client(server: &Server, network: &str, addrs: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn client(id: &Identity, server: &Server, network: &str, addrs: &str) -> (Option<i32>, String) {
     let out = Command::new(BIN)
         .args(["client", "--no-mdns", "--network", network])
         .env("LIBP2P_LISTEN_MULTIADDRS", "/ip4/127.0.0.1/tcp/0")
         .env("LIBP2P_REMOTE_PEER_ID", &server.peer_id)
         .env("LIBP2P_REMOTE_MULTIADDRS", addrs)
-        .env("KASPA_P2P_IDENTITY", dir.path().join("client.key"))
+        .env("KASPA_P2P_IDENTITY", &id.key)
         .output()
         .expect("run client");
     (
@@ -93,10 +134,16 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
 
 #[test]
 fn handshake_completes_and_both_exit_0() {
-    let mut server = server("kaspa-mainnet");
+    let id = identity();
+    let mut server = server("kaspa-mainnet", &id);
     // The first address is dead (nothing listens there): it is tried first, then the next.
     let dead = "/ip4/127.0.0.1/tcp/9";
-    let (code, stderr) = client(&server, "kaspa-mainnet", &format!("{dead};{}", server.addr));
+    let (code, stderr) = client(
+        &id,
+        &server,
+        "kaspa-mainnet",
+        &format!("{dead};{}", server.addr),
+    );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("dialing remote multiaddr"), "{stderr}");
     assert!(stderr.contains("accepted version message"), "{stderr}");
@@ -109,8 +156,10 @@ fn handshake_completes_and_both_exit_0() {
 
 #[test]
 fn another_network_fails_on_both_sides() {
-    let mut server = server("kaspa-mainnet");
-    let (code, stderr) = client(&server, "kaspa-testnet-11", &server.addr.clone());
+    let id = identity();
+    // Allowed through the environment, as the proof of concept configures everything.
+    let mut server = server_with("kaspa-mainnet", &[], &[("LIBP2P_ALLOW_PEERS", &id.peer_id)]);
+    let (code, stderr) = client(&id, &server, "kaspa-testnet-11", &server.addr.clone());
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("is on network"), "{stderr}");
     let exit = wait_exit(&mut server.child, Duration::from_secs(10));
@@ -119,8 +168,9 @@ fn another_network_fails_on_both_sides() {
 
 #[test]
 fn no_reachable_address_exits_1_with_a_message() {
-    let server = server("kaspa-mainnet");
-    let (code, stderr) = client(&server, "kaspa-mainnet", "/ip4/127.0.0.1/tcp/9");
+    let id = identity();
+    let server = server("kaspa-mainnet", &id);
+    let (code, stderr) = client(&id, &server, "kaspa-mainnet", "/ip4/127.0.0.1/tcp/9");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no remote multiaddr worked"), "{stderr}");
 }
@@ -129,7 +179,7 @@ fn no_reachable_address_exits_1_with_a_message() {
 fn a_bad_variable_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(BIN)
-        .args(["server", "--no-mdns"])
+        .args(["server", "--no-mdns", "--allow", "any"])
         .env("LIBP2P_LISTEN_MULTIADDRS", "0.0.0.0:4012")
         .env("KASPA_P2P_IDENTITY", dir.path().join("k"))
         .output()
@@ -140,4 +190,58 @@ fn a_bad_variable_is_named() {
         stderr.contains("LIBP2P_LISTEN_MULTIADDRS: '0.0.0.0:4012' is not valid"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_server_without_allow_exits_2_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("k");
+    let out = Command::new(BIN)
+        .args(["server", "--no-mdns"])
+        .env_remove("LIBP2P_ALLOW_PEERS")
+        .env("KASPA_P2P_IDENTITY", &key)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--allow PEER_ID"), "{stderr}");
+    assert!(stderr.contains("--allow any"), "{stderr}");
+    assert!(!key.exists(), "refused before anything started");
+}
+
+#[test]
+fn a_bad_allow_value_exits_2_naming_the_flag_the_value_and_the_form() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["server", "--no-mdns", "--allow", "nobody"])
+        .env("KASPA_P2P_IDENTITY", dir.path().join("k"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--allow"), "{stderr}");
+    assert!(stderr.contains("'nobody'"), "{stderr}");
+    assert!(stderr.contains("PEER_ID[,PEER_ID...]"), "{stderr}");
+}
+
+#[test]
+fn a_client_not_on_the_list_is_refused_and_the_server_goes_on() {
+    let (allowed, stranger) = (identity(), identity());
+    let mut server = server("kaspa-mainnet", &allowed);
+    let (code, stderr) = client(&stranger, &server, "kaspa-mainnet", &server.addr.clone());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("error:"), "{stderr}");
+    assert!(!stderr.contains("P2P handshake complete"), "{stderr}");
+    assert_eq!(
+        server.child.try_wait().expect("wait"),
+        None,
+        "a refused caller is no handshake: the server keeps serving"
+    );
+    let (code, stderr) = client(&allowed, &server, "kaspa-mainnet", &server.addr.clone());
+    assert_eq!(code, Some(0), "{stderr}");
+    let exit = wait_exit(&mut server.child, Duration::from_secs(10));
+    assert_eq!(exit, Some(0), "server log:\n{}", server.log());
+    let log = server.log();
+    assert!(log.contains("peer not allowed"), "{log}");
+    assert!(log.contains(&stranger.peer_id), "{log}");
 }

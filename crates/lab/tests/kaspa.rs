@@ -56,7 +56,14 @@ async fn version_verack_ready_between_two_private_peers_over_a_direct_connection
     .expect("relay");
     let relay_addr = format!("/ip4/{relay_ip}/tcp/4011/p2p/{}", relay.peer_id);
 
-    // The server, as in the proof of concept: listens locally and on the relay's circuit.
+    // The client's identity, made first: the server serves only the peers it allows. (The lab
+    // starts the client with `--identity <dir>/kaspa-client.key`.)
+    let (client_key, _) = punchgate::identity::load_or_create(&dir.join("kaspa-client.key"))
+        .expect("client identity");
+    let client_id = client_key.public().to_peer_id().to_string();
+
+    // The server, as in the proof of concept: listens locally and on the relay's circuit, and
+    // serves the client only.
     let mut server = Peer::start_program(
         &net.b,
         &bin(),
@@ -67,6 +74,7 @@ async fn version_verack_ready_between_two_private_peers_over_a_direct_connection
                 format!("/ip4/0.0.0.0/tcp/4012,{relay_addr}/p2p-circuit"),
             ),
             ("LIBP2P_RELAY_MULTIADDRS".into(), relay_addr.clone()),
+            ("LIBP2P_ALLOW_PEERS".into(), client_id.clone()),
         ],
         "kaspa-server",
         &dir,
@@ -102,6 +110,10 @@ async fn version_verack_ready_between_two_private_peers_over_a_direct_connection
     )
     .await
     .expect("client");
+    assert_eq!(
+        client.peer_id, client_id,
+        "the client runs as the peer allowed"
+    );
 
     let client_exit = client
         .wait_exit(Duration::from_secs(60))
