@@ -127,3 +127,68 @@ async fn refused_reservation_is_retried() {
     b.shutdown().await;
     relay.shutdown().await;
 }
+
+/// A circuit dial started at the same moment as the dial of its relay (a `--bootstrap` dial,
+/// or an explicit one) waits for that connection instead of failing at once; so does reaching
+/// a peer whose only known address is a circuit. Fresh client nodes each time, so every round
+/// races.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_dial_racing_its_relay_connection_waits_for_it() {
+    // libp2p's relay admits 60 circuits a minute from one IP address: a relay (and a B behind
+    // it) per part keeps every part under that.
+    async fn relay_and_b() -> (Node, Node, Multiaddr) {
+        let relay = Node::start(config(&[TCP])).await.expect("start R");
+        let mut b_config = config(&[TCP]);
+        b_config.bootstrap = vec![bootstrap(&relay, "tcp")];
+        b_config.nat_override = Some(NatStatus::Private);
+        let b = Node::start(b_config).await.expect("start B");
+        let circuit = reserved(b.handle(), Duration::from_secs(20)).await;
+        (relay, b, circuit)
+    }
+    let (relay, b, circuit) = relay_and_b().await;
+    let relay_addr = bootstrap(&relay, "tcp").addr;
+
+    for round in 0..50 {
+        // The explicit race: the relay and the circuit through it, dialled together.
+        let a = Node::start(config(&[TCP])).await.expect("start A");
+        let (to_relay, to_b) = tokio::join!(
+            a.handle().dial_addr(relay.peer_id(), relay_addr.clone()),
+            a.handle().dial_addr(b.peer_id(), circuit.clone()),
+        );
+        to_relay.unwrap_or_else(|e| panic!("round {round}: relay dial: {e}"));
+        let info = to_b.unwrap_or_else(|e| panic!("round {round}: circuit dial: {e}"));
+        assert!(info.relayed, "round {round}: {info:?}");
+        a.shutdown().await;
+    }
+    b.shutdown().await;
+    relay.shutdown().await;
+
+    let (relay, b, circuit) = relay_and_b().await;
+    for round in 0..10 {
+        // The bootstrap dial against an exact circuit dial (kaspa-p2p client, gRPC addresses).
+        let mut a_config = config(&[TCP]);
+        a_config.bootstrap = vec![bootstrap(&relay, "tcp")];
+        let a = Node::start(a_config).await.expect("start A");
+        a.handle()
+            .dial_addr(b.peer_id(), circuit.clone())
+            .await
+            .unwrap_or_else(|e| panic!("bootstrap round {round}: circuit dial: {e}"));
+        a.shutdown().await;
+        // The bootstrap dial against reaching a peer known only by its circuit (--tunnel).
+        let mut a_config = config(&[TCP]);
+        a_config.bootstrap = vec![bootstrap(&relay, "tcp")];
+        a_config.timing.connect_timeout = Duration::from_secs(10);
+        let a = Node::start(a_config).await.expect("start A");
+        a.handle()
+            .add_addresses(b.peer_id(), vec![circuit.clone()])
+            .await
+            .expect("add address");
+        a.handle()
+            .connect(b.peer_id())
+            .await
+            .unwrap_or_else(|e| panic!("reach round {round}: {e}"));
+        a.shutdown().await;
+    }
+    b.shutdown().await;
+    relay.shutdown().await;
+}

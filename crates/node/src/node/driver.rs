@@ -39,6 +39,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker, time::DelayQueue};
 
 use super::{
     ConnectError, NodeEvent, NodeStatus, Request, StartError, circuits, introduce, records,
+    relay_gate::{self, Parked, RelayGate},
 };
 use crate::{
     config::{NodeConfig, Timing},
@@ -104,6 +105,8 @@ pub(super) struct Driver {
     contacts: HashMap<PeerId, Contact>,
     /// Pairs relays' circuit limits with the relayed connections they belong to.
     circuits: circuits::Circuits,
+    /// Circuit dials waiting for the connection to their relay.
+    relay_gate: RelayGate<oneshot::Sender<Result<ConnectionInfo, ConnectError>>>,
     /// Exact dials waiting for their outcome, by the dial's connection id.
     exact_dials: HashMap<ConnectionId, oneshot::Sender<Result<ConnectionInfo, ConnectError>>>,
     /// The machine said stop.
@@ -199,6 +202,7 @@ impl Driver {
             lookups: HashMap::new(),
             contacts: HashMap::new(),
             circuits: circuits::Circuits::default(),
+            relay_gate: RelayGate::default(),
             exact_dials: HashMap::new(),
             stopping: false,
         }
@@ -468,6 +472,28 @@ impl Driver {
             let _ = reply.send(Err(ConnectError::Busy));
             return;
         }
+        if let Some((relay, relay_addr)) = relay_gate::relay_part(&addr)
+            && relay != peer
+            && !self.swarm.is_connected(&relay)
+        {
+            // A circuit dial racing its relay's connection would fail at once (relay_gate.rs).
+            tracing::info!(%peer, %addr, %relay, "circuit dial waits for the connection to its relay");
+            let parked = Parked::Exact {
+                peer,
+                addr,
+                reply,
+                give_up: Instant::now() + self.timing.connect_timeout,
+            };
+            match self.relay_gate.park(relay, relay_addr, parked) {
+                Ok(()) => self.dial_relay(relay),
+                Err(parked) => {
+                    if let Parked::Exact { reply, .. } = *parked {
+                        let _ = reply.send(Err(ConnectError::Busy));
+                    }
+                }
+            }
+            return;
+        }
         let direct = !punchgate_machine::node::is_relayed(&addr);
         tracing::info!(%peer, %addr, "dialing");
         let opts = DialOpts::peer_id(peer)
@@ -484,6 +510,75 @@ impl Driver {
                     peer,
                     reason: error_chain(&error),
                 }));
+            }
+        }
+    }
+
+    /// Dials `relay` for the circuit dials waiting on it, unless a dial of it is in flight
+    /// already (whoever started it: its connection serves them all).
+    fn dial_relay(&mut self, relay: PeerId) {
+        let Some(addr) = self.relay_gate.relay_addr(&relay) else {
+            return;
+        };
+        let opts = DialOpts::peer_id(relay)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(vec![addr])
+            .extend_addresses_through_behaviour()
+            .build();
+        let connection = opts.connection_id();
+        match self.dial(relay, opts, true) {
+            Ok(()) => self.relay_gate.dialing(connection, relay),
+            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                tracing::debug!(%relay, "relay already being dialled; circuit dials wait for it");
+            }
+            Err(error) => {
+                let reason = format!("cannot reach relay {relay}: {}", error_chain(&error));
+                let parked = self.relay_gate.connected(&relay);
+                self.fail_parked(parked, &reason);
+            }
+        }
+    }
+
+    /// Fails dials that waited for a relay that could not be reached.
+    fn fail_parked(
+        &mut self,
+        parked: Vec<Parked<oneshot::Sender<Result<ConnectionInfo, ConnectError>>>>,
+        reason: &str,
+    ) {
+        for dial in parked {
+            match dial {
+                Parked::Exact { peer, reply, .. } => {
+                    tracing::info!(%peer, %reason, "circuit dial failed: its relay is unreachable");
+                    let _ = reply.send(Err(ConnectError::Unreachable {
+                        peer,
+                        reason: reason.to_owned(),
+                    }));
+                }
+                Parked::Reach { peer } => {
+                    if let Some(reach) = self.reaching.get_mut(&peer) {
+                        reach.last_error = Some(reason.to_owned());
+                        reach.dialing = false;
+                        reach.dial = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resumes the dials that waited for `relay`, now connected.
+    fn resume_parked(&mut self, relay: PeerId) {
+        for dial in self.relay_gate.connected(&relay) {
+            match dial {
+                Parked::Exact {
+                    peer, addr, reply, ..
+                } => self.dial_exact(peer, addr, reply),
+                Parked::Reach { peer } => {
+                    if let Some(reach) = self.reaching.get_mut(&peer) {
+                        reach.dialing = false;
+                        reach.dial = None;
+                        self.reach(peer);
+                    }
+                }
             }
         }
     }
@@ -680,11 +775,28 @@ impl Driver {
             }
         });
         let retries = self.reaching.values().filter_map(|r| r.retry_at);
-        requests.chain(retries).min()
+        requests
+            .chain(retries)
+            .chain(self.relay_gate.next_deadline())
+            .min()
     }
 
     fn on_deadline(&mut self) {
         let now = Instant::now();
+        for dial in self.relay_gate.expire(now, |reply| reply.is_closed()) {
+            if let Parked::Exact {
+                peer, addr, reply, ..
+            } = dial
+            {
+                let _ = reply.send(Err(ConnectError::Unreachable {
+                    peer,
+                    reason: format!(
+                        "{addr}: no connection to its relay within {:?}",
+                        self.timing.connect_timeout
+                    ),
+                }));
+            }
+        }
         let waiting = std::mem::take(&mut self.waiting);
         for w in waiting {
             if now >= w.give_up {
@@ -763,6 +875,32 @@ impl Driver {
     }
 
     fn dial_to_reach(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        // Circuit addresses whose relay is not connected wait for it (relay_gate.rs).
+        let (addrs, gated): (Vec<Multiaddr>, Vec<Multiaddr>) = addrs.into_iter().partition(|a| {
+            relay_gate::relay_part(a)
+                .is_none_or(|(relay, _)| relay == peer || self.swarm.is_connected(&relay))
+        });
+        let mut parked = false;
+        for addr in &gated {
+            if let Some((relay, relay_addr)) = relay_gate::relay_part(addr)
+                && self
+                    .relay_gate
+                    .park(relay, relay_addr, Parked::Reach { peer })
+                    .is_ok()
+            {
+                tracing::debug!(%peer, %addr, %relay, "circuit dial waits for the connection to its relay");
+                parked = true;
+                self.dial_relay(relay);
+            }
+        }
+        if parked && addrs.is_empty() {
+            // Nothing to dial until a relay connects: `resume_parked` reaches again.
+            if let Some(reach) = self.reaching.get_mut(&peer) {
+                reach.dialing = true;
+                reach.dial = None;
+            }
+            return;
+        }
         let direct = addrs
             .iter()
             .any(|a| !punchgate_machine::node::is_relayed(a));
@@ -1071,6 +1209,14 @@ impl Driver {
                 }
                 tracing::debug!(%peer, %reason, "dial failed");
                 self.dial_failed(peer, connection_id);
+                if self.relay_gate.waits_for(&peer) && !self.swarm.is_connected(&peer) {
+                    match self.relay_gate.dial_failed(&peer, connection_id) {
+                        Some(parked) => self
+                            .fail_parked(parked, &format!("cannot reach relay {peer}: {reason}")),
+                        // Someone else's dial of the relay failed: try ours.
+                        None => self.dial_relay(peer),
+                    }
+                }
                 if let Some(reach) = self.reaching.get_mut(&peer) {
                     reach.last_error = Some(reason);
                     if reach.dial.is_none_or(|ours| ours == connection_id) {
@@ -1198,6 +1344,9 @@ impl Driver {
             connection,
             kind,
         });
+        if kind == PathKind::Direct && self.relay_gate.waits_for(&peer) {
+            self.resume_parked(peer);
+        }
         if let Some(limit) = circuit_limit {
             self.circuit_limit(circuits::Paired {
                 peer,

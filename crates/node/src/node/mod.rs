@@ -9,6 +9,7 @@ mod circuits;
 mod driver;
 mod introduce;
 mod records;
+mod relay_gate;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
