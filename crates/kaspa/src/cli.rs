@@ -296,6 +296,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Mode::Server { .. } | Mode::PeerId => None,
     };
     let config = node_config(&args, direct_wait)?;
+    let connect_timeout = config.timing.connect_timeout;
     // Watched before the addresses are printed: a SIGTERM right after them stops us cleanly.
     let signals = StopSignals::watch();
     let node = Node::start(config).await?;
@@ -318,7 +319,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ..
         } => {
             let addrs = multiaddrs("LIBP2P_REMOTE_MULTIADDRS", remote_multiaddrs.as_deref())?;
-            call(&node, &bridge, remote_peer_id, addrs, &local, &timeouts).await
+            let connected = reach(&node, remote_peer_id, addrs, connect_timeout).await;
+            match connected {
+                Ok(()) => call(&node, &bridge, remote_peer_id, &local, &timeouts).await,
+                Err(error) => Err(error.into()),
+            }
         }
         // Handled by `run_main`, without a node.
         Mode::PeerId => Ok(()),
@@ -363,31 +368,71 @@ async fn serve(
     result
 }
 
+/// Attempts each remote address gets before the next is tried.
+const ATTEMPTS_PER_ADDR: u32 = 3;
+/// The pause after a failed attempt, doubled after each.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// Reaching the remote peer failed at every address.
+#[derive(Debug, thiserror::Error)]
+#[error("no remote multiaddr worked within {within:?}: {}", .tried.join("; "))]
+struct ReachError {
+    /// The whole budget.
+    within: Duration,
+    /// Each attempt, as `ADDR (attempt N): why`.
+    tried: Vec<String>,
+}
+
+/// Tries the given addresses in order, as the proof of concept did, each a few times (a relay
+/// or a punch may need a moment), all within `within` (the node's connect timeout).
+async fn reach(
+    node: &Node,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    within: Duration,
+) -> Result<(), ReachError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let total = addrs.len();
+    let mut tried = Vec::new();
+    for (i, addr) in addrs.into_iter().enumerate() {
+        let mut pause = FIRST_RETRY;
+        for attempt in 1..=ATTEMPTS_PER_ADDR {
+            tracing::info!(%addr, attempt, address = i + 1, of = total, "dialing remote multiaddr");
+            let dial = node.handle().dial_addr(peer, addr.clone());
+            match tokio::time::timeout_at(deadline, dial).await {
+                Ok(Ok(info)) => {
+                    tracing::info!(%addr, relayed = info.relayed, "connected to the remote peer");
+                    return Ok(());
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%addr, attempt, %error, "remote multiaddr failed");
+                    tried.push(format!("{addr} (attempt {attempt}): {error}"));
+                }
+                Err(_) => {
+                    tried.push(format!("{addr} (attempt {attempt}): out of time"));
+                    return Err(ReachError { within, tried });
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now + pause >= deadline {
+                return Err(ReachError { within, tried });
+            }
+            if attempt < ATTEMPTS_PER_ADDR {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
+    Err(ReachError { within, tried })
+}
+
 async fn call(
     node: &Node,
     bridge: &BridgeConfig,
     peer: PeerId,
-    addrs: Vec<Multiaddr>,
     local: &Local,
     timeouts: &Timeouts,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    // Try the given addresses in order, as the proof of concept did.
-    let total = addrs.len();
-    for (i, addr) in addrs.into_iter().enumerate() {
-        tracing::info!(%addr, attempt = i + 1, of = total, "dialing remote multiaddr");
-        match node.handle().dial_addr(peer, addr.clone()).await {
-            Ok(info) => {
-                tracing::info!(%addr, relayed = info.relayed, "connected to the remote peer");
-                break;
-            }
-            Err(error) => {
-                tracing::warn!(%addr, %error, "remote multiaddr failed");
-                if i + 1 == total {
-                    return Err(format!("no remote multiaddr worked (last: {error})").into());
-                }
-            }
-        }
-    }
     let path: Arc<std::sync::Mutex<Option<P2pConnectInfo>>> = Arc::default();
     let observer: punchgate_grpc::Observer = {
         let path = path.clone();

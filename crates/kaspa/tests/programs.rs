@@ -173,6 +173,13 @@ fn no_reachable_address_exits_1_with_a_message() {
     let (code, stderr) = client(&id, &server, "kaspa-mainnet", "/ip4/127.0.0.1/tcp/9");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no remote multiaddr worked"), "{stderr}");
+    // Each attempt is named with why it failed.
+    for attempt in 1..=3 {
+        assert!(
+            stderr.contains(&format!("/ip4/127.0.0.1/tcp/9 (attempt {attempt}): ")),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

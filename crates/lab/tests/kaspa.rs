@@ -15,6 +15,10 @@ use punchgate_lab::{
 #[allow(unsafe_code)]
 #[ctor::ctor(unsafe)]
 fn enter_user_namespace() {
+    if let Err(error) = punchgate_lab::preflight::check() {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
     patchbay::init_userns().expect("enter a user namespace for the lab");
 }
 
@@ -24,7 +28,19 @@ fn bin() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_verack_ready_between_two_private_peers_over_a_direct_connection() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nat-kaspa");
+    handshake("nat-kaspa", false).await;
+}
+
+/// The client is given the relay too (`LIBP2P_RELAY_MULTIADDRS`, the server's value): its
+/// bootstrap dial of the relay races its dial of the circuit through it, which must wait for
+/// that connection instead of failing (issue: "a dial that races its relay connection").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_works_when_the_client_names_the_relay_too() {
+    handshake("nat-kaspa-client-names-relay", true).await;
+}
+
+async fn handshake(name: &str, client_names_relay: bool) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("log dir");
     let net = topology::build(
@@ -89,21 +105,30 @@ async fn version_verack_ready_between_two_private_peers_over_a_direct_connection
         .expect("the server holds a reservation");
 
     // The client, as in the proof of concept: the server's peer id and its circuit address.
+    let mut client_env = vec![
+        (
+            "LIBP2P_LISTEN_MULTIADDRS".into(),
+            "/ip4/0.0.0.0/tcp/4013".into(),
+        ),
+        ("LIBP2P_REMOTE_PEER_ID".into(), server.peer_id.clone()),
+        (
+            "LIBP2P_REMOTE_MULTIADDRS".into(),
+            // The proof of concept's form, and the issue's (with the server's id).
+            if client_names_relay {
+                format!("{relay_addr}/p2p-circuit/p2p/{}", server.peer_id)
+            } else {
+                format!("{relay_addr}/p2p-circuit")
+            },
+        ),
+    ];
+    if client_names_relay {
+        client_env.push(("LIBP2P_RELAY_MULTIADDRS".into(), relay_addr.clone()));
+    }
     let mut client = Peer::start_program(
         &net.a,
         &bin(),
         &["kaspa", "client"],
-        vec![
-            (
-                "LIBP2P_LISTEN_MULTIADDRS".into(),
-                "/ip4/0.0.0.0/tcp/4013".into(),
-            ),
-            ("LIBP2P_REMOTE_PEER_ID".into(), server.peer_id.clone()),
-            (
-                "LIBP2P_REMOTE_MULTIADDRS".into(),
-                format!("{relay_addr}/p2p-circuit"),
-            ),
-        ],
+        client_env,
         "kaspa-client",
         &dir,
         vec!["--no-mdns".into(), "--autonat-private-ips".into()],

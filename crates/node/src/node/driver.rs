@@ -742,7 +742,7 @@ impl Driver {
             .unwrap_or(punchgate_machine::CircuitLimit::NONE);
         let advice =
             crate::access::short_circuit_advice(relay, &limit, *self.swarm.local_peer_id(), peer);
-        tracing::warn!(%peer, relay = ?relay, %limit, %advice, "stream refused: only a short relay circuit reaches the peer");
+        tracing::warn!(%peer, relay = %relay.map_or_else(|| "unknown".to_owned(), |r| r.to_string()), %limit, %advice, "stream refused: only a short relay circuit reaches the peer");
         ConnectError::ShortCircuit { peer, advice }
     }
 
@@ -1369,9 +1369,9 @@ impl Driver {
         control.set_circuit_limit(connection, limit);
         let relay = control.connection_info(connection).and_then(|i| i.relay);
         if limit.is_short() {
-            tracing::info!(%peer, relay = ?relay, %limit, %connection, "relayed connection is a short circuit: for hole punching, not for tunnels");
+            tracing::info!(%peer, relay = %relay.map_or_else(|| "unknown".to_owned(), |r| r.to_string()), %limit, %connection, "relayed connection is a short circuit: for hole punching, not for tunnels");
         } else {
-            tracing::info!(%peer, relay = ?relay, %limit, %connection, "relayed connection can carry tunnels");
+            tracing::info!(%peer, relay = %relay.map_or_else(|| "unknown".to_owned(), |r| r.to_string()), %limit, %connection, "relayed connection can carry tunnels");
         }
         self.step(Event::CircuitLimit {
             peer,
