@@ -94,7 +94,8 @@ pub struct Cli {
     pub autonat_private_ips: bool,
 
     /// How long a new tunnel connection to a peer reached only through a relay waits for a
-    /// hole punch before it uses the relay.
+    /// hole punch before it uses the relay. A short relay circuit (see --relay) is never used:
+    /// the connection waits for the punch until it fails, then is refused.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     pub direct_wait: Duration,
 
