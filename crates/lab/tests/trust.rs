@@ -51,7 +51,8 @@ async fn an_untrusting_relay_refuses_the_tunnel_and_says_which_flag_would_carry_
         .await
         .expect("the tunnel answers in time")
         .expect_err("a short circuit carries no tunnel");
-    // Closed (or reset: the 64 KiB sent were never read) with nothing echoed, never part of it.
+    // Closed (or reset: the 64 KiB sent were never read) with nothing echoed: B accepted no
+    // tunnel (checked below), so no byte can have come back.
     let error = format!("{error:#}");
     assert!(
         error.contains("got 0 back") || error.contains("read the echo"),
@@ -79,7 +80,7 @@ async fn an_untrusting_relay_refuses_the_tunnel_and_says_which_flag_would_carry_
     ] {
         assert!(advice.contains(&wanted), "'{wanted}' not in: {advice}");
     }
-    // The relay relayed short circuits only, and B accepted no tunnel.
+    // The relay gave A and B a short circuit, and B accepted no tunnel.
     assert!(
         cell.relay.events().iter().any(|e| matches(
             e,

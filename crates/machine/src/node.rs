@@ -254,6 +254,9 @@ pub enum Event<C> {
         connection: C,
         /// What the relay allows.
         limit: crate::paths::CircuitLimit,
+        /// We asked for the circuit (the limit is the one the relay enforces); `false` for a
+        /// circuit another peer opened to us (the limit is only what the relay announced).
+        outbound: bool,
     },
     /// DCUtR opened a direct connection to `peer`.
     HolePunchSucceeded {
@@ -568,9 +571,10 @@ impl<C: Copy + Eq + Debug> State<C> {
                 peer,
                 connection,
                 limit,
+                outbound,
             } => {
                 if let Some(conns) = self.connections.get_mut(&peer) {
-                    conns.on_circuit_limit(connection, limit);
+                    conns.on_circuit_limit(connection, limit, outbound);
                 }
             }
             Event::HolePunchFailed { peer, .. } => {

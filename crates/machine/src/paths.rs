@@ -8,8 +8,13 @@
 //! A relay may grant a circuit only a few minutes or kilobytes ([`CircuitLimit::is_short`]:
 //! libp2p's default, which Punchgate relays give circuits whose ends they do not trust). Such a
 //! circuit is good for coordinating a hole punch and nothing else: a stream on it would be cut
-//! off by the relay mid-transfer. New streams never use it; while it is the only path they wait
-//! for the punch, and when the punch fails they are refused with
+//! off by the relay mid-transfer. So a relayed connection carries new streams only when its
+//! limit is known to be long, and known from a source that tells the truth: the relay's answer
+//! to *our* circuit request (an outbound circuit). The limit a relay announces to the
+//! destination of a circuit need not be the one it enforces (libp2p-relay 0.22 announces the
+//! destination's own allowance and enforces the source's), so an inbound circuit, or one whose
+//! limit is not known yet, is never a fallback for streams we open. While no fallback exists new
+//! streams wait for the punch, and when the punch fails they are refused with
 //! [`PathSelection::ShortCircuit`], which the caller turns into an error that says which relay
 //! would have to trust whom.
 
@@ -120,8 +125,9 @@ pub(crate) struct PeerConnections<C> {
     /// DCUtR gave up since the last relayed connection opened: waiting for a direct path is
     /// pointless until something changes.
     punch_failed: bool,
-    /// Open relayed connections whose relay grants only short circuits.
-    short: Vec<C>,
+    /// Open relayed connections that may carry new streams: outbound circuits whose relay
+    /// told us a long limit.
+    long: Vec<C>,
 }
 
 impl<C> Default for PeerConnections<C> {
@@ -129,7 +135,7 @@ impl<C> Default for PeerConnections<C> {
         Self {
             open: Vec::new(),
             punch_failed: false,
-            short: Vec::new(),
+            long: Vec::new(),
         }
     }
 }
@@ -148,19 +154,20 @@ impl<C: Copy + Eq> PeerConnections<C> {
     /// Forgets `connection`; `true` when no connection to the peer remains.
     pub(crate) fn on_closed(&mut self, connection: C) -> bool {
         self.open.retain(|(c, _)| *c != connection);
-        self.short.retain(|c| *c != connection);
+        self.long.retain(|c| *c != connection);
         self.open.is_empty()
     }
 
-    /// The relay of `connection` told us its circuit's limit.
-    pub(crate) fn on_circuit_limit(&mut self, connection: C, limit: CircuitLimit) {
+    /// The relay of `connection` told us its circuit's limit; `outbound`: we asked for the
+    /// circuit (only then is the limit the one the relay enforces).
+    pub(crate) fn on_circuit_limit(&mut self, connection: C, limit: CircuitLimit, outbound: bool) {
         let relayed = self
             .open
             .iter()
             .any(|(c, k)| *c == connection && *k == PathKind::Relayed);
-        self.short.retain(|c| *c != connection);
-        if relayed && limit.is_short() {
-            self.short.push(connection);
+        self.long.retain(|c| *c != connection);
+        if relayed && outbound && !limit.is_short() {
+            self.long.push(connection);
         }
     }
 
@@ -190,15 +197,15 @@ impl<C: Copy + Eq> PeerConnections<C> {
         let long_relayed = self
             .open
             .iter()
-            .find(|(c, k)| *k == PathKind::Relayed && !self.short.contains(c))
+            .find(|(c, k)| *k == PathKind::Relayed && self.long.contains(c))
             .map(|(c, _)| *c);
         match (long_relayed, first(PathKind::Relayed)) {
             (Some(connection), _) if waited_enough || self.punch_failed => PathSelection::Use {
                 connection,
                 kind: PathKind::Relayed,
             },
-            // Only short circuits: wait for the punch however long the caller waits, since
-            // the relay is no fallback.
+            // No relayed connection known to be long: wait for the punch however long the
+            // caller waits, since the relay is no fallback.
             (None, Some(connection)) if self.punch_failed => {
                 PathSelection::ShortCircuit { connection }
             }
@@ -207,18 +214,17 @@ impl<C: Copy + Eq> PeerConnections<C> {
         }
     }
 
-    /// A short circuit, when short circuits are the only connections (for the error of a
-    /// request that ran out of time waiting for a punch).
+    /// A relayed connection, when the only connections are relayed ones that may not carry
+    /// streams (for the error of a request that ran out of time waiting for a punch).
     pub(crate) fn only_short_circuit(&self) -> Option<C> {
         let direct = self.open.iter().any(|(_, k)| *k == PathKind::Direct);
-        let long = self
-            .open
-            .iter()
-            .any(|(c, k)| *k == PathKind::Relayed && !self.short.contains(c));
-        if direct || long {
+        if direct || !self.long.is_empty() {
             return None;
         }
-        self.short.first().copied()
+        self.open
+            .iter()
+            .find(|(_, k)| *k == PathKind::Relayed)
+            .map(|(c, _)| *c)
     }
 }
 
@@ -253,6 +259,7 @@ mod tests {
     fn relayed_only_waits_then_falls_back() {
         let mut p = PeerConnections::default();
         p.on_established(7, PathKind::Relayed);
+        p.on_circuit_limit(7, CircuitLimit::NONE, true);
         assert_eq!(p.select(false), PathSelection::WaitForDirect);
         assert_eq!(
             p.select(true),
@@ -267,6 +274,7 @@ mod tests {
     fn failed_punch_uses_relay_at_once_until_a_new_relayed_connection() {
         let mut p = PeerConnections::default();
         p.on_established(7, PathKind::Relayed);
+        p.on_circuit_limit(7, CircuitLimit::NONE, true);
         p.on_hole_punch_failed();
         assert!(matches!(
             p.select(false),
@@ -311,7 +319,7 @@ mod tests {
     fn a_short_circuit_is_never_a_fallback() {
         let mut p = PeerConnections::default();
         p.on_established(7, PathKind::Relayed);
-        p.on_circuit_limit(7, SHORT);
+        p.on_circuit_limit(7, SHORT, true);
         // The wait for a direct path does not end with the caller's wait: the relay is no
         // fallback.
         assert_eq!(p.select(true), PathSelection::WaitForDirect);
@@ -323,7 +331,7 @@ mod tests {
         );
         // A long circuit through another relay is a fallback again.
         p.on_established(8, PathKind::Relayed);
-        p.on_circuit_limit(8, CircuitLimit::NONE);
+        p.on_circuit_limit(8, CircuitLimit::NONE, true);
         assert_eq!(p.only_short_circuit(), None);
         assert_eq!(
             p.select(true),
@@ -347,6 +355,41 @@ mod tests {
         assert_eq!(
             p.select(true),
             PathSelection::ShortCircuit { connection: 7 }
+        );
+    }
+
+    #[test]
+    fn only_an_outbound_circuit_known_to_be_long_is_a_fallback() {
+        let mut p = PeerConnections::default();
+        // Not known yet.
+        p.on_established(1, PathKind::Relayed);
+        p.on_hole_punch_failed();
+        assert_eq!(
+            p.select(true),
+            PathSelection::ShortCircuit { connection: 1 }
+        );
+        // Inbound, announced long: the announcement need not be what the relay enforces.
+        p.on_circuit_limit(1, CircuitLimit::NONE, false);
+        assert_eq!(
+            p.select(true),
+            PathSelection::ShortCircuit { connection: 1 }
+        );
+        assert_eq!(p.only_short_circuit(), Some(1));
+        // Outbound and long: a fallback.
+        p.on_circuit_limit(1, CircuitLimit::NONE, true);
+        assert_eq!(
+            p.select(true),
+            PathSelection::Use {
+                connection: 1,
+                kind: PathKind::Relayed
+            }
+        );
+        assert_eq!(p.only_short_circuit(), None);
+        // Told short later: no longer one.
+        p.on_circuit_limit(1, SHORT, true);
+        assert_eq!(
+            p.select(true),
+            PathSelection::ShortCircuit { connection: 1 }
         );
     }
 

@@ -237,13 +237,17 @@ impl fmt::Display for RelayMode {
 /// allows, and which flags on which node would let it relay tunnels between `a` and `b`.
 pub fn short_circuit_advice(
     relay: Option<PeerId>,
-    limit: &punchgate_machine::CircuitLimit,
+    limit: Option<&punchgate_machine::CircuitLimit>,
     a: PeerId,
     b: PeerId,
 ) -> String {
     let relay = relay.map_or_else(|| "the relay".to_owned(), |r| format!("relay {r}"));
+    let grants = match limit {
+        Some(limit) => format!("grants this circuit only {limit}"),
+        None => "said nothing of this circuit's limits".to_owned(),
+    };
     format!(
-        "{relay} grants circuits between peers it does not trust only {limit}, enough to punch a hole but not to carry a tunnel, and no direct connection could be made. To relay tunnels between these peers, start {relay} with `--trust {a} --trust {b}` (or `--relay any`), or use a relay whose operator trusts both"
+        "{relay} {grants}: enough to punch a hole, not to carry a tunnel (a relay gives long circuits only to peers its operator trusts), and no direct connection could be made. To relay tunnels between these peers, start {relay} with `--trust {a} --trust {b}` (or `--relay any`), or use a relay whose operator trusts both"
     )
 }
 
@@ -252,45 +256,86 @@ pub fn short_circuit_advice(
 pub const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Peers whose denials are tracked at once; the oldest is forgotten first.
 const DENIAL_LOG_PEERS: usize = 1024;
+/// Denial lines per [`DENIAL_LOG_INTERVAL`] across all peers: peer ids cost nothing to make, so
+/// a flood from many identities is bounded too.
+pub const DENIAL_LOG_LINES: u32 = 20;
 
-/// Rate-limits log lines per peer, so a flood of refusals cannot fill the log.
+/// Rate-limits log lines per peer and in total, so a flood of refusals cannot fill the log.
 #[derive(Debug, Default)]
 pub struct DenialLog {
-    /// Per peer: when its last line was written, and how many were held back since.
-    peers: HashMap<PeerId, (Instant, u64)>,
+    /// Per peer: when its last line was written (if ever), when it was last seen, and how many
+    /// lines were held back since its last one.
+    peers: HashMap<PeerId, Tracked>,
+    /// The current window across all peers: when it started, and the lines written in it.
+    window: Option<(Instant, u32)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    last_line: Option<Instant>,
+    seen: Instant,
+    held: u64,
 }
 
 impl DenialLog {
     /// Whether a line about `peer` should be written now; `Some(n)` with the `n` lines held back
     /// since the last one, `None` to hold this one back.
     pub fn admit(&mut self, peer: PeerId, now: Instant) -> Option<u64> {
-        if let Some((last, held)) = self.peers.get_mut(&peer) {
-            if now.duration_since(*last) < DENIAL_LOG_INTERVAL {
-                *held += 1;
-                return None;
+        let tracked = match self.peers.get_mut(&peer) {
+            Some(tracked) => tracked,
+            None => {
+                self.make_room(now);
+                self.peers.entry(peer).or_insert(Tracked {
+                    last_line: None,
+                    seen: now,
+                    held: 0,
+                })
             }
-            let suppressed = *held;
-            *last = now;
-            *held = 0;
-            return Some(suppressed);
-        }
-        if self.peers.len() >= DENIAL_LOG_PEERS {
-            // Forget the peers that have been quiet longest (and any whose window has passed).
-            self.peers
-                .retain(|_, (last, _)| now.duration_since(*last) < DENIAL_LOG_INTERVAL);
-            if self.peers.len() >= DENIAL_LOG_PEERS {
-                if let Some(oldest) = self
-                    .peers
-                    .iter()
-                    .min_by_key(|(_, (t, _))| *t)
-                    .map(|(p, _)| *p)
-                {
-                    self.peers.remove(&oldest);
-                }
+        };
+        tracked.seen = now;
+        let recent = tracked
+            .last_line
+            .is_some_and(|t| now.duration_since(t) < DENIAL_LOG_INTERVAL);
+        let global_left = match self.window {
+            Some((start, lines)) if now.duration_since(start) < DENIAL_LOG_INTERVAL => {
+                lines < DENIAL_LOG_LINES
             }
+            _ => true,
+        };
+        if recent || !global_left {
+            tracked.held += 1;
+            return None;
         }
-        self.peers.insert(peer, (now, 0));
-        Some(0)
+        let suppressed = tracked.held;
+        tracked.held = 0;
+        tracked.last_line = Some(now);
+        self.window = match self.window {
+            Some((start, lines)) if now.duration_since(start) < DENIAL_LOG_INTERVAL => {
+                Some((start, lines + 1))
+            }
+            _ => Some((now, 1)),
+        };
+        Some(suppressed)
+    }
+
+    /// Keeps at most [`DENIAL_LOG_PEERS`] peers: forgets those seen longest ago.
+    fn make_room(&mut self, now: Instant) {
+        if self.peers.len() < DENIAL_LOG_PEERS {
+            return;
+        }
+        self.peers
+            .retain(|_, t| now.duration_since(t.seen) < DENIAL_LOG_INTERVAL);
+        while self.peers.len() >= DENIAL_LOG_PEERS {
+            let Some(oldest) = self
+                .peers
+                .iter()
+                .min_by_key(|(_, t)| t.seen)
+                .map(|(p, _)| *p)
+            else {
+                break;
+            };
+            self.peers.remove(&oldest);
+        }
     }
 }
 
@@ -377,10 +422,14 @@ mod tests {
         assert_eq!(log.admit(b, t0 + Duration::from_millis(30)), Some(0));
         // After the interval, the next line carries the count held back.
         assert_eq!(log.admit(a, t0 + DENIAL_LOG_INTERVAL), Some(2));
-        // A flood of distinct peers stays bounded.
-        for _ in 0..(DENIAL_LOG_PEERS * 2) {
-            log.admit(PeerId::random(), t0 + DENIAL_LOG_INTERVAL);
-        }
+        // A flood of distinct peers stays bounded, in memory and in lines.
+        let t1 = t0 + DENIAL_LOG_INTERVAL * 3;
+        let written = (0..(DENIAL_LOG_PEERS * 2))
+            .filter(|_| log.admit(PeerId::random(), t1).is_some())
+            .count();
+        assert_eq!(written, DENIAL_LOG_LINES as usize);
         assert!(log.peers.len() <= DENIAL_LOG_PEERS);
+        // Once the window has passed, lines are written again.
+        assert_eq!(log.admit(a, t1 + DENIAL_LOG_INTERVAL), Some(0));
     }
 }

@@ -270,6 +270,18 @@ async fn run(cli: Cli) -> Result<(), RunError> {
         }
     }
     tracing::info!(relay = %config.relay_mode, trusted = config.trusted_peers().len(), "relay policy");
+    let long = punchgate_machine::CircuitLimit {
+        duration: Some(config.relay.circuit_duration),
+        bytes: Some(config.relay.circuit_bytes),
+    };
+    if config.relay_mode != RelayMode::Off && long.is_short() {
+        tracing::warn!(
+            limit = %long,
+            min_duration = ?punchgate_machine::paths::MIN_STREAM_CIRCUIT_DURATION,
+            min_bytes = punchgate_machine::paths::MIN_STREAM_CIRCUIT_BYTES,
+            "--relay-circuit-duration / --relay-circuit-bytes are below what a node rides a tunnel on: the long circuits this node grants will carry no tunnel"
+        );
+    }
     let mut signals = StopSignals::watch();
     let node = Node::start(config).await.map_err(Box::new)?;
     // Addresses a user can paste into another node's --bootstrap.

@@ -543,6 +543,13 @@ fn stale_discovery_timeout_is_ignored() {
 #[test]
 fn hole_punch_failure_releases_waiting_streams_to_the_relay() {
     let (s, _) = discovering().step(connected(4, 9, PathKind::Relayed));
+    // Our circuit, and the relay grants it a long limit.
+    let (s, _) = s.step(Event::CircuitLimit {
+        peer: peer(4),
+        connection: 9,
+        limit: crate::CircuitLimit::NONE,
+        outbound: true,
+    });
     assert_eq!(s.select_path(&peer(4), false), PathSelection::WaitForDirect);
     let (s, _) = s.step(Event::HolePunchFailed {
         peer: peer(4),
@@ -555,6 +562,30 @@ fn hole_punch_failure_releases_waiting_streams_to_the_relay() {
             kind: PathKind::Relayed
         }
     );
+}
+
+#[test]
+fn hole_punch_failure_refuses_streams_a_short_circuit_would_cut() {
+    let (s, _) = discovering().step(connected(4, 9, PathKind::Relayed));
+    let (s, _) = s.step(Event::CircuitLimit {
+        peer: peer(4),
+        connection: 9,
+        limit: crate::CircuitLimit {
+            duration: Some(std::time::Duration::from_secs(120)),
+            bytes: Some(128 << 10),
+        },
+        outbound: true,
+    });
+    assert_eq!(s.select_path(&peer(4), true), PathSelection::WaitForDirect);
+    let (s, _) = s.step(Event::HolePunchFailed {
+        peer: peer(4),
+        reason: "AttemptsExceeded(3)".into(),
+    });
+    assert_eq!(
+        s.select_path(&peer(4), false),
+        PathSelection::ShortCircuit { connection: 9 }
+    );
+    assert_eq!(s.only_short_circuit(&peer(4)), Some(9));
 }
 
 // ---------------------------------------------------------------------------------------------

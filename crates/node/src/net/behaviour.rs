@@ -34,7 +34,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     /// Learn whether we are reachable (public) or not (private); confirms external addresses.
     pub autonat: autonat::Behaviour,
-    /// Punchgate's DHT: peer records, service providers, peer routing.
+    /// Punchgate's DHT: signed peer records (addresses only) and peer routing.
     pub kademlia: kad::Behaviour<MemoryStore>,
     /// Zero-configuration discovery on the local network.
     pub mdns: Mdns,

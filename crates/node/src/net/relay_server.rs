@@ -14,11 +14,18 @@
 //! what they are. So [`RelayServer`] keeps a second `relay::Behaviour` with the short limits
 //! that only builds handlers: a connection from a trusted peer gets a handler from the main
 //! (long) server, every other one from the short one, and all their events go to the main
-//! server, which alone keeps reservations and circuits. A circuit from an untrusted source is
-//! short; one from a trusted source to an untrusted destination is driven long but announced
-//! short to the destination, which then refuses tunnels on it (so, in effect, both ends must
-//! be trusted). Upstream change that would let us delete this: a per-circuit limit callback in
-//! `relay::Config` (rust-libp2p has none as of libp2p-relay 0.22).
+//! server, which alone keeps reservations and circuits.
+//!
+//! What that gives, exactly: the relay *enforces* the source's limits and *announces* the
+//! destination's to the destination. Trusted → trusted: long, announced long. Untrusted →
+//! anyone: short, enforced and announced to the source as short (so a Punchgate source opens no
+//! stream on it); a trusted destination hears "long", which is why a node never opens its own
+//! streams on an inbound circuit (`punchgate_machine::paths`). Trusted → untrusted: driven long,
+//! announced short to the destination, whose tunnel server then refuses tunnels on it. So for
+//! tunnels both ends must be trusted; a trusted source may still use a long circuit for other
+//! protocols a stranger destination accepts (the operator trusted that source). Upstream change
+//! that would let us delete this: a per-circuit limit callback in `relay::Config` (rust-libp2p
+//! has none as of libp2p-relay 0.22).
 //!
 //! # The upstream bug
 //!
@@ -340,6 +347,59 @@ mod tests {
             })
             .collect();
         assert_eq!(notified, [direct]);
+    }
+
+    /// `off`: every connection gets the dummy handler (no relay protocol), and no event ever
+    /// reaches one (a `SetStatus` would panic its connection task).
+    #[test]
+    fn relaying_off_gives_every_connection_a_dummy_and_never_addresses_it() {
+        let local = Keypair::generate_ed25519().public().to_peer_id();
+        let mut server = RelayServer::new(
+            local,
+            relay::Config::default(),
+            RelayMode::Off,
+            HashSet::new(),
+        );
+        let direct = ConnectionId::new_unchecked(1);
+        establish(
+            &mut server,
+            direct,
+            &"/ip4/203.0.113.5/tcp/4001".parse().expect("address"),
+        );
+        assert!(server.dummies.contains(&direct));
+        let external: Multiaddr = "/ip4/203.0.113.5/tcp/4001".parse().expect("address");
+        server.on_swarm_event(FromSwarm::ExternalAddrConfirmed(ExternalAddrConfirmed {
+            addr: &external,
+        }));
+        let notified = drain(&mut server)
+            .into_iter()
+            .filter(|a| matches!(a, ToSwarm::NotifyHandler { .. }))
+            .count();
+        assert_eq!(notified, 0);
+        assert!(!server.trusts(&PeerId::random()));
+    }
+
+    /// `trusted`: long circuits only between two trusted peers; `any`: between any.
+    #[test]
+    fn long_circuits_need_both_ends_trusted() {
+        let local = Keypair::generate_ed25519().public().to_peer_id();
+        let (a, b, stranger) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let server = RelayServer::new(
+            local,
+            relay::Config::default(),
+            RelayMode::Trusted,
+            HashSet::from([a, b]),
+        );
+        assert!(server.is_long(&a, &b));
+        assert!(!server.is_long(&a, &stranger));
+        assert!(!server.is_long(&stranger, &b));
+        let any = RelayServer::new(
+            local,
+            relay::Config::default(),
+            RelayMode::Any,
+            HashSet::new(),
+        );
+        assert!(any.is_long(&stranger, &PeerId::random()));
     }
 
     #[test]

@@ -559,6 +559,10 @@ impl Driver {
                         reach.last_error = Some(reason.to_owned());
                         reach.dialing = false;
                         reach.dial = None;
+                        // Look again later (not at once: the relay may stay unreachable).
+                        reach.failed_lookups += 1;
+                        let delay = Duration::from_secs(1 << (reach.failed_lookups - 1).min(3));
+                        reach.retry_at = Some(Instant::now() + delay);
                     }
                 }
             }
@@ -737,11 +741,14 @@ impl Driver {
             .new_control()
             .connection_info(connection);
         let relay = info.as_ref().and_then(|i| i.relay);
-        let limit = info
-            .and_then(|i| i.circuit_limit)
-            .unwrap_or(punchgate_machine::CircuitLimit::NONE);
-        let advice =
-            crate::access::short_circuit_advice(relay, &limit, *self.swarm.local_peer_id(), peer);
+        let limit = info.and_then(|i| i.circuit_limit);
+        let advice = crate::access::short_circuit_advice(
+            relay,
+            limit.as_ref(),
+            *self.swarm.local_peer_id(),
+            peer,
+        );
+        let limit = limit.map_or_else(|| "unknown".to_owned(), |l| l.to_string());
         tracing::warn!(%peer, relay = %relay.map_or_else(|| "unknown".to_owned(), |r| r.to_string()), %limit, %advice, "stream refused: only a short relay circuit reaches the peer");
         ConnectError::ShortCircuit { peer, advice }
     }
@@ -1367,16 +1374,33 @@ impl Driver {
         } = paired;
         let control = self.swarm.behaviour().streams.new_control();
         control.set_circuit_limit(connection, limit);
-        let relay = control.connection_info(connection).and_then(|i| i.relay);
-        if limit.is_short() {
-            tracing::info!(%peer, relay = %relay.map_or_else(|| "unknown".to_owned(), |r| r.to_string()), %limit, %connection, "relayed connection is a short circuit: for hole punching, not for tunnels");
-        } else {
-            tracing::info!(%peer, relay = %relay.map_or_else(|| "unknown".to_owned(), |r| r.to_string()), %limit, %connection, "relayed connection can carry tunnels");
+        let info = control.connection_info(connection);
+        let relay = info
+            .as_ref()
+            .and_then(|i| i.relay)
+            .map_or_else(|| "unknown".to_owned(), |r| r.to_string());
+        // Inbound circuits are opened by others, strangers included: debug, so they cannot
+        // fill the log.
+        let ours = info.is_some_and(|i| i.outbound);
+        match (ours, limit.is_short()) {
+            (true, true) => {
+                tracing::info!(%peer, %relay, %limit, %connection, "relayed connection is a short circuit: for hole punching, not for tunnels")
+            }
+            (true, false) => {
+                tracing::info!(%peer, %relay, %limit, %connection, "relayed connection can carry tunnels")
+            }
+            (false, _) => {
+                tracing::debug!(%peer, %relay, %limit, %connection, "inbound relayed connection's limit")
+            }
         }
+        let outbound = control
+            .connection_info(connection)
+            .is_some_and(|i| i.outbound);
         self.step(Event::CircuitLimit {
             peer,
             connection,
             limit,
+            outbound,
         });
     }
 
@@ -1553,9 +1577,6 @@ impl Driver {
                 let seq = self.record_puts.remove(&id);
                 tracing::debug!(seq, %error, "peer record not replicated");
             }
-            QueryResult::StartProviding(Err(error)) => {
-                tracing::debug!(%error, "service announcement not replicated");
-            }
             _ => {}
         }
         if last && let Some(peer) = self.lookups.remove(&id) {
@@ -1608,10 +1629,12 @@ fn on_relay_server_event(server: &crate::net::relay_server::RelayServer, event: 
             src_peer_id,
             dst_peer_id,
         } => {
+            // The relay enforces the source's limits (relay_server.rs).
+            let enforced = if server.trusts(&src_peer_id) { "long" } else { "short" };
             if server.is_long(&src_peer_id, &dst_peer_id) {
-                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, "relaying circuit (long: both ends trusted)");
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, "relaying circuit (long: both ends trusted)");
             } else {
-                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, "relaying circuit (short: enough to punch a hole; --trust both ends for tunnels)");
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, "relaying circuit (short: enough to punch a hole; --trust both ends for tunnels)");
             }
         }
         relay::Event::CircuitReqDenied {

@@ -487,7 +487,12 @@ impl Node {
         ));
         tasks.spawn(tunnel::server::run(
             incoming,
-            Arc::new(tunnel::server::Exposed::new(services, access, peer_id)),
+            Arc::new(tunnel::server::Exposed::new(
+                services,
+                access,
+                peer_id,
+                control.clone(),
+            )),
             limits.clone(),
             shutdown.clone(),
             tasks.clone(),

@@ -47,16 +47,44 @@ pub struct Exposed {
     pub denials: Mutex<DenialLog>,
     /// This node's peer id (named in the advice of a short-circuit refusal).
     pub local: libp2p::PeerId,
+    /// Looks up what a relay said about a circuit after its stream arrived.
+    pub control: crate::net::stream::Control,
 }
 
 impl Exposed {
     /// Services and the rules for them, served by `local`.
-    pub fn new(services: Services, access: Access, local: libp2p::PeerId) -> Self {
+    pub fn new(
+        services: Services,
+        access: Access,
+        local: libp2p::PeerId,
+        control: crate::net::stream::Control,
+    ) -> Self {
         Self {
             services,
             access,
             denials: Mutex::new(DenialLog::default()),
             local,
+            control,
+        }
+    }
+
+    /// What the relay said about a relayed connection's circuit, waiting a moment for it when
+    /// the stream came first.
+    async fn circuit_limit(
+        &self,
+        info: &crate::net::stream::ConnectionInfo,
+    ) -> Option<punchgate_machine::CircuitLimit> {
+        let deadline = tokio::time::Instant::now() + CIRCUIT_LIMIT_WAIT;
+        loop {
+            let limit = info.circuit_limit.or_else(|| {
+                self.control
+                    .connection_info(info.connection)
+                    .and_then(|i| i.circuit_limit)
+            });
+            if limit.is_some() || tokio::time::Instant::now() >= deadline {
+                return limit;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -69,11 +97,17 @@ impl Exposed {
     }
 }
 
+/// Stands for a requested name that is not a valid service name (never logged or echoed).
+const INVALID_NAME: &str = "(not a service name)";
+
 /// The refusal for a service that does not exist, and (word for word) for one the peer may not
 /// use.
 pub fn unknown_service(service: &str) -> String {
     format!("unknown service '{service}'")
 }
+
+/// How long a stream on a relayed connection waits for the relay's word on the circuit.
+const CIRCUIT_LIMIT_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a refusal may take to write before the stream is dropped anyway.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -146,13 +180,28 @@ async fn serve(
             return;
         }
     };
-    let service = request.service;
+    // The name is the peer's text: logged and echoed only as a valid service name.
+    let service = if ServiceName::from_str(&request.service).is_ok() {
+        request.service
+    } else {
+        INVALID_NAME.to_owned()
+    };
     tracing::debug!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request");
 
-    if let Some(limit) = info.circuit_limit.filter(|l| l.is_short()) {
+    // A relayed connection carries a tunnel only when its relay said the circuit is long; one it
+    // said nothing about is not trusted with a tunnel either.
+    let short = if info.relayed {
+        match exposed.circuit_limit(&info).await {
+            Some(limit) if !limit.is_short() => None,
+            limit => Some(limit),
+        }
+    } else {
+        None
+    };
+    if let Some(limit) = short {
         let reason = format!(
             "this connection is a short relay circuit: {}",
-            crate::access::short_circuit_advice(info.relay, &limit, peer, exposed.local)
+            crate::access::short_circuit_advice(info.relay, limit.as_ref(), peer, exposed.local)
         );
         if let Some(held_back) = exposed.log_denial(peer) {
             tracing::warn!(peer_id = %peer, %service, %reason, held_back, "tunnel rejected");
