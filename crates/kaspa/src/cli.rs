@@ -261,16 +261,7 @@ fn node_config(
 /// not fit together ([`UsageError`]) exit code 2.
 pub fn run_main(args: Args) -> ExitCode {
     if let Mode::PeerId = args.mode {
-        return match identity::load_or_create(&args.identity) {
-            Ok((keypair, _)) => {
-                println!("{}", keypair.public().to_peer_id());
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::FAILURE
-            }
-        };
+        return punchgate::cli::print_peer_id(&args.identity);
     }
     // Before anything starts (and before a key file is created).
     if let Err(error) = args.check() {

@@ -42,6 +42,21 @@ pub enum PreflightError {
     },
 }
 
+/// For the lab's test binaries, from a `#[ctor]` (before `main`, while the process has one
+/// thread: patchbay needs that to unshare the user namespace that lets it build network
+/// namespaces without root): the preflight, then that namespace. A machine that cannot run the
+/// lab gets the preflight's one line and exit code 1.
+pub fn enter_lab_for_tests() {
+    if let Err(error) = check() {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+    if let Err(error) = patchbay::init_userns() {
+        eprintln!("error: cannot enter a user namespace for the lab: {error:#}");
+        std::process::exit(1);
+    }
+}
+
 /// Checks the tools on this process's `PATH` and the right to build namespaces.
 pub fn check() -> Result<(), PreflightError> {
     check_tools(std::env::var_os("PATH").as_deref())?;

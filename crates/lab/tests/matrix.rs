@@ -11,17 +11,11 @@ use punchgate_lab::{
     topology::Scenario,
 };
 
-// Runs before `main`, while the process has one thread: patchbay needs that to unshare the
-// user namespace that lets it build network namespaces without root. The preflight first, so
-// a machine without the lab's tools gets one line naming them.
+// Before `main`: the lab's preflight and patchbay's user namespace (see the function).
 #[allow(unsafe_code)]
 #[ctor::ctor(unsafe)]
 fn enter_user_namespace() {
-    if let Err(error) = punchgate_lab::preflight::check() {
-        eprintln!("error: {error}");
-        std::process::exit(1);
-    }
-    patchbay::init_userns().expect("enter a user namespace for the lab");
+    punchgate_lab::preflight::enter_lab_for_tests();
 }
 
 fn bin() -> PathBuf {

@@ -208,16 +208,7 @@ pub enum RunError {
 /// malformed flag.
 pub fn run_main(cli: Cli) -> ExitCode {
     if cli.print_peer_id {
-        return match identity::load_or_create(&cli.identity) {
-            Ok((keypair, _)) => {
-                println!("{}", keypair.public().to_peer_id());
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::FAILURE
-            }
-        };
+        return print_peer_id(&cli.identity);
     }
     // Check the rules before anything starts (and before a key file is created).
     if let Err(error) = crate::access::Access::new(&cli.expose, &cli.allow) {
@@ -301,6 +292,21 @@ async fn run(cli: Cli) -> Result<(), RunError> {
     });
     node.run_until_stopped().await;
     Ok(())
+}
+
+/// `--print-peer-id`: prints the peer id of the key file at `path` (created if missing) on
+/// stdout; exit code 1 with the reason on stderr when the file cannot be used.
+pub fn print_peer_id(path: &std::path::Path) -> ExitCode {
+    match identity::load_or_create(path) {
+        Ok((keypair, _)) => {
+            println!("{}", keypair.public().to_peer_id());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Every tunnelled connection holds a socket on each side: lift the soft limit on open files to

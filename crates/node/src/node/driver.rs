@@ -1630,7 +1630,11 @@ fn on_relay_server_event(server: &crate::net::relay_server::RelayServer, event: 
             dst_peer_id,
         } => {
             // The relay enforces the source's limits (relay_server.rs).
-            let enforced = if server.trusts(&src_peer_id) { "long" } else { "short" };
+            let enforced = if server.trusts(&src_peer_id) {
+                "long"
+            } else {
+                "short"
+            };
             if server.is_long(&src_peer_id, &dst_peer_id) {
                 tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, "relaying circuit (long: both ends trusted)");
             } else {
