@@ -36,7 +36,8 @@ const STRICT_PAIR: Scenario = Scenario::Pair {
 async fn an_untrusting_relay_refuses_the_tunnel_and_says_which_flag_would_carry_it() {
     let mut spec = CellSpec::new(STRICT_PAIR, Transport::Tcp);
     spec.relay_trusts_peers = false;
-    let mut cell = Cell::start(spec, &bin(), &logs())
+    // Each test its own log directory: cells of one scenario share file names.
+    let mut cell = Cell::start(spec, &bin(), &logs().join("untrusting"))
         .await
         .expect("start the cell");
 
@@ -102,7 +103,7 @@ async fn a_trusting_relay_carries_10_mib() {
         "an unpunchable cell trusts its peers"
     );
     spec.payload = 10 << 20;
-    let result = cell::run(spec, &bin(), &logs())
+    let result = cell::run(spec, &bin(), &logs().join("trusting"))
         .await
         .expect("the cell runs");
     assert_eq!(result.final_path, PathTaken::Relayed);
