@@ -95,6 +95,9 @@ pub(super) struct Driver {
     record_seq: u64,
     /// Peer-record puts in flight, with their sequence numbers.
     record_puts: HashMap<QueryId, u64>,
+    /// A publication waits for the put in flight: two puts in flight at once can reach a DHT
+    /// node in either order, and the older record (no circuit address yet) would win.
+    publish_queued: bool,
     /// Stream requests waiting for a connection or a hole punch.
     waiting: Vec<Waiting>,
     /// Peers being reached on behalf of waiting requests.
@@ -197,6 +200,7 @@ impl Driver {
             introductions_in_flight: 0,
             record_seq: 0,
             record_puts: HashMap::new(),
+            publish_queued: false,
             waiting: Vec::new(),
             reaching: HashMap::new(),
             lookups: HashMap::new(),
@@ -609,6 +613,11 @@ impl Driver {
     /// Puts the signed peer record: addresses only. Service names are never published: a peer
     /// learns them from the operator who allowed it, and a stranger learns nothing.
     fn publish(&mut self) {
+        if !self.record_puts.is_empty() {
+            tracing::debug!("peer record queued behind the one being stored");
+            self.publish_queued = true;
+            return;
+        }
         let me = *self.swarm.local_peer_id();
         let mut addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
         // Circuit addresses first: they work from anywhere; then the rest.
@@ -1569,13 +1578,15 @@ impl Driver {
                     );
                 }
             }
-            QueryResult::PutRecord(Ok(_)) => {
+            QueryResult::PutRecord(result) => {
                 let seq = self.record_puts.remove(&id);
-                tracing::info!(seq, "peer record stored");
-            }
-            QueryResult::PutRecord(Err(error)) => {
-                let seq = self.record_puts.remove(&id);
-                tracing::debug!(seq, %error, "peer record not replicated");
+                match result {
+                    Ok(_) => tracing::info!(seq, "peer record stored"),
+                    Err(error) => tracing::debug!(seq, %error, "peer record not replicated"),
+                }
+                if self.record_puts.is_empty() && std::mem::take(&mut self.publish_queued) {
+                    self.publish();
+                }
             }
             _ => {}
         }
