@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use libp2p::{
     PeerId, Swarm, SwarmBuilder, Transport as _,
-    core::{muxing::StreamMuxerBox, transport::Boxed, upgrade::Version},
+    core::{muxing::StreamMuxerBox, transport::Boxed},
     tcp,
 };
 
 use super::{
     behaviour::{Behaviour, BehaviourError},
-    mux, tls,
+    mux, security, tls,
 };
 use crate::config::NodeConfig;
 
@@ -54,17 +54,15 @@ fn yamux_config() -> mux::Config {
 }
 
 /// TCP with TLS 1.3 ([`tls::Config`]: libp2p's `/tls/1.0.0`, AES-GCM where the CPU has AES
-/// instructions) and yamux ([`mux::Config`]: 64 KiB frames), plus [`TCP_READ_BUFFER`] under TLS.
-/// Only TLS is offered: a second protocol (Noise) would cost every new connection a round trip,
-/// because multistream-select sends data without waiting for the answer only for the last
-/// protocol it proposes.
-fn tcp_transport(tls: tls::Config) -> Boxed<(PeerId, StreamMuxerBox)> {
+/// instructions) or, on connections dialled to us, Noise ([`security`]: stock peers that speak
+/// only Noise can connect), and yamux ([`mux::Config`]: 64 KiB frames), plus
+/// [`TCP_READ_BUFFER`] under the security layer. We dial with TLS alone: a second proposal would
+/// cost every new connection a round trip, because multistream-select sends data without
+/// waiting for the answer only for the last protocol it proposes.
+fn tcp_transport(security: security::Config) -> Boxed<(PeerId, StreamMuxerBox)> {
     tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .map(|stream, _| futures::io::BufReader::with_capacity(TCP_READ_BUFFER, stream))
-        .upgrade(Version::V1Lazy)
-        .authenticate(tls)
-        .multiplex(yamux_config())
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .and_then(move |stream, endpoint| security.clone().upgrade(stream, endpoint))
         .boxed()
 }
 
@@ -78,6 +76,8 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
     };
     // One certificate for TCP and relayed connections alike.
     let tls = tls::Config::new(&config.keypair).map_err(|e| transport_err("TLS")(&e))?;
+    let security = security::Config::new(&config.keypair, tls.clone(), yamux_config())
+        .map_err(|e| transport_err("Noise")(&e))?;
     let mut behaviour_error = None;
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
@@ -85,7 +85,7 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
             quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
             quic
         })
-        .with_other_transport(|_| tcp_transport(tls.clone()))
+        .with_other_transport(|_| tcp_transport(security))
         .map_err(|e| transport_err("TCP")(&e))?
         .with_dns()
         .map_err(|e| transport_err("DNS")(&e))?

@@ -1223,7 +1223,26 @@ impl Driver {
                         reason: reason.clone(),
                     }));
                 }
-                tracing::debug!(%peer, %reason, "dial failed");
+                let bootstrap = self
+                    .machine()
+                    .config()
+                    .bootstrap
+                    .iter()
+                    .any(|(p, _)| *p == peer);
+                let relay = self.relay_gate.waits_for(&peer)
+                    || self.relay_listeners.values().any(|l| l.relay == peer);
+                if bootstrap || relay {
+                    // A peer the node depends on: never fail in silence.
+                    let role = if relay { "relay" } else { "bootstrap peer" };
+                    let hint = if reason.contains("negotiation failed") {
+                        "the peer speaks no security protocol we dial TCP with (TLS): a stock libp2p peer that speaks only Noise can be reached over QUIC"
+                    } else {
+                        "check the address and that the peer is running; the node retries with backoff"
+                    };
+                    tracing::warn!(%peer, role, %reason, hint, "dial failed");
+                } else {
+                    tracing::debug!(%peer, %reason, "dial failed");
+                }
                 self.dial_failed(peer, connection_id);
                 if self.relay_gate.waits_for(&peer) && !self.swarm.is_connected(&peer) {
                     match self.relay_gate.dial_failed(&peer, connection_id) {
@@ -1728,5 +1747,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         message.push_str(&e.to_string());
         source = e.source();
     }
-    message
+    // One log line per event: libp2p lists several dial errors on lines of their own.
+    message.replace('\n', " ")
 }
