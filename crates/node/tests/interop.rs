@@ -1,7 +1,8 @@
 //! Stock rust-libp2p peers, built from libp2p's own crates with their default configurations
-//! (not with Punchgate's transport code), against a Punchgate node over TCP: whatever security
+//! (not with Punchgate's transport code), against Punchgate nodes over TCP: whatever security
 //! protocol the stock peer speaks (Noise only, TLS only, or both), it connects, pings and
-//! identifies the node.
+//! identifies a node; a node reaches a Noise-only peer (TLS refused, then Noise); and a node
+//! reserves on a stock Noise-only relay, through which another node reaches it.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt as _;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping,
+    Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, relay,
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp, tls, yamux,
 };
@@ -123,10 +124,9 @@ async fn stock_peers_with_noise_tls_or_both_connect_ping_and_identify() {
     node.shutdown().await;
 }
 
-/// A Punchgate node dialling a stock peer that speaks only Noise: not yet (a node dials with
-/// TLS alone; falling back to Noise when TLS is refused is still to be built).
+/// A Punchgate node dialling a stock peer that speaks only Noise: TLS is refused, the node dials
+/// again with Noise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "outbound Noise fallback not built yet: a node dials TCP with TLS only"]
 async fn a_node_reaches_a_stock_noise_only_peer() {
     let mut stock = stock_peer(Security::Noise);
     stock
@@ -151,28 +151,18 @@ async fn a_node_reaches_a_stock_noise_only_peer() {
     node.shutdown().await;
 }
 
-/// A bootstrap peer the node cannot talk to (a stock peer that speaks only Noise, which the node
-/// does not dial with) is a WARN naming the peer, its role, the reason and what to do: the real
-/// binary, at the default log level.
+/// A bootstrap peer the node cannot reach is a WARN naming the peer, its role, the reason and
+/// what to do: the real binary, at the default log level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bootstrap_peer_that_cannot_be_reached_is_a_warning_that_says_why() {
     use std::io::BufRead as _;
 
-    let mut stock = stock_peer(Security::Noise);
-    stock
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
-        .expect("listen");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = stock.select_next_some().await {
-            break address;
-        }
-    };
-    let stock_id = *stock.local_peer_id();
-    let serve = tokio::spawn(async move {
-        loop {
-            stock.select_next_some().await;
-        }
-    });
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let missing = PeerId::random();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_punchgate"))
         .args([
@@ -181,7 +171,10 @@ async fn a_bootstrap_peer_that_cannot_be_reached_is_a_warning_that_says_why() {
             "/ip4/127.0.0.1/tcp/0",
             "--bootstrap",
         ])
-        .arg(format!("{addr}/p2p/{stock_id}"))
+        .arg(format!(
+            "/ip4/127.0.0.1/tcp/{}/p2p/{missing}",
+            closed.port()
+        ))
         .arg("--identity")
         .arg(dir.path().join("id.key"))
         .env("RUST_LOG", "info")
@@ -203,14 +196,84 @@ async fn a_bootstrap_peer_that_cannot_be_reached_is_a_warning_that_says_why() {
         .expect("a 'dial failed' line");
     let _ = child.kill();
     let _ = child.wait();
-    serve.abort();
     for wanted in [
         "WARN",
-        &stock_id.to_string(),
+        &missing.to_string(),
         "bootstrap peer",
-        "negotiation failed",
-        "Noise",
+        "Connection refused",
+        "check the address",
     ] {
         assert!(line.contains(wanted), "'{wanted}' not in: {line}");
     }
+}
+
+#[derive(NetworkBehaviour)]
+struct StockRelay {
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// rust-libp2p's relay server as its example program runs it: Noise over TCP, libp2p's default
+/// relay limits (2 min, 128 KiB per circuit), serving once it has a confirmed external address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reserves_on_a_stock_relay_and_another_reaches_it_through_the_relay() {
+    let mut stock = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|key| StockRelay {
+            relay: relay::Behaviour::new(key.public().to_peer_id(), relay::Config::default()),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/ipfs/id/1.0.0".to_owned(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+        })
+        .expect("behaviour")
+        .build();
+    stock
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = stock.select_next_some().await {
+            break address;
+        }
+    };
+    stock.add_external_address(addr.clone());
+    let relay_id = *stock.local_peer_id();
+    let serve = tokio::spawn(async move {
+        loop {
+            stock.select_next_some().await;
+        }
+    });
+    let relay_addr: Multiaddr = format!("{addr}/p2p/{relay_id}").parse().expect("addr");
+
+    let mut b_config = config(&[TCP]);
+    b_config.bootstrap = vec![relay_addr.to_string().parse().expect("bootstrap")];
+    b_config.nat_override = Some(punchgate::config::NatStatus::Private);
+    let b = Node::start(b_config).await.expect("start B");
+    let mut events = b.handle().subscribe();
+    let circuit = wait_for(&mut events, Duration::from_secs(30), |e| match e {
+        punchgate::NodeEvent::RelayReservationAccepted { addr, .. } => Some(addr.clone()),
+        _ => None,
+    })
+    .await;
+
+    let a = Node::start(config(&[TCP])).await.expect("start A");
+    let info = a
+        .handle()
+        .dial_addr(b.peer_id(), circuit)
+        .await
+        .expect("A reaches B through the stock relay");
+    assert!(info.relayed, "{info:?}");
+    assert_eq!(info.relay, Some(relay_id));
+
+    a.shutdown().await;
+    b.shutdown().await;
+    serve.abort();
 }

@@ -12,15 +12,25 @@
 //! so the two negotiations (security, then the multiplexer) run here with multistream-select
 //! directly, as the builder would run them.
 
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
 use futures::{AsyncRead, AsyncWrite, future::Either};
 use libp2p::{
-    PeerId,
+    Multiaddr, PeerId, Transport,
     core::{
         ConnectedPoint, Negotiated,
         muxing::StreamMuxerBox,
+        transport::{
+            Boxed, DialOpts as TransportDialOpts, ListenerId, PortUse, TransportError,
+            TransportEvent,
+        },
         upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, Version},
     },
     identity::Keypair,
+    multiaddr::Protocol,
     noise,
 };
 use multistream_select::{NegotiationError, dialer_select_proto, listener_select_proto};
@@ -155,4 +165,145 @@ where
     }
     .map_err(UpgradeError::Mux)?;
     Ok(StreamMuxerBox::new(muxer))
+}
+
+/// A dial with Noise instead of TLS: the same TCP address with `/noise` after the port. The
+/// driver dials that after a peer refused TLS ([`with_noise`]); the node's own TCP transport does
+/// not take such an address, this one takes nothing else.
+pub fn with_noise(addr: &Multiaddr) -> Option<Multiaddr> {
+    let mut out = Multiaddr::empty();
+    let mut tcp = false;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Noise | Protocol::P2pCircuit => return None,
+            Protocol::Tcp(_) => {
+                tcp = true;
+                out.push(protocol);
+                out.push(Protocol::Noise);
+            }
+            other => out.push(other),
+        }
+    }
+    tcp.then_some(out)
+}
+
+/// `addr` without its `/noise`, when it has one after a TCP port.
+fn without_noise(addr: &Multiaddr) -> Option<Multiaddr> {
+    let mut out = Multiaddr::empty();
+    let mut found = false;
+    let mut after_tcp = false;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Noise if after_tcp => found = true,
+            Protocol::Tcp(_) => {
+                after_tcp = true;
+                out.push(protocol);
+            }
+            other => {
+                after_tcp = false;
+                out.push(other);
+            }
+        }
+    }
+    found.then_some(out)
+}
+
+/// The transport for `/noise` addresses ([`with_noise`]): TCP, Noise, yamux, outbound only.
+pub fn noise_dial_transport(
+    keypair: &Keypair,
+    mux: mux::Config,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let noise = noise::Config::new(keypair)?;
+    let inner = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
+        .and_then(move |socket, _endpoint| {
+            let (noise, mux) = (noise.clone(), mux.clone());
+            async move {
+                let (protocol, io) = dialer_select_proto(socket, [NOISE], Version::V1Lazy)
+                    .await
+                    .map_err(|source| UpgradeError::Negotiation {
+                        what: "security",
+                        source,
+                    })?;
+                let (peer, io) = noise.upgrade_outbound(io, protocol).await?;
+                Ok::<_, UpgradeError>((peer, multiplex(mux, io, true).await?))
+            }
+        });
+    Ok(NoiseDial(inner).boxed())
+}
+
+/// Takes only `/noise` addresses, strips the marker and dials with the inner transport.
+struct NoiseDial<T>(T);
+
+impl<T> Transport for NoiseDial<T>
+where
+    T: Transport + Unpin,
+{
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(
+        &mut self,
+        _: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<Self::Error>> {
+        Err(TransportError::MultiaddrNotSupported(addr))
+    }
+
+    fn remove_listener(&mut self, _: ListenerId) -> bool {
+        false
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: TransportDialOpts,
+    ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        match without_noise(&addr) {
+            Some(tcp) => self.0.dial(
+                tcp,
+                TransportDialOpts {
+                    port_use: PortUse::New,
+                    ..opts
+                },
+            ),
+            None => Err(TransportError::MultiaddrNotSupported(addr)),
+        }
+    }
+
+    fn poll(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        // Never listens: nothing to report.
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_addresses_round_trip_and_only_tcp_gets_one() {
+        let peer = PeerId::random();
+        let tcp: Multiaddr = format!("/ip4/198.51.100.1/tcp/4001/p2p/{peer}")
+            .parse()
+            .expect("addr");
+        let noise = with_noise(&tcp).expect("a TCP address");
+        assert_eq!(
+            noise.to_string(),
+            format!("/ip4/198.51.100.1/tcp/4001/noise/p2p/{peer}")
+        );
+        assert_eq!(without_noise(&noise), Some(tcp.clone()));
+        assert_eq!(without_noise(&tcp), None);
+        assert_eq!(with_noise(&noise), None);
+        let quic: Multiaddr = "/ip4/198.51.100.1/udp/4001/quic-v1".parse().expect("addr");
+        assert_eq!(with_noise(&quic), None);
+        let circuit: Multiaddr = format!("/ip4/198.51.100.1/tcp/4001/p2p/{peer}/p2p-circuit")
+            .parse()
+            .expect("addr");
+        assert_eq!(with_noise(&circuit), None);
+    }
 }

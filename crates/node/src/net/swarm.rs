@@ -78,6 +78,8 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
     let tls = tls::Config::new(&config.keypair).map_err(|e| transport_err("TLS")(&e))?;
     let security = security::Config::new(&config.keypair, tls.clone(), yamux_config())
         .map_err(|e| transport_err("Noise")(&e))?;
+    let noise_dial = security::noise_dial_transport(&config.keypair, yamux_config())
+        .map_err(|e| transport_err("Noise")(&e))?;
     let mut behaviour_error = None;
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
@@ -87,6 +89,9 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
         })
         .with_other_transport(|_| tcp_transport(security))
         .map_err(|e| transport_err("TCP")(&e))?
+        // Dials of `/noise` addresses: a stock peer that refused TLS (security.rs).
+        .with_other_transport(|_| noise_dial)
+        .map_err(|e| transport_err("Noise")(&e))?
         .with_dns()
         .map_err(|e| transport_err("DNS")(&e))?
         .with_relay_client(

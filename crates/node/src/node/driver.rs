@@ -518,6 +518,50 @@ impl Driver {
         }
     }
 
+    /// A dial failed because the peer refused TLS on some TCP addresses (a stock libp2p peer
+    /// that speaks only Noise): dials those addresses again with Noise (`/noise`,
+    /// `net/security.rs`), and hands the new dial whatever waited for the old one. `true` when
+    /// it did.
+    fn dial_again_with_noise(
+        &mut self,
+        peer: PeerId,
+        failed: ConnectionId,
+        error: &libp2p::swarm::DialError,
+    ) -> bool {
+        let libp2p::swarm::DialError::Transport(errors) = error else {
+            return false;
+        };
+        let addrs: Vec<Multiaddr> = errors
+            .iter()
+            .filter(|(_, e)| error_chain(e).to_lowercase().contains("negotiation failed"))
+            .filter_map(|(addr, _)| crate::net::security::with_noise(addr))
+            .collect();
+        if addrs.is_empty() {
+            return false;
+        }
+        tracing::info!(%peer, addrs = ?addrs, "the peer refused TLS: dialing it with Noise");
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(addrs)
+            .build();
+        let again = opts.connection_id();
+        if let Err(error) = self.dial(peer, opts, true) {
+            tracing::debug!(%peer, %error, "Noise dial not started");
+            return false;
+        }
+        self.dial_failed(peer, failed);
+        if let Some(reply) = self.exact_dials.remove(&failed) {
+            self.exact_dials.insert(again, reply);
+        }
+        if let Some(reach) = self.reaching.get_mut(&peer)
+            && reach.dial == Some(failed)
+        {
+            reach.dial = Some(again);
+        }
+        self.relay_gate.redialled(failed, again);
+        true
+    }
+
     /// Dials `relay` for the circuit dials waiting on it, unless a dial of it is in flight
     /// already (whoever started it: its connection serves them all).
     fn dial_relay(&mut self, relay: PeerId) {
@@ -1216,6 +1260,9 @@ impl Driver {
                 error,
                 connection_id,
             } => {
+                if self.dial_again_with_noise(peer, connection_id, &error) {
+                    return;
+                }
                 let reason = error_chain(&error);
                 if let Some(reply) = self.exact_dials.remove(&connection_id) {
                     let _ = reply.send(Err(ConnectError::Unreachable {
@@ -1234,8 +1281,8 @@ impl Driver {
                 if bootstrap || relay {
                     // A peer the node depends on: never fail in silence.
                     let role = if relay { "relay" } else { "bootstrap peer" };
-                    let hint = if reason.contains("negotiation failed") {
-                        "the peer speaks no security protocol we dial TCP with (TLS): a stock libp2p peer that speaks only Noise can be reached over QUIC"
+                    let hint = if reason.to_lowercase().contains("negotiation failed") {
+                        "the peer speaks neither TLS nor Noise over TCP: try its QUIC address"
                     } else {
                         "check the address and that the peer is running; the node retries with backoff"
                     };

@@ -107,6 +107,13 @@ impl<R> RelayGate<R> {
         self.relay_dials.insert(connection, relay);
     }
 
+    /// Our dial `failed` of a relay goes on as dial `again` (with another security protocol).
+    pub(super) fn redialled(&mut self, failed: ConnectionId, again: ConnectionId) {
+        if let Some(relay) = self.relay_dials.remove(&failed) {
+            self.relay_dials.insert(again, relay);
+        }
+    }
+
     /// `relay` is connected: what waited for it, to resume.
     pub(super) fn connected(&mut self, relay: &PeerId) -> Vec<Parked<R>> {
         self.relay_dials.retain(|_, r| r != relay);
