@@ -196,11 +196,6 @@ impl Access {
     pub fn rule(&self, service: &ServiceName) -> Option<&Allow> {
         self.rules.get(service)
     }
-
-    /// Every peer named in a rule: they are trusted with long relay circuits.
-    pub fn named_peers(&self) -> impl Iterator<Item = &PeerId> {
-        self.rules.values().flat_map(Allow::peers)
-    }
 }
 
 /// Who may use this node as a relay for long circuits (`--relay`).
@@ -391,23 +386,24 @@ mod tests {
     #[test]
     fn rules_add_up_and_name_trusted_peers() {
         let (a, b) = (PeerId::random(), PeerId::random());
-        let access = Access::new(
-            &[expose("ssh"), expose("web")],
-            &[
-                format!("ssh={a}").parse().expect("rule"),
-                format!("ssh={b}").parse().expect("rule"),
-                "web=any".parse().expect("rule"),
-            ],
-        )
-        .expect("valid");
+        let mut config = crate::NodeConfig::new(libp2p::identity::Keypair::generate_ed25519());
+        config.expose = vec![expose("ssh"), expose("web")];
+        config.allow = vec![
+            format!("ssh={a}").parse().expect("rule"),
+            format!("ssh={b}").parse().expect("rule"),
+            "web=any".parse().expect("rule"),
+        ];
+        let trusted = PeerId::random();
+        config.trust = vec![trusted];
+        let access = config.access().expect("valid");
         let ssh = "ssh".parse().expect("name");
         let web = "web".parse().expect("name");
         assert!(access.admits(&ssh, &a) && access.admits(&ssh, &b));
         assert!(!access.admits(&ssh, &PeerId::random()));
         assert!(access.admits(&web, &PeerId::random()));
         assert!(!access.admits(&"nope".parse().expect("name"), &a));
-        let named: HashSet<_> = access.named_peers().collect();
-        assert_eq!(named, HashSet::from([&a, &b]));
+        // Every peer named in a rule is trusted with long relay circuits, with --trust's.
+        assert_eq!(config.trusted_peers(), HashSet::from([a, b, trusted]));
     }
 
     #[test]

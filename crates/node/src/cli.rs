@@ -23,7 +23,7 @@ use crate::{
 /// Punchgate: reach TCP services on machines behind NAT, peer to peer.
 ///
 /// Every node is the same: it relays for others once public, reserves a relay slot when private,
-/// punches holes with DCUtR (TCP and QUIC), finds peers and services through Kademlia and mDNS,
+/// punches holes with DCUtR (TCP and QUIC), finds peers through Kademlia and mDNS,
 /// and exposes or consumes TCP tunnels.
 #[derive(Debug, Parser)]
 #[command(name = "punchgate", version, about, long_about)]

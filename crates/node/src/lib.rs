@@ -1,7 +1,7 @@
 //! Punchgate: a peer-to-peer NAT-traversing tunnel mesh on libp2p.
 //!
 //! One binary, no roles: every node relays for others once public, reserves a relay slot when
-//! private, punches holes with DCUtR (TCP and QUIC), discovers peers and services (Kademlia,
+//! private, punches holes with DCUtR (TCP and QUIC), discovers peers (Kademlia,
 //! mDNS), and exposes or consumes TCP tunnels.
 //!
 //! # Layout

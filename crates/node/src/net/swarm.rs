@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use libp2p::{
     PeerId, Swarm, SwarmBuilder, Transport as _,
-    core::{muxing::StreamMuxerBox, transport::Boxed},
+    core::{
+        muxing::StreamMuxerBox,
+        transport::{Boxed, timeout::TransportTimeout},
+    },
     tcp,
 };
 
@@ -28,6 +31,9 @@ pub const MAX_YAMUX_STREAMS_PER_CONNECTION: usize = 2048;
 /// The read buffer under TLS on TCP connections: rustls reads its socket at most 4 KiB at a
 /// time, so a 64 KiB burst would cost 16 `read` calls; through this buffer it costs one.
 pub const TCP_READ_BUFFER: usize = 128 << 10;
+
+/// How long a connection dialled to us may take to negotiate security and multiplexing.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long an idle connection (no streams, nothing kept alive) stays open.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,10 +66,11 @@ fn yamux_config() -> mux::Config {
 /// cost every new connection a round trip, because multistream-select sends data without
 /// waiting for the answer only for the last protocol it proposes.
 fn tcp_transport(security: security::Config) -> Boxed<(PeerId, StreamMuxerBox)> {
-    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+    let upgraded = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .map(|stream, _| futures::io::BufReader::with_capacity(TCP_READ_BUFFER, stream))
-        .and_then(move |stream, endpoint| security.clone().upgrade(stream, endpoint))
-        .boxed()
+        .and_then(move |stream, endpoint| security.clone().upgrade(stream, endpoint));
+    // A peer that connects must finish its handshakes in time (it holds a socket until then).
+    TransportTimeout::with_ingoing_timeout(upgraded, UPGRADE_TIMEOUT).boxed()
 }
 
 /// Builds the node's swarm. Listening is left to the caller.

@@ -181,11 +181,8 @@ async fn serve(
         }
     };
     // The name is the peer's text: logged and echoed only as a valid service name.
-    let service = if ServiceName::from_str(&request.service).is_ok() {
-        request.service
-    } else {
-        INVALID_NAME.to_owned()
-    };
+    let name = ServiceName::from_str(&request.service).ok();
+    let service = name.as_ref().map_or(INVALID_NAME, ServiceName::as_str);
     tracing::debug!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request");
 
     // A relayed connection carries a tunnel only when its relay said the circuit is long; one it
@@ -210,7 +207,6 @@ async fn serve(
         return;
     }
 
-    let name = ServiceName::from_str(&service).ok();
     let target = name.as_ref().and_then(|name| exposed.services.get(name));
     let admitted = name
         .as_ref()
@@ -223,7 +219,7 @@ async fn serve(
                 tracing::warn!(peer_id = %peer, %service, held_back, "tunnel rejected: no such service");
             }
         }
-        refuse(&mut stream, unknown_service(&service)).await;
+        refuse(&mut stream, unknown_service(service)).await;
         return;
     };
     tracing::info!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request admitted");
