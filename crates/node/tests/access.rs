@@ -6,9 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use libp2p::Multiaddr;
 use punchgate::{
-    Node, NodeEvent,
+    Node,
     config::{Allow, NatStatus},
     node::{ConnectError, NodeHandle},
     protocol,
@@ -111,12 +110,7 @@ async fn a_short_circuit_carries_no_tunnel_and_says_which_flag_would() {
         Allow::Peers([a_config.peer_id()].into()),
     );
     let b = Node::start(b_config).await.expect("start B");
-    let mut events = b.handle().subscribe();
-    let circuit: Multiaddr = wait_for(&mut events, Duration::from_secs(30), |e| match e {
-        NodeEvent::RelayReservationAccepted { addr, .. } => Some(addr.clone()),
-        _ => None,
-    })
-    .await;
+    let circuit = reserved(b.handle(), Duration::from_secs(30)).await;
 
     let a = Node::start(a_config).await.expect("start A");
     let info = a

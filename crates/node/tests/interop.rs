@@ -42,38 +42,22 @@ enum Security {
 }
 
 fn stock_peer(security: Security) -> Swarm<Stock> {
-    let builder = SwarmBuilder::with_new_identity().with_tokio();
+    // The builder's type changes with the security upgrade: one expansion per kind.
+    macro_rules! stock {
+        ($security:expr) => {
+            SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(tcp::Config::default(), $security, yamux::Config::default)
+                .expect("tcp")
+                .with_behaviour(stock_behaviour)
+                .expect("behaviour")
+                .build()
+        };
+    }
     match security {
-        Security::Noise => builder
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .expect("tcp")
-            .with_behaviour(stock_behaviour)
-            .expect("behaviour")
-            .build(),
-        Security::Tls => builder
-            .with_tcp(
-                tcp::Config::default(),
-                tls::Config::new,
-                yamux::Config::default,
-            )
-            .expect("tcp")
-            .with_behaviour(stock_behaviour)
-            .expect("behaviour")
-            .build(),
-        Security::Both => builder
-            .with_tcp(
-                tcp::Config::default(),
-                (tls::Config::new, noise::Config::new),
-                yamux::Config::default,
-            )
-            .expect("tcp")
-            .with_behaviour(stock_behaviour)
-            .expect("behaviour")
-            .build(),
+        Security::Noise => stock!(noise::Config::new),
+        Security::Tls => stock!(tls::Config::new),
+        Security::Both => stock!((tls::Config::new, noise::Config::new)),
     }
 }
 
@@ -257,12 +241,7 @@ async fn a_node_reserves_on_a_stock_relay_and_another_reaches_it_through_the_rel
     b_config.bootstrap = vec![relay_addr.to_string().parse().expect("bootstrap")];
     b_config.nat_override = Some(punchgate::config::NatStatus::Private);
     let b = Node::start(b_config).await.expect("start B");
-    let mut events = b.handle().subscribe();
-    let circuit = wait_for(&mut events, Duration::from_secs(30), |e| match e {
-        punchgate::NodeEvent::RelayReservationAccepted { addr, .. } => Some(addr.clone()),
-        _ => None,
-    })
-    .await;
+    let circuit = reserved(b.handle(), Duration::from_secs(30)).await;
 
     let a = Node::start(config(&[TCP])).await.expect("start A");
     let info = a

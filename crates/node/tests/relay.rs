@@ -10,26 +10,7 @@ use libp2p::Multiaddr;
 use punchgate::{
     Node, NodeEvent,
     config::{Allow, NatStatus},
-    node::NodeHandle,
 };
-
-/// R starts; B (told it is private) reserves a slot on R once R has learned it is public.
-/// Returns B's circuit address.
-async fn reserved(b: &NodeHandle, within: Duration) -> Multiaddr {
-    let mut events = b.subscribe();
-    if let Some(addr) = b.status().await.ok().and_then(|s| {
-        s.listen_addrs
-            .into_iter()
-            .find(|a| a.to_string().contains("p2p-circuit"))
-    }) {
-        return addr;
-    }
-    wait_for(&mut events, within, |e| match e {
-        NodeEvent::RelayReservationAccepted { addr, .. } => Some(addr.clone()),
-        _ => None,
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_through_a_relay_circuit_then_direct_for_new_connections() {

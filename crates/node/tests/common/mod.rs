@@ -8,6 +8,7 @@ use libp2p::{Multiaddr, PeerId, identity::Keypair};
 use punchgate::{
     Node, NodeEvent,
     config::{BootstrapAddr, NodeConfig},
+    node::NodeHandle,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -75,6 +76,23 @@ pub async fn wait_for<T>(
     })
     .await
     .unwrap_or_else(|_| panic!("no matching event within {within:?}"))
+}
+
+/// Waits (bounded) until `b` holds a relay reservation; returns its circuit address.
+pub async fn reserved(b: &NodeHandle, within: Duration) -> Multiaddr {
+    let mut events = b.subscribe();
+    if let Some(addr) = b.status().await.ok().and_then(|s| {
+        s.listen_addrs
+            .into_iter()
+            .find(|a| a.to_string().contains("p2p-circuit"))
+    }) {
+        return addr;
+    }
+    wait_for(&mut events, within, |e| match e {
+        NodeEvent::RelayReservationAccepted { addr, .. } => Some(addr.clone()),
+        _ => None,
+    })
+    .await
 }
 
 /// A TCP echo server on loopback; returns its address.
