@@ -199,7 +199,7 @@ impl Access {
 }
 
 /// Who may use this node as a relay for long circuits (`--relay`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum RelayMode {
     /// Long circuits for every pair of peers: an open bandwidth donor, on purpose.
     Any,

@@ -65,7 +65,7 @@ pub struct Cli {
     /// --relay-circuit-bytes): `trusted` (both ends trusted), `any` peer, or `off` (no relaying
     /// at all). Everyone else gets short circuits (2 min, 128 KiB): enough to punch a hole.
     #[arg(long, value_name = "MODE", default_value = "trusted")]
-    pub relay: RelayArg,
+    pub relay: RelayMode,
 
     /// Print the peer id of --identity (creating the key if missing) and exit.
     #[arg(long)]
@@ -145,27 +145,6 @@ pub enum NatArg {
     Public,
 }
 
-/// `--relay` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RelayArg {
-    /// Long circuits for any pair of peers.
-    Any,
-    /// Long circuits only when both ends are trusted (--trust, --allow).
-    Trusted,
-    /// Relay for nobody.
-    Off,
-}
-
-impl From<RelayArg> for RelayMode {
-    fn from(arg: RelayArg) -> Self {
-        match arg {
-            RelayArg::Any => RelayMode::Any,
-            RelayArg::Trusted => RelayMode::Trusted,
-            RelayArg::Off => RelayMode::Off,
-        }
-    }
-}
-
 /// `--log-format` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -239,8 +218,6 @@ async fn run(cli: Cli) -> Result<(), RunError> {
         Origin::Loaded => tracing::info!(%peer_id, %path, "loaded identity"),
     }
 
-    // Watch for signals before printing the addresses: a supervisor (or a test) that reads them
-    // and at once sends SIGTERM must get a clean stop, not the default action.
     if let Ok(access) = config.access() {
         for expose in &config.expose {
             match access.rule(&expose.name) {
@@ -273,6 +250,8 @@ async fn run(cli: Cli) -> Result<(), RunError> {
             "--relay-circuit-duration / --relay-circuit-bytes are below what a node rides a tunnel on: the long circuits this node grants will carry no tunnel"
         );
     }
+    // Watch for signals before printing the addresses: a supervisor (or a test) that reads them
+    // and at once sends SIGTERM must get a clean stop, not the default action.
     let mut signals = StopSignals::watch();
     let node = Node::start(config).await.map_err(Box::new)?;
     // Addresses a user can paste into another node's --bootstrap.
@@ -395,7 +374,7 @@ impl Cli {
         config.allow = self.allow;
         config.access()?;
         config.trust = self.trust;
-        config.relay_mode = self.relay.into();
+        config.relay_mode = self.relay;
         config.tunnels = self.tunnel;
         config.nat_override = self.nat_status.map(|n| match n {
             NatArg::Private => NatStatus::Private,
