@@ -11,6 +11,12 @@ lab_tools=(
   "python3   python3    the echo server of the end-to-end test and the README's demo"
 )
 
+# Only the tests need these (scripts/test adds them).
+test_tools=(
+  "node      nodejs     the stock js-libp2p peer of the interop tests (Node.js 20 or later)"
+  "npm       npm        installing js-libp2p for that peer, from the npm registry"
+)
+
 # Finds a command on PATH or in the sbin directories a non-root PATH often lacks.
 have() {
   command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
@@ -37,7 +43,7 @@ ensure_lab_tools() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
 
-  echo "Installing what the NAT lab needs and this machine lacks:"
+  echo "Installing what the tests need and this machine lacks:"
   printf '%s\n' "${why[@]}"
   local sudo=()
   if [ "$(id -u)" -ne 0 ]; then
@@ -54,7 +60,7 @@ ensure_lab_tools() {
       || { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "${missing[@]}"; } \
       || { echo "Installing failed: run \`sudo apt-get update && sudo apt-get install -y ${missing[*]}\` and try again." >&2; exit 1; }
   else
-    echo "This system has no apt-get: install the packages that provide ${missing[*]} with its package manager (Fedora: sudo dnf install -y nftables iptables conntrack-tools iproute python3), then run $0 again." >&2
+    echo "This system has no apt-get: install the packages that provide ${missing[*]} with its package manager (Fedora: sudo dnf install -y nftables iptables conntrack-tools iproute python3 nodejs npm), then run $0 again." >&2
     exit 1
   fi
 }

@@ -16,6 +16,7 @@ static ALLOCATOR: punchgate::Allocator = punchgate::Allocator;
 mod crypto;
 mod forward;
 mod grpc;
+mod handshakes;
 mod nodes;
 mod services;
 mod tcp;
@@ -105,6 +106,15 @@ enum Command {
         /// Unary calls timed per path and round (after a tenth as many to warm up).
         #[arg(long, default_value_t = 2000)]
         unary: usize,
+    },
+    /// Only connection setup, for each way a node and a peer agree on security: node to node
+    /// over TCP (TLS) and QUIC, a node to stock rust-libp2p peers (Noise only, the first dial
+    /// and once known; TLS only) and stock peers to a node; p50 and p95 over `--rounds` dials,
+    /// with the round trips each costs on a real path.
+    Handshakes {
+        /// Dials per case.
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
     },
     /// Serve the gRPC echo service until stdin closes; used by the benchmark.
     GrpcServer {
@@ -214,6 +224,9 @@ fn main() -> ExitCode {
         Some(Command::Grpc { rounds, mib, unary }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(grpc_rounds(&args.work, rounds, mib, unary))),
+        Some(Command::Handshakes { rounds }) => tokio::runtime::Runtime::new()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(handshakes::run(rounds))),
         Some(Command::GrpcServer { over, work }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(grpc::serve(over, &work))),

@@ -10,6 +10,8 @@
 //! - [`peer`]: a `punchgate` process in a namespace, its JSON log, stop and kill.
 //! - [`cell`]: runs one scenario: start the nodes, tunnel bytes both ways, record path and timings.
 //! - [`report`]: repeated runs → Markdown and JSON tables.
+//! - [`stock`]: stock rust-libp2p programs (relay server, DCUtR client), from libp2p's own
+//!   crates, for the interop tests.
 //!
 //! The lab binary (`punchgate-lab`) runs the demo and the matrix, and is also the node the lab
 //! starts (`punchgate-lab node ...` is the `punchgate` binary).
@@ -22,4 +24,5 @@ pub mod nat;
 pub mod peer;
 pub mod preflight;
 pub mod report;
+pub mod stock;
 pub mod topology;

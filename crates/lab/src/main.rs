@@ -87,6 +87,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run a stock rust-libp2p program (`relay` or `dcutr`, as libp2p's examples build them);
+    /// used by the lab's interop tests.
+    Stock {
+        /// `relay ...` or `dcutr ...`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn parse_transport(s: &str) -> Result<Transport, String> {
@@ -111,6 +118,12 @@ fn main() -> ExitCode {
                 std::iter::once("kaspa-p2p".to_owned()).chain(args),
             );
             punchgate_kaspa::cli::run_main(cli)
+        }
+        Command::Stock { args } => {
+            let args = <punchgate_lab::stock::Args as Parser>::parse_from(
+                std::iter::once("punchgate-lab stock".to_owned()).chain(args),
+            );
+            punchgate_lab::stock::run_main(args)
         }
         command => with_lab(command),
     }
@@ -160,7 +173,7 @@ async fn run(command: Command) -> Result<bool> {
             out,
             logs,
         } => matrix(&bin, runs, delay_ms, jobs, only, out, &logs).await,
-        Command::Node { .. } | Command::Kaspa { .. } => {
+        Command::Node { .. } | Command::Kaspa { .. } | Command::Stock { .. } => {
             unreachable!("run without a lab, before the runtime starts")
         }
     }

@@ -1,6 +1,7 @@
-//! Kaspa's P2P handshake between two private peers behind two NATs, with a public Punchgate
-//! relay: the proof of concept's run, in the lab, asserted. The programs are configured with
-//! the proof of concept's environment variables.
+//! Kaspa's P2P handshake between two private peers behind two NATs, with a public relay: the
+//! proof of concept's run, in the lab, asserted. The programs are configured with the proof of
+//! concept's environment variables. The relay is a Punchgate node, or (the proof of concept's
+//! own setup) rust-libp2p's stock relay server: Noise only over TCP, libp2p's default limits.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -23,7 +24,22 @@ fn bin() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_verack_ready_between_two_private_peers_over_a_direct_connection() {
-    handshake("nat-kaspa", false).await;
+    handshake("nat-kaspa", false, Relay::Punchgate).await;
+}
+
+/// The proof of concept's relay: rust-libp2p's relay server example (`punchgate-lab stock
+/// relay`). The programs reserve on it and dial through it with Noise (it refuses TLS), and it
+/// lends only short circuits (2 min, 128 KiB), so the handshake waits for the hole punch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_works_through_a_stock_noise_only_relay() {
+    handshake("nat-kaspa-stock-relay", false, Relay::Stock).await;
+}
+
+/// Which relay the lab runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    Punchgate,
+    Stock,
 }
 
 /// The client is given the relay too (`LIBP2P_RELAY_MULTIADDRS`, the server's value): its
@@ -31,10 +47,10 @@ async fn version_verack_ready_between_two_private_peers_over_a_direct_connection
 /// that connection instead of failing (issue: "a dial that races its relay connection").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_works_when_the_client_names_the_relay_too() {
-    handshake("nat-kaspa-client-names-relay", true).await;
+    handshake("nat-kaspa-client-names-relay", true, Relay::Punchgate).await;
 }
 
-async fn handshake(name: &str, client_names_relay: bool) {
+async fn handshake(name: &str, client_names_relay: bool, kind: Relay) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("log dir");
@@ -49,22 +65,40 @@ async fn handshake(name: &str, client_names_relay: bool) {
     .expect("network");
     let relay_ip = net.relay_ip().expect("relay ip");
 
-    let relay = Peer::start(
-        &net.relay,
-        &bin(),
-        "relay",
-        &dir,
-        vec![
-            "--listen".into(),
-            "/ip4/0.0.0.0/tcp/4011".into(),
-            "--external-address".into(),
-            format!("/ip4/{relay_ip}/tcp/4011"),
-            "--no-mdns".into(),
-            "--autonat-private-ips".into(),
-        ],
-    )
-    .await
-    .expect("relay");
+    let relay = match kind {
+        Relay::Punchgate => Peer::start(
+            &net.relay,
+            &bin(),
+            "relay",
+            &dir,
+            vec![
+                "--listen".into(),
+                "/ip4/0.0.0.0/tcp/4011".into(),
+                "--external-address".into(),
+                format!("/ip4/{relay_ip}/tcp/4011"),
+                "--no-mdns".into(),
+                "--autonat-private-ips".into(),
+            ],
+        )
+        .await
+        .expect("relay"),
+        Relay::Stock => Peer::start_program(
+            &net.relay,
+            &bin(),
+            &["stock", "relay"],
+            Vec::new(),
+            "relay",
+            &dir,
+            vec![
+                "--port".into(),
+                "4011".into(),
+                "--external-ip".into(),
+                relay_ip.to_string(),
+            ],
+        )
+        .await
+        .expect("stock relay"),
+    };
     let relay_addr = format!("/ip4/{relay_ip}/tcp/4011/p2p/{}", relay.peer_id);
 
     // The client's identity, made first: the server serves only the peers it allows. (The lab

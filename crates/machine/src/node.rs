@@ -189,6 +189,10 @@ pub enum Event<C> {
         connection: C,
         /// Direct or through a relay.
         kind: PathKind,
+        /// The peer dialled us from an address that says we are reachable (a global one, or any
+        /// when private addresses count: see [`counts_as_reachability`]). A hole punch's
+        /// connection counts as what its socket was.
+        inbound: bool,
     },
     /// A connection to `peer` closed (the seed's "connection lost").
     ConnectionClosed {
@@ -335,6 +339,14 @@ pub enum Command {
         /// The relay.
         relay: PeerId,
     },
+    /// Serve as a public node, or stop: advertise the relay HOP protocol and answer Kademlia
+    /// requests (server mode), or neither. Follows the NAT status the machine acts on, so
+    /// libp2p's own guesses from confirmed external addresses (a relay circuit's among them)
+    /// never decide it.
+    SetPublic {
+        /// Public (from AutoNAT or the override) or not.
+        public: bool,
+    },
     /// Tell the swarm `addr` is a confirmed external address.
     AddExternalAddress {
         /// The address.
@@ -360,6 +372,8 @@ struct KnownPeer {
     addrs: Vec<Multiaddr>,
     /// It advertises the relay HOP protocol.
     relay_capable: bool,
+    /// It answers our Kademlia protocol (a DHT server).
+    kademlia: bool,
 }
 
 /// Kademlia's progress in the current discovery round.
@@ -388,6 +402,12 @@ pub struct State<C> {
     started: bool,
     /// Kademlia's bootstrap progress, reset when every connection is lost.
     kademlia: Kademlia,
+    /// A direct connection was dialled to us: someone can reach us, so an unknown NAT status
+    /// is not taken for private.
+    inbound_direct: bool,
+    /// The NAT status stayed unknown through a discovery timeout without an inbound direct
+    /// connection: the node reserves a relay slot as if private, until AutoNAT decides.
+    assumed_private: bool,
     /// Open connections per peer; the source of truth for path selection.
     connections: BTreeMap<PeerId, PeerConnections<C>>,
     /// Peers learned from identify and mDNS.
@@ -415,7 +435,15 @@ pub struct State<C> {
 impl<C: Copy + Eq + Debug> State<C> {
     /// A machine that has not started: feed [`Event::Started`] next.
     pub fn new(config: Config) -> Self {
-        let nat = config.nat_override.unwrap_or(NatStatus::Unknown);
+        // An operator who names the node's external address says it is reachable: public from
+        // the start (AutoNAT may still say otherwise later), as libp2p's own automatic modes were.
+        let nat = config
+            .nat_override
+            .unwrap_or(if config.external_addresses.is_empty() {
+                NatStatus::Unknown
+            } else {
+                NatStatus::Public
+            });
         Self {
             config,
             phase: Phase::Initializing,
@@ -423,6 +451,8 @@ impl<C: Copy + Eq + Debug> State<C> {
             relay: RelayState::Idle,
             started: false,
             kademlia: Kademlia::Idle,
+            inbound_direct: false,
+            assumed_private: false,
             connections: BTreeMap::new(),
             peers: BTreeMap::new(),
             relay_failures: BTreeMap::new(),
@@ -445,6 +475,22 @@ impl<C: Copy + Eq + Debug> State<C> {
     /// The NAT status the machine acts on (the override, if any).
     pub fn nat(&self) -> NatStatus {
         self.nat
+    }
+
+    /// Whether the node acts as private although its NAT status is unknown (no inbound direct
+    /// connection through a whole discovery timeout): it reserves a relay slot.
+    pub fn assumed_private(&self) -> bool {
+        self.assumed_private
+    }
+
+    /// Whether Kademlia's bootstrap succeeded with a peer that speaks our DHT.
+    pub fn kademlia_ready(&self) -> bool {
+        self.kademlia == Kademlia::Ready
+    }
+
+    /// Whether a Kademlia bootstrap query of the current round is running.
+    pub fn kademlia_bootstrapping(&self) -> bool {
+        self.kademlia == Kademlia::Bootstrapping
     }
 
     /// The node's own relay reservation.
@@ -515,7 +561,8 @@ impl<C: Copy + Eq + Debug> State<C> {
                 peer,
                 connection,
                 kind,
-            } => self.on_connection_established(peer, connection, kind, out),
+                inbound,
+            } => self.on_connection_established(peer, connection, kind, inbound, out),
             Event::ConnectionClosed { peer, connection } => {
                 self.on_connection_closed(peer, connection, out)
             }
@@ -523,8 +570,15 @@ impl<C: Copy + Eq + Debug> State<C> {
                 // Only a query of the current round counts: a late answer to one started before
                 // every connection was lost says nothing about the network now.
                 if self.kademlia == Kademlia::Bootstrapping {
-                    self.kademlia = Kademlia::Ready;
-                    self.maybe_participate(out);
+                    // Kademlia calls a query that no peer answered a success. Only a connected
+                    // peer that speaks our DHT makes it one; when such a peer is identified,
+                    // bootstrap runs again (`on_peer_identified`).
+                    if self.dht_peer_connected() {
+                        self.kademlia = Kademlia::Ready;
+                        self.maybe_participate(out);
+                    } else {
+                        self.kademlia = Kademlia::Idle;
+                    }
                 }
             }
             Event::KademliaBootstrapFailed => {
@@ -594,6 +648,9 @@ impl<C: Copy + Eq + Debug> State<C> {
         if std::mem::replace(&mut self.started, true) {
             return;
         }
+        out.push(Command::SetPublic {
+            public: self.nat == NatStatus::Public,
+        });
         for addr in &self.config.external_addresses {
             out.push(Command::AddExternalAddress { addr: addr.clone() });
         }
@@ -613,12 +670,16 @@ impl<C: Copy + Eq + Debug> State<C> {
         peer: PeerId,
         connection: C,
         kind: PathKind,
+        inbound: bool,
         out: &mut Vec<Command>,
     ) {
         self.connections
             .entry(peer)
             .or_default()
             .on_established(connection, kind);
+        if inbound && kind == PathKind::Direct {
+            self.inbound_direct = true;
+        }
         self.redial_attempt = 0;
         if self.phase == Phase::Initializing {
             self.phase = Phase::Discovering;
@@ -690,6 +751,7 @@ impl<C: Copy + Eq + Debug> State<C> {
         }
         let known = self.peers.entry(peer).or_default();
         known.relay_capable = relay_capable;
+        known.kademlia = kademlia;
         known.addrs = listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER).collect();
         if kademlia {
             for addr in &known.addrs {
@@ -711,11 +773,26 @@ impl<C: Copy + Eq + Debug> State<C> {
         if self.config.nat_override.is_some() || status == self.nat {
             return;
         }
+        let was_public = self.nat == NatStatus::Public;
+        let was_private = self.acts_private();
         self.nat = status;
+        if was_public != (status == NatStatus::Public) {
+            out.push(Command::SetPublic {
+                public: !was_public,
+            });
+        }
         match status {
-            NatStatus::Private => self.try_reserve(out),
-            NatStatus::Public => self.release_reservation(out),
-            NatStatus::Unknown => {}
+            NatStatus::Private => {
+                self.assumed_private = false;
+                self.try_reserve(out);
+            }
+            NatStatus::Public => {
+                self.assumed_private = false;
+                self.release_reservation(out);
+            }
+            // AutoNAT lost its confidence: a node that was private stays so (its reservation,
+            // if it loses it, is replaced) until AutoNAT decides again.
+            NatStatus::Unknown => self.assumed_private = was_private,
         }
         self.maybe_participate(out);
     }
@@ -737,9 +814,17 @@ impl<C: Copy + Eq + Debug> State<C> {
     fn on_timer(&mut self, timer: Timer, out: &mut Vec<Command>) {
         match timer {
             Timer::DiscoveryTimeout { generation } => {
-                if generation == self.discovery_generation
-                    && matches!(self.phase, Phase::Initializing | Phase::Discovering)
-                {
+                if generation != self.discovery_generation {
+                    return;
+                }
+                if self.nat == NatStatus::Unknown && !self.inbound_direct && !self.assumed_private {
+                    // Nobody could tell us, and nobody reached us: behind NAT is the safe guess
+                    // (a reservation costs a public node little; without one a private node is
+                    // unreachable).
+                    self.assumed_private = true;
+                    self.try_reserve(out);
+                }
+                if matches!(self.phase, Phase::Initializing | Phase::Discovering) {
                     self.participate(out);
                 }
             }
@@ -855,9 +940,21 @@ impl<C: Copy + Eq + Debug> State<C> {
         }
     }
 
+    /// Private by AutoNAT or the override, or assumed so ([`State::assumed_private`]).
+    pub fn acts_private(&self) -> bool {
+        self.nat == NatStatus::Private || (self.nat == NatStatus::Unknown && self.assumed_private)
+    }
+
+    /// A connected peer answers our DHT.
+    fn dht_peer_connected(&self) -> bool {
+        self.connections
+            .keys()
+            .any(|peer| self.peers.get(peer).is_some_and(|known| known.kademlia))
+    }
+
     /// Ask the best relay candidate for a reservation, if we need one and may ask now.
     fn try_reserve(&mut self, out: &mut Vec<Command>) {
-        if self.nat != NatStatus::Private || self.relay != RelayState::Idle {
+        if !self.acts_private() || self.relay != RelayState::Idle {
             return;
         }
         let retry_armed = self.relay_retry_armed;
@@ -984,6 +1081,35 @@ impl<C: Copy + Eq + Debug> State<C> {
 /// Whether `addr` goes through a relay.
 pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// Whether a peer that dialled us from `remote` shows that we are reachable from where our NAT
+/// status matters: from a global address; from any address when private ones count too (the
+/// driver's `autonat_private_ips`, as in a lab). A LAN neighbour, or a process on this host,
+/// reaches us whatever our NAT does.
+pub fn counts_as_reachability(remote: &Multiaddr, private_ips_count: bool) -> bool {
+    if is_relayed(remote) {
+        return false;
+    }
+    remote.iter().any(|p| match p {
+        Protocol::Ip4(ip) => {
+            !(ip.is_loopback() || ip.is_unspecified() || ip.is_link_local())
+                && (private_ips_count || !(ip.is_private() || is_shared_or_reserved_v4(ip)))
+        }
+        Protocol::Ip6(ip) => {
+            let unique_local = (ip.segments()[0] & 0xfe00) == 0xfc00;
+            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+            !(ip.is_loopback() || ip.is_unspecified() || link_local)
+                && (private_ips_count || !unique_local)
+        }
+        _ => false,
+    })
+}
+
+/// 100.64.0.0/10 (carrier-grade NAT) and 198.18.0.0/15 (benchmarking): not global.
+fn is_shared_or_reserved_v4(ip: std::net::Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    (a == 100 && (64..128).contains(&b)) || (a == 198 && (b == 18 || b == 19))
 }
 
 #[cfg(test)]

@@ -80,7 +80,8 @@ pub struct Cli {
     pub nat_status: Option<NatArg>,
 
     /// An address others can reach this node at, if you know it (repeatable). Confirms it
-    /// without waiting for AutoNAT, which lets a public node relay for others at once.
+    /// without waiting for AutoNAT, and the node starts public: it relays for others and serves
+    /// the DHT at once (AutoNAT may still find otherwise later).
     #[arg(long, value_name = "MULTIADDR")]
     pub external_address: Vec<Multiaddr>,
 
@@ -103,7 +104,9 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
-    /// Participate (publish services) after this long even if discovery has not finished.
+    /// Publish the peer record after this long even if discovery has not finished. A node whose
+    /// NAT status is still unknown then, and that no peer has dialled, acts as private: it
+    /// reserves a relay slot (and says so in its log).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
 

@@ -1,8 +1,10 @@
 //! Stock rust-libp2p peers, built from libp2p's own crates with their default configurations
-//! (not with Punchgate's transport code), against Punchgate nodes over TCP: whatever security
-//! protocol the stock peer speaks (Noise only, TLS only, or both), it connects, pings and
-//! identifies a node; a node reaches a Noise-only peer (TLS refused, then Noise); and a node
-//! reserves on a stock Noise-only relay, through which another node reaches it.
+//! (not with Punchgate's transport code), against Punchgate nodes on loopback: whatever a stock
+//! peer speaks (TCP with Noise only, TLS only or both, or QUIC), it connects, pings and
+//! identifies a node, and a node reaches it (a Noise-only peer refuses TLS, then gets Noise); a
+//! node reserves on a stock Noise-only relay, through which another node reaches it; and stock
+//! relay clients reserve on a node, reach each other and nodes through it, and are reached by
+//! nodes through it (Noise on the relayed connections).
 
 mod common;
 
@@ -11,11 +13,14 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt as _;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, relay,
+    Multiaddr, PeerId, Swarm, SwarmBuilder, identify,
+    multiaddr::Protocol,
+    noise, ping, relay,
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp, tls, yamux,
 };
-use punchgate::Node;
+use punchgate::{Node, config::NatStatus};
+use tokio::sync::mpsc;
 
 #[derive(NetworkBehaviour)]
 struct Stock {
@@ -33,12 +38,25 @@ fn stock_behaviour(key: &libp2p::identity::Keypair) -> Stock {
     }
 }
 
-/// Which security protocols the stock peer offers.
+/// What the stock peer speaks: TCP with one or both security protocols, or QUIC.
 #[derive(Debug, Clone, Copy)]
 enum Security {
     Noise,
     Tls,
     Both,
+    Quic,
+}
+
+impl Security {
+    const ALL: [Security; 4] = [Self::Noise, Self::Tls, Self::Both, Self::Quic];
+
+    /// Where a stock peer of this kind listens, and which of a node's addresses it dials.
+    fn transport(self) -> &'static str {
+        match self {
+            Self::Quic => QUIC,
+            _ => TCP,
+        }
+    }
 }
 
 fn stock_peer(security: Security) -> Swarm<Stock> {
@@ -58,6 +76,12 @@ fn stock_peer(security: Security) -> Swarm<Stock> {
         Security::Noise => stock!(noise::Config::new),
         Security::Tls => stock!(tls::Config::new),
         Security::Both => stock!((tls::Config::new, noise::Config::new)),
+        Security::Quic => SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_quic()
+            .with_behaviour(stock_behaviour)
+            .expect("behaviour")
+            .build(),
     }
 }
 
@@ -99,39 +123,53 @@ async fn stock_dials(security: Security, node: PeerId, addr: Multiaddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stock_peers_with_noise_tls_or_both_connect_ping_and_identify() {
-    let node = Node::start(config(&[TCP])).await.expect("start");
-    let addr = node.listen_addrs()[0].clone();
-    for security in [Security::Noise, Security::Tls, Security::Both] {
-        stock_dials(security, node.peer_id(), addr.clone()).await;
+async fn stock_peers_over_tcp_with_noise_tls_or_both_or_over_quic_connect_ping_and_identify() {
+    let node = Node::start(config(&[TCP, QUIC])).await.expect("start");
+    for security in Security::ALL {
+        let addr = node
+            .listen_addrs()
+            .iter()
+            .find(|a| listens_on(a, security.transport()))
+            .expect("an address")
+            .clone();
+        stock_dials(security, node.peer_id(), addr).await;
     }
     node.shutdown().await;
 }
 
-/// A Punchgate node dialling a stock peer that speaks only Noise: TLS is refused, the node dials
-/// again with Noise.
+/// Whether `addr` is of the kind `listen` (`TCP` or `QUIC`) asks for.
+fn listens_on(addr: &Multiaddr, listen: &str) -> bool {
+    let quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
+    quic == (listen == QUIC)
+}
+
+/// A Punchgate node dialling stock peers: TLS and both-protocol peers take TLS at once, a
+/// Noise-only peer refuses it and the node dials again with Noise, QUIC just works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_reaches_a_stock_noise_only_peer() {
-    let mut stock = stock_peer(Security::Noise);
-    stock
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
-        .expect("listen");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = stock.select_next_some().await {
-            break address;
-        }
-    };
-    let stock_id = *stock.local_peer_id();
-    tokio::spawn(async move {
-        loop {
-            stock.select_next_some().await;
-        }
-    });
+async fn a_node_reaches_stock_peers_of_every_kind() {
     let node = Node::start(config(&[TCP])).await.expect("start");
-    node.handle()
-        .dial_addr(stock_id, addr)
-        .await
-        .expect("a node reaches a Noise-only peer");
+    for security in Security::ALL {
+        let mut stock = stock_peer(security);
+        stock
+            .listen_on(security.transport().parse().expect("addr"))
+            .expect("listen");
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = stock.select_next_some().await {
+                break address;
+            }
+        };
+        let stock_id = *stock.local_peer_id();
+        let serve = tokio::spawn(async move {
+            loop {
+                stock.select_next_some().await;
+            }
+        });
+        node.handle()
+            .dial_addr(stock_id, addr)
+            .await
+            .unwrap_or_else(|e| panic!("{security:?}: a node cannot reach the stock peer: {e}"));
+        serve.abort();
+    }
     node.shutdown().await;
 }
 
@@ -255,4 +293,179 @@ async fn a_node_reserves_on_a_stock_relay_and_another_reaches_it_through_the_rel
     a.shutdown().await;
     b.shutdown().await;
     serve.abort();
+}
+
+#[derive(NetworkBehaviour)]
+struct StockClient {
+    relay: relay::client::Behaviour,
+    ping: ping::Behaviour,
+    identify: identify::Behaviour,
+}
+
+/// A stock relay client as rust-libp2p's examples build one: Noise over TCP and over circuits.
+fn stock_relay_client() -> Swarm<StockClient> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .expect("relay client")
+        .with_behaviour(|key, relay| StockClient {
+            relay,
+            ping: ping::Behaviour::new(
+                ping::Config::new().with_interval(Duration::from_millis(200)),
+            ),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/ipfs/id/1.0.0".to_owned(),
+                key.public(),
+            )),
+        })
+        .expect("behaviour")
+        .build()
+}
+
+/// Work for a stock swarm's task.
+type Job = Box<dyn FnOnce(&mut Swarm<StockClient>) + Send>;
+
+/// A stock swarm running in a task of its own: the test sends it work and reads its events.
+struct Driven {
+    peer: PeerId,
+    work: mpsc::UnboundedSender<Job>,
+    events: mpsc::UnboundedReceiver<SwarmEvent<StockClientEvent>>,
+}
+
+impl Driven {
+    fn spawn(mut swarm: Swarm<StockClient>) -> Self {
+        let peer = *swarm.local_peer_id();
+        let (work, mut todo) = mpsc::unbounded_channel::<Job>();
+        let (tell, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    job = todo.recv() => match job {
+                        Some(job) => job(&mut swarm),
+                        None => break,
+                    },
+                    event = swarm.select_next_some() => {
+                        if tell.send(event).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Self { peer, work, events }
+    }
+
+    fn run(&self, job: impl FnOnce(&mut Swarm<StockClient>) + Send + 'static) {
+        self.work.send(Box::new(job)).expect("the stock peer runs");
+    }
+
+    /// Waits up to 20 s for an event `pick` takes; panics naming `what` otherwise.
+    async fn expect<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&SwarmEvent<StockClientEvent>) -> Option<T>,
+    ) -> T {
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(event) = self.events.recv().await {
+                if let Some(found) = pick(&event) {
+                    return Some(found);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(found)) => found,
+            _ => panic!("stock peer {}: no {what} within 20 s", self.peer),
+        }
+    }
+
+    /// Waits for a successful ping of `peer`.
+    async fn pinged(&mut self, peer: PeerId, what: &str) {
+        self.expect(what, |event| match event {
+            SwarmEvent::Behaviour(StockClientEvent::Ping(ping::Event {
+                peer: p,
+                result: Ok(_),
+                ..
+            })) if *p == peer => Some(()),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// A public Punchgate node relays for stock relay clients that speak only Noise: one reserves a
+/// slot on it, another stock peer reaches it through the node, a Punchgate node reaches it through
+/// the node (it refuses TLS on the circuit; Noise follows), and it reaches a Punchgate node that
+/// holds a reservation on the same relay (the node accepts Noise on a relayed connection). The
+/// relay trusts nobody: all of it rides short circuits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_relay_clients_reserve_on_a_node_and_reach_nodes_and_each_other_through_it() {
+    // A public node as its operator would run it: a known address, said to be external.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut r_config = config(&[&listen]);
+    r_config.nat_override = Some(NatStatus::Public);
+    r_config.external_addresses = vec![listen.parse().expect("addr")];
+    let relay = Node::start(r_config).await.expect("start R");
+    let relay_addr = format!("{}/p2p/{}", relay.listen_addrs()[0], relay.peer_id());
+    let via = |peer: PeerId| -> Multiaddr {
+        format!("{relay_addr}/p2p-circuit/p2p/{peer}")
+            .parse()
+            .expect("circuit")
+    };
+
+    // C reserves a slot on the node.
+    let mut c = Driven::spawn(stock_relay_client());
+    let listen: Multiaddr = format!("{relay_addr}/p2p-circuit").parse().expect("addr");
+    c.run(move |swarm| {
+        swarm.listen_on(listen).expect("listen on the relay");
+    });
+    c.expect("reservation accepted by the node", |event| {
+        matches!(
+            event,
+            SwarmEvent::Behaviour(StockClientEvent::Relay(
+                relay::client::Event::ReservationReqAccepted { .. }
+            ))
+        )
+        .then_some(())
+    })
+    .await;
+
+    // Another stock peer reaches C through the node.
+    let mut d = Driven::spawn(stock_relay_client());
+    let to_c = via(c.peer);
+    d.run(move |swarm| swarm.dial(to_c).expect("dial C"));
+    d.pinged(c.peer, "ping of C through the node").await;
+
+    // A Punchgate node reaches C through the node: TLS refused on the circuit, then Noise.
+    let a = Node::start(config(&[TCP])).await.expect("start A");
+    let info = a
+        .handle()
+        .dial_addr(c.peer, via(c.peer))
+        .await
+        .expect("A reaches the stock client through the node");
+    assert!(info.relayed, "{info:?}");
+
+    // C reaches a Punchgate node that holds a reservation on the same relay.
+    let mut b_config = config(&[TCP]);
+    b_config.bootstrap = vec![bootstrap(&relay, "tcp")];
+    b_config.nat_override = Some(NatStatus::Private);
+    let b = Node::start(b_config).await.expect("start B");
+    let circuit = reserved(b.handle(), Duration::from_secs(20)).await;
+    c.run(move |swarm| swarm.dial(circuit).expect("dial B"));
+    c.pinged(b.peer_id(), "ping of B through the node").await;
+
+    a.shutdown().await;
+    b.shutdown().await;
+    relay.shutdown().await;
 }

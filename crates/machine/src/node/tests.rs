@@ -58,6 +58,7 @@ fn connected(p: u8, c: u8, kind: PathKind) -> E {
         peer: peer(p),
         connection: c,
         kind,
+        inbound: false,
     }
 }
 
@@ -104,9 +105,12 @@ fn start_dials_bootstrap_and_arms_discovery_timeout() {
     };
     let (s, cmds) = S::new(cfg).step(Event::Started);
     assert_eq!(s.phase(), Phase::Initializing);
+    // A node given its external address is public from the start.
+    assert_eq!(s.nat(), NatStatus::Public);
     assert_eq!(
         cmds,
         vec![
+            Command::SetPublic { public: true },
             Command::AddExternalAddress { addr: addr(9) },
             Command::KademliaAddAddress {
                 peer: peer(BOOTSTRAP),
@@ -136,6 +140,188 @@ fn bootstrap_connection_starts_discovery_and_kademlia() {
     // A second connection does not bootstrap again.
     let (_, cmds) = s.step(connected(BOOTSTRAP, 2, PathKind::Direct));
     assert!(cmds.is_empty());
+}
+
+#[test]
+fn kademlia_is_ready_only_with_a_peer_that_speaks_our_dht() {
+    // The only peer is a stock relay: it speaks no Punchgate DHT.
+    let (s, _) = run(
+        S::new(config()),
+        [
+            Event::Started,
+            connected(BOOTSTRAP, 1, PathKind::Direct),
+            Event::PeerIdentified {
+                peer: peer(BOOTSTRAP),
+                listen_addrs: vec![addr(BOOTSTRAP)],
+                relay_capable: true,
+                kademlia: false,
+            },
+        ],
+    );
+    let (s, cmds) = run(
+        s,
+        [
+            Event::KademliaBootstrapSucceeded,
+            Event::NatStatusChanged {
+                status: NatStatus::Public,
+            },
+        ],
+    );
+    assert!(!s.kademlia_ready());
+    assert_eq!(s.phase(), Phase::Discovering, "{cmds:?}");
+    // A peer that speaks it: bootstrap again, and this time it counts.
+    let (s, cmds) = run(
+        s,
+        [
+            connected(1, 2, PathKind::Direct),
+            Event::PeerIdentified {
+                peer: peer(1),
+                listen_addrs: vec![addr(1)],
+                relay_capable: false,
+                kademlia: true,
+            },
+        ],
+    );
+    assert!(cmds.contains(&Command::KademliaBootstrap), "{cmds:?}");
+    let (s, _) = s.step(Event::KademliaBootstrapSucceeded);
+    assert!(s.kademlia_ready());
+    assert_eq!(s.phase(), Phase::Participating);
+}
+
+#[test]
+fn unknown_through_a_discovery_timeout_acts_private_until_autonat_decides() {
+    let (s, _) = run(
+        S::new(config()),
+        [
+            Event::Started,
+            connected(BOOTSTRAP, 1, PathKind::Direct),
+            identified_relay(BOOTSTRAP),
+        ],
+    );
+    assert_eq!(s.nat(), NatStatus::Unknown);
+    assert_eq!(s.relay(), &RelayState::Idle, "no reservation while unknown");
+    let (s, cmds) = s.step(Event::TimerFired(Timer::DiscoveryTimeout { generation: 1 }));
+    assert!(s.assumed_private());
+    assert!(
+        cmds.contains(&Command::RequestRelayReservation {
+            relay: peer(BOOTSTRAP),
+            addrs: vec![addr(BOOTSTRAP)],
+        }),
+        "{cmds:?}"
+    );
+    // AutoNAT says public after all: the reservation goes, the node serves.
+    let (s, cmds) = s.step(Event::NatStatusChanged {
+        status: NatStatus::Public,
+    });
+    assert!(!s.assumed_private());
+    assert!(
+        cmds.contains(&Command::SetPublic { public: true }),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.contains(&Command::ReleaseRelayReservation {
+            relay: peer(BOOTSTRAP)
+        }),
+        "{cmds:?}"
+    );
+}
+
+#[test]
+fn unknown_with_an_inbound_direct_connection_is_not_taken_for_private() {
+    let (s, _) = run(
+        S::new(config()),
+        [
+            Event::Started,
+            connected(BOOTSTRAP, 1, PathKind::Direct),
+            identified_relay(BOOTSTRAP),
+            Event::ConnectionEstablished {
+                peer: peer(2),
+                connection: 2,
+                kind: PathKind::Direct,
+                inbound: true,
+            },
+        ],
+    );
+    let (s, cmds) = s.step(Event::TimerFired(Timer::DiscoveryTimeout { generation: 1 }));
+    assert!(!s.assumed_private());
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::RequestRelayReservation { .. })),
+        "{cmds:?}"
+    );
+}
+
+#[test]
+fn only_global_addresses_show_reachability_unless_private_ones_count() {
+    let reach = |a: &str, private: bool| counts_as_reachability(&a.parse().expect("addr"), private);
+    assert!(reach("/ip4/203.0.113.9/tcp/4001", false));
+    assert!(reach("/ip6/2001:db8::1/udp/4001/quic-v1", false));
+    for lan in [
+        "/ip4/192.168.1.5/tcp/4001",
+        "/ip4/10.0.0.2/tcp/4001",
+        "/ip4/100.64.1.1/tcp/4001",
+        "/ip4/198.18.0.11/tcp/4001",
+        "/ip6/fd00::1/tcp/4001",
+    ] {
+        assert!(!reach(lan, false), "{lan}");
+        assert!(reach(lan, true), "{lan} counts in a lab");
+    }
+    for never in [
+        "/ip4/127.0.0.1/tcp/4001",
+        "/ip4/169.254.1.1/tcp/4001",
+        "/ip6/::1/tcp/4001",
+        "/ip6/fe80::1/tcp/4001",
+    ] {
+        assert!(!reach(never, true), "{never}");
+    }
+    let circuit = format!("{}", circuit(1, 2));
+    assert!(!reach(&circuit, true));
+}
+
+#[test]
+fn private_then_unknown_stays_private() {
+    let (s, _) = run(
+        discovering(),
+        [Event::NatStatusChanged {
+            status: NatStatus::Private,
+        }],
+    );
+    let (s, _) = s.step(Event::NatStatusChanged {
+        status: NatStatus::Unknown,
+    });
+    assert!(s.acts_private());
+}
+
+#[test]
+fn the_node_serves_as_public_exactly_while_its_nat_status_is_public() {
+    let (s, cmds) = S::new(config()).step(Event::Started);
+    assert_eq!(cmds[0], Command::SetPublic { public: false });
+    let public = Event::NatStatusChanged {
+        status: NatStatus::Public,
+    };
+    let (s, cmds) = s.step(public.clone());
+    assert!(cmds.contains(&Command::SetPublic { public: true }));
+    let (s, cmds) = s.step(public);
+    assert!(cmds.is_empty(), "no change, no command: {cmds:?}");
+    let (s, cmds) = s.step(Event::NatStatusChanged {
+        status: NatStatus::Unknown,
+    });
+    assert!(cmds.contains(&Command::SetPublic { public: false }));
+    let (_, cmds) = s.step(Event::NatStatusChanged {
+        status: NatStatus::Private,
+    });
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::SetPublic { .. })),
+        "{cmds:?}"
+    );
+    // An override decides from the start.
+    let overridden = Config {
+        nat_override: Some(NatStatus::Public),
+        ..config()
+    };
+    let (_, cmds) = S::new(overridden).step(Event::Started);
+    assert_eq!(cmds[0], Command::SetPublic { public: true });
 }
 
 #[test]

@@ -27,16 +27,25 @@
 //! that would let us delete this: a per-circuit limit callback in `relay::Config` (rust-libp2p
 //! has none as of libp2p-relay 0.22).
 //!
+//! # When it advertises the relay protocol
+//!
+//! Upstream turns the HOP advertisement on when the swarm has a confirmed external address,
+//! and libp2p's relay client confirms our own circuit address as one: a private node would
+//! then tell its peers it is a public relay. The node's machine decides instead, from the NAT
+//! status it acts on ([`RelayServer::set_public`], `Command::SetPublic`), with upstream's
+//! `set_status`.
+//!
 //! # The upstream bug
 //!
 //! libp2p-relay 0.22 gives every relayed connection a `dummy` handler, but when it turns its
-//! HOP advertisement on or off (automatically, as our confirmed external addresses come and
-//! go) it sends a `SetStatus` event to *every* connection it knows, relayed ones included.
-//! libp2p-swarm's `Either` handler then hits `unreachable!()` and the connection's task
-//! panics: a tunnel carried over that relayed connection dies. (Seen in CI: a private peer's
-//! circuit address is confirmed, then taken back by the driver, while a peer is connected to
-//! it through the relay.) [`RelayServer`] remembers which connections are relayed and drops
-//! events addressed to them; everything else passes through unchanged.
+//! HOP advertisement on or off it sends a `SetStatus` event to *every* connection it knows,
+//! relayed ones included. libp2p-swarm's `Either` handler then hits `unreachable!()` and the
+//! connection's task panics: a tunnel carried over that relayed connection dies. (Seen in CI,
+//! when the status followed external addresses.) [`RelayServer`] remembers which connections
+//! are relayed and drops events addressed to them; everything else passes through unchanged.
+//! The test `upstream_still_addresses_the_dummy_handlers_of_relayed_connections` runs plain
+//! upstream: when it fails, upstream has fixed the bug, and the `dummies` filter goes (the
+//! wrapper stays only as long as it also splits long and short circuits).
 
 use std::{
     collections::HashSet,
@@ -107,6 +116,19 @@ impl RelayServer {
             trusted,
             dummies: HashSet::new(),
         }
+    }
+
+    /// Advertise the relay protocol (and serve reservations) on every connection, or on none:
+    /// the machine's call, from the NAT status (module docs).
+    pub fn set_public(&mut self, public: bool) {
+        let status = if public {
+            relay::Status::Enable
+        } else {
+            relay::Status::Disable
+        };
+        // Both servers build handlers, which start with their server's status.
+        self.inner.set_status(Some(status));
+        self.short.set_status(Some(status));
     }
 
     /// Whether circuits from (or to) `peer` get the long limits.
@@ -213,16 +235,8 @@ impl NetworkBehaviour for RelayServer {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        match &event {
-            FromSwarm::ConnectionClosed(closed) => {
-                self.dummies.remove(&closed.connection_id);
-            }
-            // The short server's handlers must advertise the relay protocol when the main
-            // server's do: both follow our confirmed external addresses.
-            FromSwarm::ExternalAddrConfirmed(_) | FromSwarm::ExternalAddrExpired(_) => {
-                self.short.on_swarm_event(event);
-            }
-            _ => {}
+        if let FromSwarm::ConnectionClosed(closed) = &event {
+            self.dummies.remove(&closed.connection_id);
         }
         self.inner.on_swarm_event(event);
     }
@@ -306,10 +320,65 @@ mod tests {
         }));
     }
 
-    /// The upstream bug, and that only the relayed connection is spared: once an external
-    /// address is confirmed the relay server turns its advertisement on and tells each
-    /// connection's handler. Without the filter the relayed connection would get `SetStatus`
-    /// too, which panics its connection task in libp2p-swarm.
+    /// The `SetStatus` events a status change sends, by connection.
+    fn notified<B>(actions: Vec<ToSwarm<relay::Event, B>>) -> Vec<ConnectionId> {
+        actions
+            .into_iter()
+            .filter_map(|action| match action {
+                ToSwarm::NotifyHandler {
+                    handler: NotifyHandler::One(id),
+                    ..
+                } => Some(id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The upstream bug in plain libp2p-relay: a status change addresses the `dummy` handler
+    /// of a relayed connection, which panics that connection's task in libp2p-swarm. When
+    /// this fails, upstream fixed it: delete `RelayServer::dummies` and its filter.
+    #[test]
+    fn upstream_still_addresses_the_dummy_handlers_of_relayed_connections() {
+        let local = Keypair::generate_ed25519().public().to_peer_id();
+        let mut upstream = relay::Behaviour::new(local, relay::Config::default());
+        let relayed = ConnectionId::new_unchecked(1);
+        let (peer, circuit) = (
+            PeerId::random(),
+            CIRCUIT.parse::<Multiaddr>().expect("addr"),
+        );
+        let remote: Multiaddr = "/ip4/198.51.100.7/tcp/4001".parse().expect("address");
+        let handler = upstream
+            .handle_established_inbound_connection(relayed, peer, &circuit, &remote)
+            .expect("accepted");
+        assert!(
+            matches!(handler, either::Either::Right(_)),
+            "a relayed connection gets the dummy handler"
+        );
+        upstream.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: relayed,
+            endpoint: &ConnectedPoint::Listener {
+                local_addr: circuit,
+                send_back_addr: remote,
+            },
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+        upstream.set_status(Some(relay::Status::Enable));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut actions = Vec::new();
+        while let Poll::Ready(action) = upstream.poll(&mut cx) {
+            actions.push(action);
+        }
+        assert_eq!(
+            notified(actions),
+            [relayed],
+            "upstream no longer sends SetStatus to a dummy handler: delete RelayServer's filter"
+        );
+    }
+
+    /// The wrapper spares the relayed connection: the machine turns the server public, the
+    /// direct connection's handler hears of it, the relayed one's does not.
     #[test]
     fn a_status_change_reaches_direct_connections_only() {
         let local = Keypair::generate_ed25519().public().to_peer_id();
@@ -332,21 +401,16 @@ mod tests {
         establish(&mut server, relayed, &circuit);
         drain(&mut server);
 
+        server.set_public(true);
+        assert_eq!(notified(drain(&mut server)), [direct]);
+        // A confirmed external address (a circuit's, say) changes nothing: the machine decides.
+        server.set_public(false);
+        drain(&mut server);
         let external: Multiaddr = "/ip4/203.0.113.5/tcp/4001".parse().expect("address");
         server.on_swarm_event(FromSwarm::ExternalAddrConfirmed(ExternalAddrConfirmed {
             addr: &external,
         }));
-        let notified: Vec<ConnectionId> = drain(&mut server)
-            .into_iter()
-            .filter_map(|action| match action {
-                ToSwarm::NotifyHandler {
-                    handler: NotifyHandler::One(id),
-                    ..
-                } => Some(id),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(notified, [direct]);
+        assert!(notified(drain(&mut server)).is_empty());
     }
 
     /// `off`: every connection gets the dummy handler (no relay protocol), and no event ever
@@ -367,10 +431,7 @@ mod tests {
             &"/ip4/203.0.113.5/tcp/4001".parse().expect("address"),
         );
         assert!(server.dummies.contains(&direct));
-        let external: Multiaddr = "/ip4/203.0.113.5/tcp/4001".parse().expect("address");
-        server.on_swarm_event(FromSwarm::ExternalAddrConfirmed(ExternalAddrConfirmed {
-            addr: &external,
-        }));
+        server.set_public(true);
         let notified = drain(&mut server)
             .into_iter()
             .filter(|a| matches!(a, ToSwarm::NotifyHandler { .. }))

@@ -8,7 +8,7 @@ use libp2p::{
         muxing::StreamMuxerBox,
         transport::{Boxed, timeout::TransportTimeout},
     },
-    tcp,
+    relay, tcp,
 };
 
 use super::{
@@ -60,16 +60,29 @@ fn yamux_config() -> mux::Config {
 }
 
 /// TCP with TLS 1.3 ([`tls::Config`]: libp2p's `/tls/1.0.0`, AES-GCM where the CPU has AES
-/// instructions) or, on connections dialled to us, Noise ([`security`]: stock peers that speak
-/// only Noise can connect), and yamux ([`mux::Config`]: 64 KiB frames), plus
-/// [`TCP_READ_BUFFER`] under the security layer. We dial with TLS alone: a second proposal would
-/// cost every new connection a round trip, because multistream-select sends data without
-/// waiting for the answer only for the last protocol it proposes.
+/// instructions) or Noise ([`security`]: stock peers that speak only Noise), and yamux
+/// ([`mux::Config`]: 64 KiB frames), plus [`TCP_READ_BUFFER`] under the security layer. We dial
+/// with one protocol (TLS, or Noise to a peer known to want it): a second proposal would cost
+/// every new connection a round trip, because multistream-select sends data without waiting
+/// for the answer only for the last protocol it proposes.
 fn tcp_transport(security: security::Config) -> Boxed<(PeerId, StreamMuxerBox)> {
     let upgraded = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .map(|stream, _| futures::io::BufReader::with_capacity(TCP_READ_BUFFER, stream))
         .and_then(move |stream, endpoint| security.clone().upgrade(stream, endpoint));
     // A peer that connects must finish its handshakes in time (it holds a socket until then).
+    TransportTimeout::with_ingoing_timeout(upgraded, UPGRADE_TIMEOUT).boxed()
+}
+
+/// Relayed connections (circuits through a relay), secured and multiplexed as TCP connections
+/// are ([`security`]). libp2p's builder (`with_relay_client`) would offer one list of security
+/// protocols both ways; this accepts TLS and Noise from a stock peer behind a relay and dials
+/// with one.
+fn relay_transport(
+    transport: relay::client::Transport,
+    security: security::Config,
+) -> Boxed<(PeerId, StreamMuxerBox)> {
+    let upgraded =
+        transport.and_then(move |stream, endpoint| security.clone().upgrade(stream, endpoint));
     TransportTimeout::with_ingoing_timeout(upgraded, UPGRADE_TIMEOUT).boxed()
 }
 
@@ -81,12 +94,18 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
             reason: e.to_string(),
         }
     };
-    // One certificate for TCP and relayed connections alike.
+    // One certificate for TCP and relayed connections alike, and one memory of the peers that
+    // want Noise.
     let tls = tls::Config::new(&config.keypair).map_err(|e| transport_err("TLS")(&e))?;
-    let security = security::Config::new(&config.keypair, tls.clone(), yamux_config())
-        .map_err(|e| transport_err("Noise")(&e))?;
-    let noise_dial = security::noise_dial_transport(&config.keypair, yamux_config())
-        .map_err(|e| transport_err("Noise")(&e))?;
+    let security = security::Config::new(
+        &config.keypair,
+        tls,
+        yamux_config(),
+        security::NoisePeers::with_capacity(security::NOISE_PEERS),
+    )
+    .map_err(|e| transport_err("Noise")(&e))?;
+    let (relayed, relay_client) = relay::client::new(config.keypair.public().to_peer_id());
+    let relay_security = security.clone();
     let mut behaviour_error = None;
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
@@ -96,26 +115,18 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
         })
         .with_other_transport(|_| tcp_transport(security))
         .map_err(|e| transport_err("TCP")(&e))?
-        // Dials of `/noise` addresses: a stock peer that refused TLS (security.rs).
-        .with_other_transport(|_| noise_dial)
-        .map_err(|e| transport_err("Noise")(&e))?
+        .with_other_transport(|_| relay_transport(relayed, relay_security))
+        .map_err(|e| transport_err("relay")(&e))?
         .with_dns()
         .map_err(|e| transport_err("DNS")(&e))?
-        .with_relay_client(
-            |_: &libp2p::identity::Keypair| Ok::<_, std::convert::Infallible>(tls),
-            yamux_config,
-        )
-        .map_err(|e| transport_err("relay")(&e))?
-        .with_behaviour(
-            |key, relay_client| match Behaviour::new(key, relay_client, config) {
-                Ok(b) => Ok(b),
-                Err(e) => {
-                    let message = e.to_string();
-                    behaviour_error = Some(e);
-                    Err(message.into())
-                }
-            },
-        );
+        .with_behaviour(|key| match Behaviour::new(key, relay_client, config) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                let message = e.to_string();
+                behaviour_error = Some(e);
+                Err(message.into())
+            }
+        });
     let swarm = match swarm {
         Ok(builder) => builder,
         Err(e) => {

@@ -93,6 +93,13 @@ pub(super) struct Driver {
     introductions_in_flight: usize,
     /// Sequence number of the last published peer record (logged, for observers).
     record_seq: u64,
+    /// The "no peer speaks our DHT" warning was logged (once per run is enough).
+    warned_no_dht: bool,
+    /// Private addresses show reachability (`autonat_private_ips`: a lab, a LAN-only mesh).
+    private_ips_count: bool,
+    /// Dials the driver started and that are still in flight; `true` for a redial with Noise
+    /// after a TLS refusal (never redialled again).
+    own_dials: HashMap<ConnectionId, bool>,
     /// Peer-record puts in flight, with their sequence numbers.
     record_puts: HashMap<QueryId, u64>,
     /// A publication waits for the put in flight: two puts in flight at once can reach a DHT
@@ -199,6 +206,9 @@ impl Driver {
             punched: HashMap::new(),
             introductions_in_flight: 0,
             record_seq: 0,
+            warned_no_dht: false,
+            private_ips_count: config.autonat_private_ips,
+            own_dials: HashMap::new(),
             record_puts: HashMap::new(),
             publish_queued: false,
             waiting: Vec::new(),
@@ -316,10 +326,17 @@ impl Driver {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             let machine = self.machine.take().expect("steps do not nest");
-            let (phase, nat) = (machine.phase(), machine.nat());
+            let (phase, nat, assumed) = (machine.phase(), machine.nat(), machine.assumed_private());
             let label = event.name();
             let (machine, commands) = machine.step(event);
             let (new_phase, new_nat) = (machine.phase(), machine.nat());
+            if machine.assumed_private() && !assumed {
+                tracing::warn!(
+                    after_s = machine.config().discovery_timeout.as_secs(),
+                    hint = "a public node: pass --nat-status public or --external-address; otherwise check that peers can run AutoNAT against this node",
+                    "NAT status still unknown and no peer has dialled us: acting as private, reserving a relay slot on the first relay known"
+                );
+            }
             self.machine = Some(machine);
             if new_phase != phase {
                 tracing::info!(event = %label, from = ?phase, to = ?new_phase, commands = ?commands, "phase transition");
@@ -407,6 +424,16 @@ impl Driver {
                 }
                 tracing::info!(%relay, "released relay reservation");
             }
+            Command::SetPublic { public } => {
+                let behaviour = self.swarm.behaviour_mut();
+                behaviour.relay.set_public(public);
+                behaviour.kademlia.set_mode(Some(if public {
+                    libp2p::kad::Mode::Server
+                } else {
+                    libp2p::kad::Mode::Client
+                }));
+                tracing::debug!(public, "relay advertisement and DHT server mode set");
+            }
             Command::AddExternalAddress { addr } => {
                 tracing::info!(%addr, "external address added");
                 self.swarm.add_external_address(addr);
@@ -434,6 +461,7 @@ impl Driver {
     ) -> Result<(), libp2p::swarm::DialError> {
         let connection = opts.connection_id();
         self.swarm.dial(opts)?;
+        self.own_dials.insert(connection, false);
         self.note_dial(peer, connection, direct);
         Ok(())
     }
@@ -518,37 +546,48 @@ impl Driver {
         }
     }
 
-    /// A dial failed because the peer refused TLS on some TCP addresses (a stock libp2p peer
-    /// that speaks only Noise): dials those addresses again with Noise (`/noise`,
-    /// `net/security.rs`), and hands the new dial whatever waited for the old one. `true` when
-    /// it did.
+    /// A dial failed because the peer refused TLS on some addresses (a stock libp2p peer that
+    /// speaks only Noise): dials those addresses again, which the transport now secures with
+    /// Noise (`net/security.rs`, `NoisePeers`), and hands the new dial whatever waited for the
+    /// old one. `true` when it did.
     fn dial_again_with_noise(
         &mut self,
         peer: PeerId,
         failed: ConnectionId,
         error: &libp2p::swarm::DialError,
     ) -> bool {
+        // Only our own dials, once: a behaviour's dial (a hole punch's) is its to retry, and a
+        // redial that fails again is a failure.
+        if self.own_dials.remove(&failed) != Some(false) {
+            return false;
+        }
         let libp2p::swarm::DialError::Transport(errors) = error else {
             return false;
         };
         let addrs: Vec<Multiaddr> = errors
             .iter()
-            .filter(|(_, e)| error_chain(e).to_lowercase().contains("negotiation failed"))
-            .filter_map(|(addr, _)| crate::net::security::with_noise(addr))
+            .filter(|(_, e)| crate::net::security::refused_tls(e))
+            .map(|(addr, _)| addr.clone())
             .collect();
         if addrs.is_empty() {
             return false;
         }
+        let addrs_relayed = addrs.iter().any(punchgate_machine::node::is_relayed);
         tracing::info!(%peer, addrs = ?addrs, "the peer refused TLS: dialing it with Noise");
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::Always)
             .addresses(addrs)
+            // Not from the port the refused connection used: that 4-tuple may still be closing
+            // (TIME_WAIT here, or a NAT's conntrack entry), and a SYN on it goes nowhere.
+            .allocate_new_port()
             .build();
         let again = opts.connection_id();
-        if let Err(error) = self.dial(peer, opts, true) {
+        let direct = !addrs_relayed;
+        if let Err(error) = self.dial(peer, opts, direct) {
             tracing::debug!(%peer, %error, "Noise dial not started");
             return false;
         }
+        self.own_dials.insert(again, true);
         self.dial_failed(peer, failed);
         if let Some(reply) = self.exact_dials.remove(&failed) {
             self.exact_dials.insert(again, reply);
@@ -663,11 +702,19 @@ impl Driver {
             return;
         }
         let me = *self.swarm.local_peer_id();
-        let mut addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
-        // Circuit addresses first: they work from anywhere; then the rest.
-        let mut listen: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
-        listen.sort_by_key(|a| !punchgate_machine::node::is_relayed(a));
-        addrs.extend(listen);
+        // Circuit addresses first: they work from anywhere; then external addresses, then
+        // listen addresses. A circuit address is a listen and an external address at once.
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for addr in self
+            .swarm
+            .external_addresses()
+            .chain(self.swarm.listeners())
+        {
+            if !addrs.contains(addr) {
+                addrs.push(addr.clone());
+            }
+        }
+        addrs.sort_by_key(|a| !punchgate_machine::node::is_relayed(a));
         let record = records::PeerAddrs {
             addrs,
             observed: self.observed_self.iter().cloned().collect(),
@@ -1263,6 +1310,7 @@ impl Driver {
                 if self.dial_again_with_noise(peer, connection_id, &error) {
                     return;
                 }
+                self.own_dials.remove(&connection_id);
                 let reason = error_chain(&error);
                 if let Some(reply) = self.exact_dials.remove(&connection_id) {
                     let _ = reply.send(Err(ConnectError::Unreachable {
@@ -1318,16 +1366,10 @@ impl Driver {
                 tracing::debug!(%send_back_addr, error = %error_chain(&error), "incoming connection failed");
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
-                if punchgate_machine::node::is_relayed(&address) {
-                    // libp2p's relay client confirms our circuit address as external. We take it
-                    // back: with it the relay server would advertise HOP (telling peers we are a
-                    // public relay) and Kademlia would serve from behind a NAT. Peers learn
-                    // circuit addresses from identify and our signed record instead.
-                    self.swarm.remove_external_address(&address);
-                    tracing::debug!(%address, "circuit address not kept as external");
-                } else {
-                    tracing::info!(%address, "external address confirmed");
-                }
+                // libp2p's relay client confirms our circuit address too: identify then tells
+                // peers about it. Whether we serve as a relay or a DHT server does not follow
+                // confirmed addresses but the machine (`Command::SetPublic`).
+                tracing::info!(%address, "external address confirmed");
             }
             SwarmEvent::ExternalAddrExpired { address } => {
                 tracing::info!(%address, "external address expired");
@@ -1421,10 +1463,16 @@ impl Driver {
         if let Some(reach) = self.reaching.get_mut(&peer) {
             reach.dialing = false;
         }
+        self.own_dials.remove(&connection);
         self.step(Event::ConnectionEstablished {
             peer,
             connection,
             kind,
+            inbound: endpoint.is_listener()
+                && punchgate_machine::node::counts_as_reachability(
+                    endpoint.get_remote_address(),
+                    self.private_ips_count,
+                ),
         });
         if kind == PathKind::Direct && self.relay_gate.waits_for(&peer) {
             self.resume_parked(peer);
@@ -1600,8 +1648,19 @@ impl Driver {
     fn on_kademlia_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
         match result {
             QueryResult::Bootstrap(Ok(_)) if last => {
-                tracing::debug!("kademlia bootstrap succeeded");
+                let ours = self.machine().kademlia_bootstrapping();
                 self.step(Event::KademliaBootstrapSucceeded);
+                if self.machine().kademlia_ready() {
+                    tracing::debug!("kademlia bootstrap succeeded");
+                } else if ours && !std::mem::replace(&mut self.warned_no_dht, true) {
+                    // Our bootstrap query found no DHT server among the peers we are connected
+                    // to (Kademlia's own periodic bootstraps do not count).
+                    tracing::warn!(
+                        protocol = %protocol::KADEMLIA,
+                        hint = "add a --bootstrap peer that runs Punchgate and is public; the node bootstraps again when one connects",
+                        "no connected peer serves Punchgate's DHT (a stock libp2p peer, or a node that is not public yet): this node can neither publish its record nor look others up until one does"
+                    );
+                }
             }
             QueryResult::Bootstrap(Err(error)) => {
                 tracing::debug!(%error, "kademlia bootstrap failed");
@@ -1790,8 +1849,12 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
-        message.push_str(": ");
-        message.push_str(&e.to_string());
+        // libp2p's errors often print their source as part of their own message.
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
         source = e.source();
     }
     // One log line per event: libp2p lists several dial errors on lines of their own.
