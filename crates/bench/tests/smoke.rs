@@ -141,3 +141,24 @@ fn numeric_rows<'t>(table: &'t str, labels: &[&str], cells: usize) -> Vec<(&'t s
         })
         .collect()
 }
+
+/// `handshakes`, connection setup per security path (node to node over TCP and QUIC, a node to
+/// and from stock rust-libp2p peers): two dials per case, every case in the table with numbers.
+#[test]
+fn the_handshake_table_runs() {
+    let table = run_table(&["handshakes", "--rounds", "2"]);
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| node") || l.starts_with("| stock"))
+        .collect();
+    assert_eq!(rows.len(), 7, "{table}");
+    for row in rows {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        for cell in &cells[1..3] {
+            let ms: f64 = cell
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {cell} in {row}"));
+            assert!(ms > 0.0, "{row}");
+        }
+    }
+}

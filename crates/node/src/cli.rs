@@ -406,6 +406,19 @@ impl Cli {
 
 /// `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_unbounded(s).and_then(|d| {
+        if d > crate::config::MAX_DURATION {
+            Err(format!(
+                "'{s}' is longer than any duration a node takes: at most {}h (a year)",
+                crate::config::MAX_DURATION.as_secs() / 3600
+            ))
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+fn parse_duration_unbounded(s: &str) -> Result<Duration, String> {
     let expected = || {
         format!("'{s}' is not a duration: expected e.g. 500ms, 30s, 2m, 1h or a number of seconds")
     };
@@ -519,6 +532,13 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1d").is_err());
+        // libp2p-relay keeps a circuit's duration in u32 seconds and panics past it; an
+        // `Instant` plus a huge timeout panics too. Every duration flag stops at a year.
+        assert_eq!(parse_duration("8760h"), Ok(crate::config::MAX_DURATION));
+        let error = parse_duration("8761h").expect_err("over a year");
+        assert!(error.contains("at most 8760h"), "{error}");
+        assert!(parse_duration("5000000000").is_err());
+        assert!(parse(&["--relay-circuit-duration", "1193047h"]).is_err());
         assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
         assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
         assert!(parse_bytes("0").is_err());

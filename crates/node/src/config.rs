@@ -226,6 +226,11 @@ pub struct RelayLimits {
     pub circuit_bytes: u64,
 }
 
+/// The longest duration any setting takes (a year): libp2p-relay keeps a circuit's duration in
+/// u32 seconds and panics past it, and a deadline far enough out overflows `Instant`. The CLI
+/// refuses longer values; the library clamps them.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How long a short circuit (one end not trusted) lasts: libp2p's default, enough to coordinate
 /// a hole punch.
 pub const SHORT_CIRCUIT_DURATION: Duration = Duration::from_secs(2 * 60);

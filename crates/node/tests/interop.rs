@@ -238,6 +238,7 @@ struct StockRelay {
 
 /// rust-libp2p's relay server as its example program runs it: Noise over TCP, libp2p's default
 /// relay limits (2 min, 128 KiB per circuit), serving once it has a confirmed external address.
+/// A node reserves on it, another reaches that node through it, then tunnels 512 KiB to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reserves_on_a_stock_relay_and_another_reaches_it_through_the_relay() {
     let mut stock = SwarmBuilder::with_new_identity()
@@ -275,13 +276,19 @@ async fn a_node_reserves_on_a_stock_relay_and_another_reaches_it_through_the_rel
     });
     let relay_addr: Multiaddr = format!("{addr}/p2p/{relay_id}").parse().expect("addr");
 
+    let echo = echo_server().await;
+    let a_config = config(&[TCP]);
     let mut b_config = config(&[TCP]);
     b_config.bootstrap = vec![relay_addr.to_string().parse().expect("bootstrap")];
-    b_config.nat_override = Some(punchgate::config::NatStatus::Private);
+    b_config.nat_override = Some(NatStatus::Private);
+    b_config.expose_to(
+        format!("echo={echo}").parse().expect("expose"),
+        punchgate::config::Allow::Peers([a_config.peer_id()].into()),
+    );
     let b = Node::start(b_config).await.expect("start B");
     let circuit = reserved(b.handle(), Duration::from_secs(30)).await;
 
-    let a = Node::start(config(&[TCP])).await.expect("start A");
+    let a = Node::start(a_config).await.expect("start A");
     let info = a
         .handle()
         .dial_addr(b.peer_id(), circuit)
@@ -289,6 +296,26 @@ async fn a_node_reserves_on_a_stock_relay_and_another_reaches_it_through_the_rel
         .expect("A reaches B through the stock relay");
     assert!(info.relayed, "{info:?}");
     assert_eq!(info.relay, Some(relay_id));
+
+    // A tunnel: the stock relay's circuits are short (2 min, 128 KiB), so it waits for the
+    // direct connection the nodes punch through it, and carries more than a circuit could.
+    let (stream, path) = a
+        .handle()
+        .open_stream(b.peer_id(), punchgate::protocol::TUNNEL)
+        .await
+        .expect("a tunnel stream to B");
+    assert!(
+        !path.relayed,
+        "a tunnel never rides a short circuit: {path:?}"
+    );
+    let mut stream = tokio_util::compat::FuturesAsyncReadCompatExt::compat(stream);
+    punchgate::tunnel::client::negotiate(&mut stream, "echo", Duration::from_secs(10))
+        .await
+        .expect("echo accepted");
+    let data = payload(512 << 10, 3);
+    tokio::time::timeout(Duration::from_secs(30), echo_over(&mut stream, &data))
+        .await
+        .expect("echoed within 30 s");
 
     a.shutdown().await;
     b.shutdown().await;

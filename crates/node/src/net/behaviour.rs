@@ -11,7 +11,10 @@ use libp2p::{
 };
 
 use super::{relay_server::RelayServer, stream};
-use crate::{config::NodeConfig, protocol};
+use crate::{
+    config::{MAX_DURATION, NodeConfig},
+    protocol,
+};
 
 /// mDNS when the `mdns` feature is on (and enabled in the config), otherwise nothing.
 #[cfg(feature = "mdns")]
@@ -74,7 +77,8 @@ impl Behaviour {
                 max_reservations: config.relay.max_reservations,
                 max_circuits: config.relay.max_circuits,
                 max_circuits_per_peer: config.relay.max_circuits_per_peer,
-                max_circuit_duration: config.relay.circuit_duration,
+                // Past u32 seconds libp2p-relay panics (config::MAX_DURATION).
+                max_circuit_duration: config.relay.circuit_duration.min(MAX_DURATION),
                 max_circuit_bytes: config.relay.circuit_bytes,
                 ..relay::Config::default()
             },

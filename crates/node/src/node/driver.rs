@@ -42,6 +42,7 @@ use super::{
     relay_gate::{self, Parked, RelayGate},
 };
 use crate::{
+    access::DenialLog,
     config::{NodeConfig, Timing},
     net::{Behaviour, BehaviourEvent, stream::ConnectionInfo},
     protocol,
@@ -95,6 +96,8 @@ pub(super) struct Driver {
     record_seq: u64,
     /// The "no peer speaks our DHT" warning was logged (once per run is enough).
     warned_no_dht: bool,
+    /// Rate-limits log lines strangers can cause (relay requests, invalid records), per peer.
+    peer_log: DenialLog,
     /// Private addresses show reachability (`autonat_private_ips`: a lab, a LAN-only mesh).
     private_ips_count: bool,
     /// Dials the driver started and that are still in flight; `true` for a redial with Noise
@@ -208,6 +211,7 @@ impl Driver {
             record_seq: 0,
             warned_no_dht: false,
             private_ips_count: config.autonat_private_ips,
+            peer_log: DenialLog::default(),
             own_dials: HashMap::new(),
             record_puts: HashMap::new(),
             publish_queued: false,
@@ -483,8 +487,13 @@ impl Driver {
     fn dial_failed(&mut self, peer: PeerId, connection: ConnectionId) {
         if let Some(contact) = self.contacts.get_mut(&peer) {
             contact.dials.remove(&connection);
-            if contact.dials.is_empty() && !self.swarm.is_connected(&peer) {
+            let last = contact.dials.is_empty();
+            if last && !self.swarm.is_connected(&peer) {
                 self.contacts.remove(&peer);
+            }
+            if last {
+                // Streams that waited for this dial (a failed punch, a short circuit) decide now.
+                self.answer_waiting(peer);
             }
         }
     }
@@ -821,6 +830,17 @@ impl Driver {
                     }
                     None => Some(w), // Closing as we speak; the close event re-evaluates.
                 }
+            }
+            // The hole punch failed, but a dial of the peer is still in flight (a plain dial
+            // of an address it told us, an introduction's): wait for it, the outcome of every
+            // dial re-evaluates (`dial_failed`).
+            PathSelection::ShortCircuit { .. }
+                if self
+                    .contacts
+                    .get(&w.peer)
+                    .is_some_and(|c| !c.dials.is_empty()) =>
+            {
+                Some(w)
             }
             PathSelection::ShortCircuit { connection } => {
                 let _ = w
@@ -1574,7 +1594,7 @@ impl Driver {
             BehaviourEvent::Mdns(never) => match never {},
             BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
             BehaviourEvent::Relay(event) => {
-                on_relay_server_event(&self.swarm.behaviour().relay, event)
+                on_relay_server_event(&self.swarm.behaviour().relay, event, &mut self.peer_log)
             }
             BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
@@ -1600,9 +1620,11 @@ impl Driver {
                     self.answer_waiting(remote_peer_id);
                 }
             },
+            // Every connection pings every 15 s: DEBUG, or a busy node's log is all pings. A
+            // failed ping closes its connection, which is logged.
             BehaviourEvent::Ping(ping::Event { peer, result, .. }) => match result {
-                Ok(rtt) => tracing::info!(%peer, rtt_ms = rtt.as_secs_f64() * 1000.0, "ping"),
-                Err(error) => tracing::warn!(%peer, %error, "ping failed"),
+                Ok(rtt) => tracing::debug!(%peer, rtt_ms = rtt.as_secs_f64() * 1000.0, "ping"),
+                Err(error) => tracing::debug!(%peer, %error, "ping failed"),
             },
             BehaviourEvent::Streams(never) => match never {},
         }
@@ -1679,7 +1701,13 @@ impl Driver {
                         }
                         Ok(_) => {}
                         Err(error) => {
-                            tracing::warn!(%peer, from = ?found.peer, %error, "ignoring invalid peer record");
+                            // A DHT peer can send these at will: one line per sender per 10 s.
+                            let from = found.peer.unwrap_or(peer);
+                            if let Some(held_back) =
+                                self.peer_log.admit(from, std::time::Instant::now())
+                            {
+                                tracing::warn!(%peer, from = ?found.peer, %error, held_back, "ignoring invalid peer record");
+                            }
                         }
                     }
                 }
@@ -1752,19 +1780,35 @@ impl Driver {
     }
 }
 
-fn on_relay_server_event(server: &crate::net::relay_server::RelayServer, event: relay::Event) {
+/// Logs what the relay server did for others. Every line is one a stranger can cause, so each
+/// goes through `log` (per peer, and in total; `held_back` counts what it held back).
+fn on_relay_server_event(
+    server: &crate::net::relay_server::RelayServer,
+    event: relay::Event,
+    log: &mut DenialLog,
+) {
+    let now = std::time::Instant::now();
     match event {
         relay::Event::ReservationReqAccepted {
             src_peer_id,
             renewed,
-        } => tracing::info!(peer = %src_peer_id, renewed, "serving relay reservation"),
+        } => {
+            if let Some(held_back) = log.admit(src_peer_id, now) {
+                tracing::info!(peer = %src_peer_id, renewed, held_back, "serving relay reservation");
+            }
+        }
         relay::Event::ReservationReqDenied { src_peer_id, .. } => {
-            tracing::warn!(peer = %src_peer_id, "relay reservation denied");
+            if let Some(held_back) = log.admit(src_peer_id, now) {
+                tracing::warn!(peer = %src_peer_id, held_back, "relay reservation denied");
+            }
         }
         relay::Event::CircuitReqAccepted {
             src_peer_id,
             dst_peer_id,
         } => {
+            let Some(held_back) = log.admit(src_peer_id, now) else {
+                return;
+            };
             // The relay enforces the source's limits (relay_server.rs).
             let enforced = if server.trusts(&src_peer_id) {
                 "long"
@@ -1772,16 +1816,20 @@ fn on_relay_server_event(server: &crate::net::relay_server::RelayServer, event: 
                 "short"
             };
             if server.is_long(&src_peer_id, &dst_peer_id) {
-                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, "relaying circuit (long: both ends trusted)");
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, held_back, "relaying circuit (long: both ends trusted)");
             } else {
-                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, "relaying circuit (short: enough to punch a hole; --trust both ends for tunnels)");
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, held_back, "relaying circuit (short: enough to punch a hole; --trust both ends for tunnels)");
             }
         }
         relay::Event::CircuitReqDenied {
             src_peer_id,
             dst_peer_id,
             ..
-        } => tracing::warn!(src = %src_peer_id, dst = %dst_peer_id, "relay circuit denied"),
+        } => {
+            if let Some(held_back) = log.admit(src_peer_id, now) {
+                tracing::warn!(src = %src_peer_id, dst = %dst_peer_id, held_back, "relay circuit denied");
+            }
+        }
         relay::Event::CircuitClosed {
             src_peer_id,
             dst_peer_id,

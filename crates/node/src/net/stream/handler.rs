@@ -34,6 +34,9 @@ use super::{ConnectionInfo, IncomingStream, OpenStreamError, Shared, upgrade::Up
 /// reached by a libp2p peer that plays by the rules; beyond it, new streams are dropped.
 pub const MAX_INBOUND_BACKLOG: usize = 256;
 
+/// At most one "inbound stream dropped" line per connection this often.
+const DROP_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Outbound streams one connection negotiates at a time.
 const MAX_OUTBOUND_IN_FLIGHT: usize = 64;
 
@@ -72,6 +75,10 @@ pub struct Handler {
     /// The accepted protocols as of a generation: `listen_protocol` runs on every poll of the
     /// connection and takes the shared lock only when the list changed.
     listen: RefCell<(u64, Arc<[StreamProtocol]>)>,
+    /// Inbound streams dropped (backlog full) since the last line about it.
+    dropped: u64,
+    /// When that line was written.
+    dropped_logged: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -106,6 +113,8 @@ impl Handler {
             next_id: 0,
             queues: HashMap::new(),
             backlog: VecDeque::new(),
+            dropped: 0,
+            dropped_logged: None,
         }
     }
 
@@ -125,12 +134,24 @@ impl Handler {
             return;
         };
         if self.backlog.len() >= MAX_INBOUND_BACKLOG {
-            tracing::warn!(
-                peer = %self.info.peer,
-                %protocol,
-                backlog = MAX_INBOUND_BACKLOG,
-                "inbound stream dropped: the peer opened more streams than the backlog holds"
-            );
+            // A peer decides how often this happens: one line per connection per 10 s, with
+            // the count of drops since the last one.
+            self.dropped += 1;
+            let now = std::time::Instant::now();
+            if self
+                .dropped_logged
+                .is_none_or(|at| now.duration_since(at) >= DROP_LOG_INTERVAL)
+            {
+                tracing::warn!(
+                    peer = %self.info.peer,
+                    %protocol,
+                    backlog = MAX_INBOUND_BACKLOG,
+                    dropped = self.dropped,
+                    "inbound stream dropped: the peer opened more streams than the backlog holds"
+                );
+                self.dropped = 0;
+                self.dropped_logged = Some(now);
+            }
             return;
         }
         if self.info.relayed && self.info.circuit_limit.is_none() {
