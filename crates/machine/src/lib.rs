@@ -13,10 +13,13 @@
 //! - [`reach`]: how to reach a peer we are not connected to: dial, punch through an
 //!   introduction by its relay, or look it up.
 //! - [`backoff`]: retry delays for relay reservations and reconnects.
+//! - [`introductions`]: which introductions a node acts on, and which addresses it dials.
 
 #![forbid(unsafe_code)]
 
+mod addr;
 pub mod backoff;
+pub mod introductions;
 pub mod node;
 pub mod paths;
 pub mod reach;

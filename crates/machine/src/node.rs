@@ -1084,32 +1084,18 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
 }
 
 /// Whether a peer that dialled us from `remote` shows that we are reachable from where our NAT
-/// status matters: from a global address; from any address when private ones count too (the
-/// driver's `autonat_private_ips`, as in a lab). A LAN neighbour, or a process on this host,
-/// reaches us whatever our NAT does.
+/// status matters: from a global address; from any real network when private ones count too
+/// (the driver's `autonat_private_ips`, as in a lab). A process on this host reaches us
+/// whatever our NAT does; so does a LAN neighbour, unless private addresses count.
 pub fn counts_as_reachability(remote: &Multiaddr, private_ips_count: bool) -> bool {
     if is_relayed(remote) {
         return false;
     }
-    remote.iter().any(|p| match p {
-        Protocol::Ip4(ip) => {
-            !(ip.is_loopback() || ip.is_unspecified() || ip.is_link_local())
-                && (private_ips_count || !(ip.is_private() || is_shared_or_reserved_v4(ip)))
-        }
-        Protocol::Ip6(ip) => {
-            let unique_local = (ip.segments()[0] & 0xfe00) == 0xfc00;
-            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
-            !(ip.is_loopback() || ip.is_unspecified() || link_local)
-                && (private_ips_count || !unique_local)
-        }
-        _ => false,
-    })
-}
-
-/// 100.64.0.0/10 (carrier-grade NAT) and 198.18.0.0/15 (benchmarking): not global.
-fn is_shared_or_reserved_v4(ip: std::net::Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    (a == 100 && (64..128).contains(&b)) || (a == 198 && (b == 18 || b == 19))
+    match crate::addr::ip_of(remote).map(crate::addr::class) {
+        Some(crate::addr::Class::Global) => true,
+        Some(crate::addr::Class::Private) => private_ips_count,
+        Some(crate::addr::Class::Never) | None => false,
+    }
 }
 
 #[cfg(test)]

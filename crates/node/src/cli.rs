@@ -134,6 +134,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tunnels: u32,
 
+    /// Tunnel connections one peer may have served at once, so that no peer can take all of
+    /// --max-tunnels; more from that peer are refused (they do not wait).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tunnels_per_peer: u32,
+
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -400,6 +405,7 @@ impl Cli {
             ..Timing::default()
         };
         config.max_tunnels = self.max_tunnels as usize;
+        config.max_tunnels_per_peer = self.max_tunnels_per_peer as usize;
         Ok((config, origin))
     }
 }

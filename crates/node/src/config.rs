@@ -325,6 +325,9 @@ pub struct NodeConfig {
     /// [`MAX_YAMUX_STREAMS_PER_CONNECTION`](crate::net::swarm::MAX_YAMUX_STREAMS_PER_CONNECTION),
     /// so tunnels to one peer over TCP wait rather than fail.
     pub max_tunnels: usize,
+    /// Tunnel connections one peer may have served at once (a share of `max_tunnels`, so one
+    /// peer cannot starve the others); more from that peer are refused.
+    pub max_tunnels_per_peer: usize,
 }
 
 impl NodeConfig {
@@ -346,6 +349,7 @@ impl NodeConfig {
             relay: RelayLimits::default(),
             timing: Timing::default(),
             max_tunnels: 2000,
+            max_tunnels_per_peer: 256,
         }
     }
 
@@ -398,6 +402,7 @@ impl fmt::Debug for NodeConfig {
             .field("relay", &self.relay)
             .field("timing", &self.timing)
             .field("max_tunnels", &self.max_tunnels)
+            .field("max_tunnels_per_peer", &self.max_tunnels_per_peer)
             .finish()
     }
 }

@@ -28,7 +28,7 @@ use libp2p::{
 };
 use punchgate_machine::{
     Command, Config as MachineConfig, DialReason, Event, NatStatus, PathKind, PathSelection,
-    RelayState, State, Timer,
+    RelayState, State, Timer, introductions,
     reach::{self, ReachStep},
 };
 use tokio::{
@@ -96,6 +96,8 @@ pub(super) struct Driver {
     record_seq: u64,
     /// The "no peer speaks our DHT" warning was logged (once per run is enough).
     warned_no_dht: bool,
+    /// Introductions acted on in the current minute.
+    introduction_gate: introductions::IntroductionGate,
     /// Rate-limits log lines strangers can cause (relay requests, invalid records), per peer.
     peer_log: DenialLog,
     /// Private addresses show reachability (`autonat_private_ips`: a lab, a LAN-only mesh).
@@ -212,6 +214,7 @@ impl Driver {
             warned_no_dht: false,
             private_ips_count: config.autonat_private_ips,
             peer_log: DenialLog::default(),
+            introduction_gate: introductions::IntroductionGate::default(),
             own_dials: HashMap::new(),
             record_puts: HashMap::new(),
             publish_queued: false,
@@ -1127,8 +1130,12 @@ impl Driver {
                     .get(&peer)
                     .map(|h| h.observed.clone())
                     .unwrap_or_default();
-                let new: Vec<Multiaddr> =
-                    addrs.into_iter().filter(|a| !known.contains(a)).collect();
+                let ours: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+                let new: Vec<Multiaddr> = introductions::to_dial(
+                    addrs.into_iter().filter(|a| !known.contains(a)).collect(),
+                    self.private_ips_count,
+                    &ours,
+                );
                 if !new.is_empty() && self.machine().connection_count(&peer, PathKind::Direct) == 0
                 {
                     let opts = DialOpts::peer_id(peer)
@@ -1146,13 +1153,25 @@ impl Driver {
     /// dials cross. TCP dials act as the listener in the upgrade (both sides dial: a TCP
     /// simultaneous open), QUIC dials as a plain client (the peer's endpoint accepts it).
     fn on_introduced(&mut self, from: PeerId, peer: PeerId, addrs: Vec<Multiaddr>) {
+        // Only the relay that holds our reservation, within its rate, and only addresses an
+        // honest introduction can contain (punchgate_machine::introductions).
         let ours = match self.machine().relay() {
-            RelayState::Reserved { relay, .. } | RelayState::Requesting { relay } => *relay == from,
-            RelayState::Idle => false,
+            RelayState::Reserved { relay, .. } => *relay == from,
+            RelayState::Requesting { .. } | RelayState::Idle => false,
         };
         if !ours {
             tracing::debug!(%from, %peer, "ignoring an introduction from a peer that is not our relay");
             return;
+        }
+        if !self.introduction_gate.admit(std::time::Instant::now()) {
+            tracing::debug!(%from, %peer, per_minute = introductions::INTRODUCTIONS_PER_MINUTE, "ignoring an introduction: our relay sends too many");
+            return;
+        }
+        let given = addrs.len();
+        let ours: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        let addrs = introductions::to_dial(addrs, self.private_ips_count, &ours);
+        if addrs.len() < given {
+            tracing::debug!(%from, %peer, given, dialled = addrs.len(), "introduction addresses left out: not global, or too many");
         }
         if self.machine().connection_count(&peer, PathKind::Direct) > 0 || addrs.is_empty() {
             return;

@@ -36,6 +36,65 @@ pub struct Limits {
     pub serving: Arc<Semaphore>,
     /// Permits for tunnels carried at once (outbound, across all `--tunnel` ports).
     pub carrying: Arc<Semaphore>,
+    /// Tunnels served at once per peer.
+    pub per_peer: PeerShares,
+}
+
+/// How many tunnels each peer has served at once, against a cap per peer: one peer can hold at
+/// most its share of the node's permits, so it can never starve the others.
+#[derive(Debug, Clone)]
+pub struct PeerShares {
+    max: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<libp2p::PeerId, usize>>>,
+}
+
+/// One tunnel counted against its peer's share, until dropped.
+#[derive(Debug)]
+pub struct Share {
+    peer: libp2p::PeerId,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<libp2p::PeerId, usize>>>,
+}
+
+impl PeerShares {
+    /// At most `max` tunnels per peer.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A share for one more tunnel of `peer`, or `Err(n)` with the `n` it already has. The map
+    /// holds only peers with a tunnel open, so it is bounded by the node's permits.
+    pub fn take(&self, peer: libp2p::PeerId) -> Result<Share, usize> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(peer).or_insert(0);
+        if *count >= self.max {
+            return Err(*count);
+        }
+        *count += 1;
+        Ok(Share {
+            peer,
+            open: self.open.clone(),
+        })
+    }
+
+    /// The cap per peer.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Limits {
@@ -46,6 +105,7 @@ impl Limits {
             service_connect_timeout: config.timing.service_connect_timeout,
             serving: Arc::new(Semaphore::new(config.max_tunnels)),
             carrying: Arc::new(Semaphore::new(config.max_tunnels)),
+            per_peer: PeerShares::new(config.max_tunnels_per_peer.max(1)),
         }
     }
 }

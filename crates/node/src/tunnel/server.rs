@@ -140,8 +140,25 @@ pub async fn run(
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            // Before the request is read: the refusal says nothing about the services.
+            let peer = stream.info.peer;
+            let share = match limits.per_peer.take(peer) {
+                Ok(share) => share,
+                Err(open) => {
+                    let reason = format!(
+                        "too many tunnels from this peer: {open} open, at most {} per peer (--max-tunnels-per-peer on the serving node)",
+                        limits.per_peer.max()
+                    );
+                    if let Some(held_back) = services.log_denial(peer) {
+                        tracing::warn!(peer_id = %peer, %reason, held_back, "tunnel rejected");
+                    }
+                    refuse(&mut stream.stream.compat(), reason).await;
+                    drop(permit);
+                    return;
+                }
+            };
             serve(stream, &services, &limits, &shutdown).await;
-            drop(permit);
+            drop((share, permit));
         });
     }
 }

@@ -1,0 +1,156 @@
+//! Which introductions a node acts on, and which of an introduction's addresses it dials.
+//!
+//! An introduction (`/punchgate/introduction/1.0.0`) makes a node dial at once, so whoever can
+//! send one aims our dials. Only the relay we hold a reservation with may send them (the
+//! driver checks that), at most [`INTRODUCTIONS_PER_MINUTE`] a minute, and we dial only what an
+//! honest introduction can contain: where the relay saw the requester, a global unicast
+//! address, at most [`MAX_DIALS_PER_INTRODUCTION`] of them. Private addresses only when private
+//! addresses count (`--autonat-private-ips`: a lab, a LAN-only mesh) or when the address is on
+//! a network we are on ourselves. Never loopback, unspecified, multicast, broadcast or
+//! link-local: a node must not become a scanner of its own host or LAN for a stranger, nor a
+//! reflector towards arbitrary hosts.
+
+use std::time::{Duration, Instant};
+
+use multiaddr::{Multiaddr, Protocol};
+
+use crate::addr::{Class, class, ip_of, same_network};
+
+/// Addresses dialled per introduction (a relay observes a requester at one address per
+/// transport; a few more leave room for IPv4 and IPv6).
+pub const MAX_DIALS_PER_INTRODUCTION: usize = 4;
+
+/// Introductions acted on per minute, from our relay. An honest relay sends one per peer that
+/// wants to reach us and has no direct connection yet (at most one per peer every 10 s).
+pub const INTRODUCTIONS_PER_MINUTE: u32 = 30;
+
+/// Counts introductions in a one-minute window.
+#[derive(Debug, Clone, Default)]
+pub struct IntroductionGate {
+    window: Option<(Instant, u32)>,
+}
+
+impl IntroductionGate {
+    /// Whether an introduction arriving at `now` may be acted on.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        match &mut self.window {
+            Some((start, count)) if now.duration_since(*start) < Duration::from_secs(60) => {
+                if *count >= INTRODUCTIONS_PER_MINUTE {
+                    return false;
+                }
+                *count += 1;
+                true
+            }
+            _ => {
+                self.window = Some((now, 1));
+                true
+            }
+        }
+    }
+}
+
+/// The addresses of an introduction we dial: those [`dialable`], at most
+/// [`MAX_DIALS_PER_INTRODUCTION`], in the order given.
+pub fn to_dial(addrs: Vec<Multiaddr>, private_ok: bool, ours: &[Multiaddr]) -> Vec<Multiaddr> {
+    addrs
+        .into_iter()
+        .filter(|a| dialable(a, private_ok, ours))
+        .take(MAX_DIALS_PER_INTRODUCTION)
+        .collect()
+}
+
+/// Whether an introduction's `addr` may be dialled: a direct (not relayed) IP address that is
+/// global unicast; private too when `private_ok`, or when one of our own addresses (`ours`) is
+/// on the same network (the same /24 for IPv4, the same /64 for IPv6).
+pub fn dialable(addr: &Multiaddr, private_ok: bool, ours: &[Multiaddr]) -> bool {
+    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        return false;
+    }
+    let Some(ip) = ip_of(addr) else {
+        return false;
+    };
+    match class(ip) {
+        Class::Never => false,
+        Class::Global => true,
+        Class::Private => {
+            private_ok
+                || ours
+                    .iter()
+                    .filter_map(ip_of)
+                    .any(|own| same_network(own, ip))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().expect("multiaddr")
+    }
+
+    #[test]
+    fn only_what_an_honest_introduction_can_contain_is_dialled() {
+        let none: &[Multiaddr] = &[];
+        // A documentation range is no one's address.
+        assert!(!dialable(&addr("/ip4/203.0.113.9/tcp/4001"), false, none));
+        assert!(dialable(&addr("/ip4/81.2.69.160/tcp/4001"), false, none));
+        assert!(dialable(
+            &addr("/ip6/2a01:4f8::1/udp/4001/quic-v1"),
+            false,
+            none
+        ));
+        for never in [
+            "/ip4/127.0.0.1/tcp/22",
+            "/ip4/0.0.0.0/tcp/4001",
+            "/ip4/169.254.169.254/tcp/80",
+            "/ip4/224.0.0.1/udp/5353/quic-v1",
+            "/ip4/255.255.255.255/tcp/4001",
+            "/ip6/::1/tcp/22",
+            "/ip6/fe80::1/tcp/4001",
+            "/ip6/ff02::1/tcp/4001",
+            "/ip6/::ffff:127.0.0.1/tcp/22",
+            "/dns4/example.com/tcp/4001",
+        ] {
+            assert!(!dialable(&addr(never), true, none), "{never}");
+        }
+        let relayed = "/ip4/81.2.69.160/tcp/4001/p2p/12D3KooWRAyrXFngvk4k2tkiYpYR1LwxzPxeib9cASozbPLuRtbB/p2p-circuit";
+        assert!(!dialable(&addr(relayed), true, none));
+    }
+
+    #[test]
+    fn private_addresses_only_when_they_count_or_on_our_own_network() {
+        let lan = addr("/ip4/192.168.1.20/tcp/4001");
+        let cgnat = addr("/ip4/100.64.3.4/tcp/4001");
+        let lab = addr("/ip4/198.18.0.11/tcp/4001");
+        for private in [&lan, &cgnat, &lab] {
+            assert!(!dialable(private, false, &[]), "{private}");
+            assert!(dialable(private, true, &[]), "{private}");
+        }
+        let ours = [addr("/ip4/192.168.1.7/tcp/4001")];
+        assert!(dialable(&lan, false, &ours));
+        assert!(!dialable(&addr("/ip4/192.168.2.20/tcp/4001"), false, &ours));
+    }
+
+    #[test]
+    fn at_most_a_few_addresses_per_introduction() {
+        let many: Vec<Multiaddr> = (1..=32)
+            .map(|i| addr(&format!("/ip4/81.2.69.{i}/tcp/4001")))
+            .collect();
+        let dialled = to_dial(many, false, &[]);
+        assert_eq!(dialled.len(), MAX_DIALS_PER_INTRODUCTION);
+        assert_eq!(dialled[0], addr("/ip4/81.2.69.1/tcp/4001"));
+    }
+
+    #[test]
+    fn introductions_are_rate_limited_per_minute() {
+        let mut gate = IntroductionGate::default();
+        let start = Instant::now();
+        for _ in 0..INTRODUCTIONS_PER_MINUTE {
+            assert!(gate.admit(start));
+        }
+        assert!(!gate.admit(start + Duration::from_secs(30)));
+        assert!(gate.admit(start + Duration::from_secs(61)));
+    }
+}
