@@ -6,9 +6,10 @@
 //! honest introduction can contain: where the relay saw the requester, a global unicast
 //! address, at most [`MAX_DIALS_PER_INTRODUCTION`] of them. Private addresses only when private
 //! addresses count (`--autonat-private-ips`: a lab, a LAN-only mesh) or when the address is on
-//! a network we are on ourselves. Never loopback, unspecified, multicast, broadcast or
-//! link-local: a node must not become a scanner of its own host or LAN for a stranger, nor a
-//! reflector towards arbitrary hosts.
+//! a network we are on ourselves (the same /24 or /64: a neighbour the relay saw from there).
+//! Never loopback, unspecified, multicast, broadcast or link-local: a relay must not turn a node
+//! into a scanner of its own host or of private networks it is not on, nor a fast reflector
+//! towards arbitrary hosts.
 
 use std::time::{Duration, Instant};
 

@@ -145,6 +145,10 @@ pub enum DialReason {
     Mdns,
     /// A public peer we only reach through a relay: dial it directly (connection reversal).
     Reversal,
+    /// A peer we only reach through a relay, whose hole punch failed: dial the addresses it
+    /// listens on (a DCUtR right after start fails for want of observed addresses; the peer
+    /// may be on our network, or reachable after all).
+    AfterPunch,
 }
 
 /// Timers the machine arms with [`Command::StartTimer`] and receives back as
@@ -418,7 +422,8 @@ pub struct State<C> {
     relay_attempt: u32,
     /// A [`Timer::RelayRetry`] is pending.
     relay_retry_armed: bool,
-    /// Peers a connection-reversal dial was already tried for while relayed.
+    /// Peers a direct dial (a connection reversal, or after a failed punch) was already tried
+    /// for while relayed.
     reversal_tried: BTreeSet<PeerId>,
     /// Consecutive bootstrap redial rounds without any connection.
     redial_attempt: u32,
@@ -635,6 +640,7 @@ impl<C: Copy + Eq + Debug> State<C> {
                 if let Some(conns) = self.connections.get_mut(&peer) {
                     conns.on_hole_punch_failed();
                 }
+                self.maybe_dial_after_punch(peer, out);
             }
             Event::TimerFired(timer) => self.on_timer(timer, out),
             Event::Shutdown => {
@@ -767,6 +773,8 @@ impl<C: Copy + Eq + Debug> State<C> {
             self.try_reserve(out);
             self.maybe_reverse(peer, out);
         }
+        // The punch may have failed before we knew where the peer listens.
+        self.maybe_dial_after_punch(peer, out);
     }
 
     fn on_nat_status(&mut self, status: NatStatus, out: &mut Vec<Command>) {
@@ -1049,6 +1057,42 @@ impl<C: Copy + Eq + Debug> State<C> {
             peer,
             addrs,
             reason: DialReason::Reversal,
+        });
+    }
+
+    /// After a failed hole punch, with only relayed connections to `peer`: dial where it
+    /// listens, once while relayed (the set is shared with reversals).
+    fn maybe_dial_after_punch(&mut self, peer: PeerId, out: &mut Vec<Command>) {
+        let Some(conns) = self.connections.get(&peer) else {
+            return;
+        };
+        if !conns.punch_failed()
+            || conns.count(PathKind::Direct) > 0
+            || conns.count(PathKind::Relayed) == 0
+            || self.reversal_tried.contains(&peer)
+        {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = self
+            .peers
+            .get(&peer)
+            .map(|known| {
+                known
+                    .addrs
+                    .iter()
+                    .filter(|a| !is_relayed(a))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            return;
+        }
+        self.reversal_tried.insert(peer);
+        out.push(Command::Dial {
+            peer,
+            addrs,
+            reason: DialReason::AfterPunch,
         });
     }
 

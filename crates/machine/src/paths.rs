@@ -175,6 +175,11 @@ impl<C: Copy + Eq> PeerConnections<C> {
         self.punch_failed = true;
     }
 
+    /// Whether the last hole punch failed (since the last new relayed connection).
+    pub(crate) fn punch_failed(&self) -> bool {
+        self.punch_failed
+    }
+
     pub(crate) fn count(&self, kind: PathKind) -> usize {
         self.open.iter().filter(|(_, k)| *k == kind).count()
     }
@@ -205,8 +210,11 @@ impl<C: Copy + Eq> PeerConnections<C> {
                 kind: PathKind::Relayed,
             },
             // No relayed connection known to be long: wait for the punch however long the
-            // caller waits, since the relay is no fallback.
-            (None, Some(connection)) if self.punch_failed => {
+            // caller waits, since the relay is no fallback. A failed DCUtR is not the end
+            // before the caller's wait is: plain dials of the addresses identify brings over
+            // the circuit, a reversal or an introduction may still connect (a DCUtR right
+            // after start fails for want of observed addresses).
+            (None, Some(connection)) if self.punch_failed && waited_enough => {
                 PathSelection::ShortCircuit { connection }
             }
             (_, Some(_)) => PathSelection::WaitForDirect,
@@ -325,8 +333,11 @@ mod tests {
         assert_eq!(p.select(true), PathSelection::WaitForDirect);
         assert_eq!(p.only_short_circuit(), Some(7));
         p.on_hole_punch_failed();
+        // A failed punch ends the wait only once the caller's wait for a direct path is over:
+        // other ways to a direct connection may still be under way.
+        assert_eq!(p.select(false), PathSelection::WaitForDirect);
         assert_eq!(
-            p.select(false),
+            p.select(true),
             PathSelection::ShortCircuit { connection: 7 }
         );
         // A long circuit through another relay is a fallback again.

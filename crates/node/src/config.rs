@@ -228,7 +228,8 @@ pub struct RelayLimits {
 
 /// The longest duration any setting takes (a year): libp2p-relay keeps a circuit's duration in
 /// u32 seconds and panics past it, and a deadline far enough out overflows `Instant`. The CLI
-/// refuses longer values; the library clamps them.
+/// refuses longer values for every duration flag; the library clamps the relay circuit
+/// duration.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How long a short circuit (one end not trusted) lasts: libp2p's default, enough to coordinate

@@ -294,6 +294,41 @@ fn private_then_unknown_stays_private() {
 }
 
 #[test]
+fn a_failed_punch_dials_where_the_peer_listens_once() {
+    let (s, _) = run(discovering(), [connected(5, 9, PathKind::Relayed)]);
+    // The punch fails before identify said where the peer listens: nothing to dial yet.
+    let (s, cmds) = s.step(Event::HolePunchFailed {
+        peer: peer(5),
+        reason: "no addresses".into(),
+    });
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::Dial { .. })),
+        "{cmds:?}"
+    );
+    let identified = Event::PeerIdentified {
+        peer: peer(5),
+        listen_addrs: vec![addr(5), circuit(BOOTSTRAP, 5)],
+        relay_capable: false,
+        kademlia: false,
+    };
+    let (s, cmds) = s.step(identified.clone());
+    assert!(
+        cmds.contains(&Command::Dial {
+            peer: peer(5),
+            addrs: vec![addr(5)],
+            reason: DialReason::AfterPunch,
+        }),
+        "{cmds:?}"
+    );
+    // Once while relayed.
+    let (_, cmds) = s.step(identified);
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::Dial { .. })),
+        "{cmds:?}"
+    );
+}
+
+#[test]
 fn the_node_serves_as_public_exactly_while_its_nat_status_is_public() {
     let (s, cmds) = S::new(config()).step(Event::Started);
     assert_eq!(cmds[0], Command::SetPublic { public: false });
@@ -767,8 +802,9 @@ fn hole_punch_failure_refuses_streams_a_short_circuit_would_cut() {
         peer: peer(4),
         reason: "AttemptsExceeded(3)".into(),
     });
+    assert_eq!(s.select_path(&peer(4), false), PathSelection::WaitForDirect);
     assert_eq!(
-        s.select_path(&peer(4), false),
+        s.select_path(&peer(4), true),
         PathSelection::ShortCircuit { connection: 9 }
     );
     assert_eq!(s.only_short_circuit(&peer(4)), Some(9));

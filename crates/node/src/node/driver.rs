@@ -374,7 +374,7 @@ impl Driver {
             } => {
                 // A reversal dial goes ahead although a (relayed) connection exists.
                 let condition = match reason {
-                    DialReason::Reversal => PeerCondition::Always,
+                    DialReason::Reversal | DialReason::AfterPunch => PeerCondition::Always,
                     _ => PeerCondition::DisconnectedAndNotDialing,
                 };
                 tracing::info!(%peer, ?reason, addrs = ?addrs, "dialing");

@@ -7,7 +7,9 @@
 //! answered before anything is connected), so a stranger cannot find out which services a node
 //! has. Only admitted peers hear about a service's own failures. A stream that arrives on a short
 //! relay circuit (one its relay would cut after a few minutes or kilobytes) is refused before
-//! its request is looked at, so a tunnel is never cut off mid-stream by the relay.
+//! the service it names is looked up, so a tunnel is never cut off mid-stream by the relay. A
+//! peer past its share of the tunnel permits (`--max-tunnels-per-peer`) is refused before its
+//! request is read.
 
 use std::{
     collections::HashMap,
