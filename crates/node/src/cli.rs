@@ -139,6 +139,19 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tunnels_per_peer: u32,
 
+    /// Connections open at once, in total (direct and relayed, both directions); more are
+    /// refused, with a rate-limited WARN.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Connections open at once to one peer; more are refused.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_peer: u32,
+
+    /// Connections dialled to this node that are still in their handshakes; more are refused.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_incoming: u32,
+
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -406,6 +419,9 @@ impl Cli {
         };
         config.max_tunnels = self.max_tunnels as usize;
         config.max_tunnels_per_peer = self.max_tunnels_per_peer as usize;
+        config.max_connections = self.max_connections;
+        config.max_connections_per_peer = self.max_connections_per_peer;
+        config.max_pending_incoming = self.max_pending_incoming;
         Ok((config, origin))
     }
 }

@@ -329,6 +329,13 @@ pub struct NodeConfig {
     /// Tunnel connections one peer may have served at once (a share of `max_tunnels`, so one
     /// peer cannot starve the others); more from that peer are refused.
     pub max_tunnels_per_peer: usize,
+    /// Connections open at once, in total (direct and relayed, both directions); more are
+    /// refused.
+    pub max_connections: u32,
+    /// Connections open at once to one peer; more are refused.
+    pub max_connections_per_peer: u32,
+    /// Connections dialled to us that are still in their handshakes; more are refused.
+    pub max_pending_incoming: u32,
 }
 
 impl NodeConfig {
@@ -351,6 +358,9 @@ impl NodeConfig {
             timing: Timing::default(),
             max_tunnels: 2000,
             max_tunnels_per_peer: 256,
+            max_connections: 1024,
+            max_connections_per_peer: 8,
+            max_pending_incoming: 128,
         }
     }
 
@@ -404,6 +414,9 @@ impl fmt::Debug for NodeConfig {
             .field("timing", &self.timing)
             .field("max_tunnels", &self.max_tunnels)
             .field("max_tunnels_per_peer", &self.max_tunnels_per_peer)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_peer", &self.max_connections_per_peer)
+            .field("max_pending_incoming", &self.max_pending_incoming)
             .finish()
     }
 }

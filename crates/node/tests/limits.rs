@@ -80,3 +80,106 @@ async fn one_peer_cannot_take_every_tunnel() {
         node.shutdown().await;
     }
 }
+
+/// `max_connections` and `max_connections_per_peer`: a connection over either is refused, the
+/// connections already open keep working, and a peer within the limits gets in once room is
+/// made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limits_are_refused_and_the_rest_keep_working() {
+    use futures::StreamExt as _;
+    use libp2p::{
+        SwarmBuilder, ping,
+        swarm::{
+            SwarmEvent,
+            dial_opts::{DialOpts, PeerCondition},
+        },
+        tcp, tls, yamux,
+    };
+
+    let mut b_config = config(&[TCP]);
+    b_config.max_connections = 2;
+    b_config.max_connections_per_peer = 1;
+    let b = Node::start(b_config).await.expect("start B");
+    let b_addr = b.listen_addrs()[0].clone();
+
+    // Per peer: a second connection from the same (stock) peer is refused.
+    let mut stock = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            tls::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| ping::Behaviour::default())
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    for _ in 0..2 {
+        stock
+            .dial(
+                DialOpts::peer_id(b.peer_id())
+                    .addresses(vec![b_addr.clone()])
+                    .condition(PeerCondition::Always)
+                    .build(),
+            )
+            .expect("dial");
+    }
+    let (mut opened, mut closed) = (0, 0);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while opened < 1 || closed < 1 {
+            match stock.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => opened += 1,
+                SwarmEvent::ConnectionClosed { .. }
+                | SwarmEvent::OutgoingConnectionError { .. } => closed += 1,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("one connection kept, one refused");
+    let stock_task = tokio::spawn(async move {
+        loop {
+            stock.select_next_some().await;
+        }
+    });
+
+    let connected = |node: &Node| {
+        let handle = node.handle().clone();
+        async move { handle.status().await.expect("status").connected_peers }
+    };
+    // In total: B has one connection (the stock peer's); one more node fits, the next does not.
+    let a = Node::start(config(&[TCP])).await.expect("start A");
+    a.handle()
+        .dial_addr(b.peer_id(), b_addr.clone())
+        .await
+        .expect("A fits");
+    let c = Node::start(config(&[TCP])).await.expect("start C");
+    // C's handshake completes, then B refuses the connection and closes it.
+    let _ = c.handle().dial_addr(b.peer_id(), b_addr.clone()).await;
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        while connected(&c).await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "C is over B's limit and gets closed");
+    assert_eq!(connected(&b).await, 2, "the stock peer and A stay");
+
+    // Room made: the stock peer leaves, and C gets in and stays.
+    stock_task.abort();
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let _ = c.handle().dial_addr(b.peer_id(), b_addr.clone()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if connected(&c).await == 1 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "C gets in once a connection closed");
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}

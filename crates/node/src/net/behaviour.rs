@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use libp2p::{
-    autonat, dcutr, identify,
+    autonat, connection_limits, dcutr, identify,
     identity::Keypair,
     kad::{self, store::MemoryStore},
     ping, relay,
@@ -26,6 +26,9 @@ pub type Mdns = libp2p::swarm::dummy::Behaviour;
 /// Everything a node does on the network, one sub-behaviour per job.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Connections in total, per peer and pending: first, so a connection over a limit is
+    /// refused before any other behaviour builds state for it.
+    pub limits: connection_limits::Behaviour,
     /// Reserve slots on relays and dial through them when we are private.
     pub relay_client: relay::client::Behaviour,
     /// Relay for others once we have a confirmed public address (long circuits for trusted
@@ -110,7 +113,15 @@ impl Behaviour {
         kad_config.set_query_timeout(Duration::from_secs(30));
         let kademlia = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
 
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(config.max_connections))
+                .with_max_established_per_peer(Some(config.max_connections_per_peer))
+                .with_max_pending_incoming(Some(config.max_pending_incoming)),
+        );
+
         Ok(Self {
+            limits,
             relay_client,
             relay,
             dcutr: dcutr::Behaviour::new(peer_id),

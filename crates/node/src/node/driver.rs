@@ -96,6 +96,8 @@ pub(super) struct Driver {
     record_seq: u64,
     /// The "no peer speaks our DHT" warning was logged (once per run is enough).
     warned_no_dht: bool,
+    /// Connections refused over a limit since the last line about it, and when that was.
+    limit_log: (u64, Option<std::time::Instant>),
     /// Introductions acted on in the current minute.
     introduction_gate: introductions::IntroductionGate,
     /// Rate-limits log lines strangers can cause (relay requests, invalid records), per peer.
@@ -215,6 +217,7 @@ impl Driver {
             private_ips_count: config.autonat_private_ips,
             peer_log: DenialLog::default(),
             introduction_gate: introductions::IntroductionGate::default(),
+            limit_log: (0, None),
             own_dials: HashMap::new(),
             record_puts: HashMap::new(),
             publish_queued: false,
@@ -483,6 +486,25 @@ impl Driver {
         contact.dials.insert(connection);
         if direct {
             contact.direct_attempts += 1;
+        }
+    }
+
+    /// A connection was refused over a connection limit: one WARN line per 10 s for the whole
+    /// node (a flood must not become a flood of log lines), with the count since the last.
+    fn limit_refused(&mut self, from: &Multiaddr, reason: &str) {
+        let now = std::time::Instant::now();
+        let (refused, last) = &mut self.limit_log;
+        *refused += 1;
+        if last.is_none_or(|at| now.duration_since(at) >= crate::access::DENIAL_LOG_INTERVAL) {
+            tracing::warn!(
+                %from,
+                %reason,
+                refused = *refused,
+                hint = "raise --max-connections, --max-connections-per-peer or --max-pending-incoming if these are honest peers",
+                "connection refused: over a connection limit"
+            );
+            *refused = 0;
+            *last = Some(now);
         }
     }
 
@@ -1402,7 +1424,14 @@ impl Driver {
                 error,
                 ..
             } => {
-                tracing::debug!(%send_back_addr, error = %error_chain(&error), "incoming connection failed");
+                let reason = error_chain(&error);
+                if matches!(error, libp2p::swarm::ListenError::Denied { .. })
+                    && reason.contains("limit")
+                {
+                    self.limit_refused(&send_back_addr, &reason);
+                } else {
+                    tracing::debug!(%send_back_addr, error = %reason, "incoming connection failed");
+                }
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 // libp2p's relay client confirms our circuit address too: identify then tells
