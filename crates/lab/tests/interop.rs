@@ -78,7 +78,7 @@ async fn a_stock_dcutr_peer_and_a_node_punch_a_direct_connection_through_a_stock
     let dir_hint = format!("logs in {}", dir.display());
     b.wait_for_message(
         Duration::from_secs(30),
-        "NAT status still unknown and no peer has dialled us: acting as private, reserving a relay slot",
+        "NAT status still unknown and no peer has dialled us: acting as private, reserving a relay slot on the first relay known",
         &[],
     )
     .await

@@ -96,6 +96,8 @@ pub(super) struct Driver {
     record_seq: u64,
     /// The "no peer speaks our DHT" warning was logged (once per run is enough).
     warned_no_dht: bool,
+    /// Open connections whose first round trip was logged.
+    pinged: HashSet<ConnectionId>,
     /// Connections refused over a limit since the last line about it, and when that was.
     limit_log: (u64, Option<std::time::Instant>),
     /// Introductions acted on in the current minute.
@@ -218,6 +220,7 @@ impl Driver {
             peer_log: DenialLog::default(),
             introduction_gate: introductions::IntroductionGate::default(),
             limit_log: (0, None),
+            pinged: HashSet::new(),
             own_dials: HashMap::new(),
             record_puts: HashMap::new(),
             publish_queued: false,
@@ -1347,6 +1350,7 @@ impl Driver {
                     },
                 });
                 self.circuits.closed(connection_id);
+                self.pinged.remove(&connection_id);
                 self.step(Event::ConnectionClosed {
                     peer: peer_id,
                     connection: connection_id,
@@ -1668,9 +1672,17 @@ impl Driver {
                     self.answer_waiting(remote_peer_id);
                 }
             },
-            // Every connection pings every 15 s: DEBUG, or a busy node's log is all pings. A
-            // failed ping closes its connection, which is logged.
-            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => match result {
+            // Every connection pings every 15 s: only its first round trip is an INFO line (one
+            // per connection, as "connection opened" is), the rest DEBUG, or a busy node's log
+            // would be all pings. A failed ping closes its connection, which is logged.
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => match result {
+                Ok(rtt) if self.pinged.insert(connection) => {
+                    tracing::info!(%peer, rtt_ms = rtt.as_secs_f64() * 1000.0, %connection, "ping")
+                }
                 Ok(rtt) => tracing::debug!(%peer, rtt_ms = rtt.as_secs_f64() * 1000.0, "ping"),
                 Err(error) => tracing::debug!(%peer, %error, "ping failed"),
             },
@@ -1828,8 +1840,8 @@ impl Driver {
     }
 }
 
-/// Logs what the relay server did for others. Every line is one a stranger can cause, so each
-/// goes through `log` (per peer, and in total; `held_back` counts what it held back).
+/// Logs what the relay server did for others. Denials are lines a stranger can cause at will,
+/// so they go through `log` (per peer, and in total; `held_back` counts what it held back).
 fn on_relay_server_event(
     server: &crate::net::relay_server::RelayServer,
     event: relay::Event,
@@ -1837,14 +1849,12 @@ fn on_relay_server_event(
 ) {
     let now = std::time::Instant::now();
     match event {
+        // libp2p's relay rate-limits what it accepts (per peer and per IP address): those
+        // lines are bounded already. What it denies is not.
         relay::Event::ReservationReqAccepted {
             src_peer_id,
             renewed,
-        } => {
-            if let Some(held_back) = log.admit(src_peer_id, now) {
-                tracing::info!(peer = %src_peer_id, renewed, held_back, "serving relay reservation");
-            }
-        }
+        } => tracing::info!(peer = %src_peer_id, renewed, "serving relay reservation"),
         relay::Event::ReservationReqDenied { src_peer_id, .. } => {
             if let Some(held_back) = log.admit(src_peer_id, now) {
                 tracing::warn!(peer = %src_peer_id, held_back, "relay reservation denied");
@@ -1854,9 +1864,6 @@ fn on_relay_server_event(
             src_peer_id,
             dst_peer_id,
         } => {
-            let Some(held_back) = log.admit(src_peer_id, now) else {
-                return;
-            };
             // The relay enforces the source's limits (relay_server.rs).
             let enforced = if server.trusts(&src_peer_id) {
                 "long"
@@ -1864,9 +1871,9 @@ fn on_relay_server_event(
                 "short"
             };
             if server.is_long(&src_peer_id, &dst_peer_id) {
-                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, held_back, "relaying circuit (long: both ends trusted)");
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, "relaying circuit (long: both ends trusted)");
             } else {
-                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, held_back, "relaying circuit (short: enough to punch a hole; --trust both ends for tunnels)");
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, enforced, "relaying circuit (short: enough to punch a hole; --trust both ends for tunnels)");
             }
         }
         relay::Event::CircuitReqDenied {
