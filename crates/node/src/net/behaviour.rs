@@ -111,6 +111,9 @@ impl Behaviour {
 
         let mut kad_config = kad::Config::new(protocol::KADEMLIA);
         kad_config.set_query_timeout(Duration::from_secs(30));
+        // What others PUT is checked first (node/records.rs `admit_put`): only valid peer
+        // records, never an older one over a newer. Provider records are not used, never stored.
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
         let kademlia = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
 
         let limits = connection_limits::Behaviour::new(

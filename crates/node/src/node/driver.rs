@@ -92,7 +92,8 @@ pub(super) struct Driver {
     punched: HashMap<PeerId, Instant>,
     /// Introduction requests in flight.
     introductions_in_flight: usize,
-    /// Sequence number of the last published peer record (logged, for observers).
+    /// Sequence number of the last published peer record (milliseconds since the epoch, and
+    /// always above the previous one).
     record_seq: u64,
     /// The "no peer speaks our DHT" warning was logged (once per run is enough).
     warned_no_dht: bool,
@@ -752,15 +753,21 @@ impl Driver {
             }
         }
         addrs.sort_by_key(|a| !punchgate_machine::node::is_relayed(a));
+        // The sequence number: milliseconds since the epoch, and above the last one, so a
+        // record is newer than every record this identity signed before, across restarts.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.record_seq = now_ms.max(self.record_seq + 1);
+        let seq = self.record_seq;
         let record = records::PeerAddrs {
             addrs,
             observed: self.observed_self.iter().cloned().collect(),
+            seq,
         };
         let count = record.addrs.len();
         let observed = record.observed.len();
         let kademlia = &mut self.swarm.behaviour_mut().kademlia;
-        self.record_seq += 1;
-        let seq = self.record_seq;
         if let Some(value) = records::encode(&self.keypair, &record) {
             let record = Record::new(RecordKey::new(&protocol::peer_record_key(&me)), value);
             match kademlia.put_record(record, Quorum::One) {
@@ -782,7 +789,7 @@ impl Driver {
                 peer,
                 records::PeerAddrs {
                     addrs,
-                    observed: Vec::new(),
+                    ..records::PeerAddrs::default()
                 },
             ),
             Request::Introduced { from, peer, addrs } => self.on_introduced(from, peer, addrs),
@@ -1267,6 +1274,7 @@ impl Driver {
         };
         merge(&mut known.addrs, found.addrs);
         merge(&mut known.observed, found.observed);
+        known.seq = known.seq.max(found.seq);
     }
 
     // --- Swarm events ----------------------------------------------------------------------
@@ -1632,6 +1640,14 @@ impl Driver {
                 step,
                 ..
             }) => self.on_kademlia_query(id, result, step.last),
+            BehaviourEvent::Kademlia(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            }) => self.on_put_record(source, record),
             BehaviourEvent::Kademlia(_) => {}
             #[cfg(feature = "mdns")]
             BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(peers)) => {
@@ -1727,6 +1743,26 @@ impl Driver {
         }
     }
 
+    /// A peer asks us (a DHT server) to store a record: only a valid peer record of the key's
+    /// peer, and never an older one over the one we hold (records.rs `admit_put`).
+    fn on_put_record(&mut self, source: PeerId, record: Record) {
+        use libp2p::kad::store::RecordStore as _;
+        let store = self.swarm.behaviour_mut().kademlia.store_mut();
+        let stored = store.get(&record.key).map(|r| r.value.clone());
+        match records::admit_put(record.key.as_ref(), &record.value, stored.as_deref()) {
+            Ok(()) => {
+                if let Err(error) = store.put(record) {
+                    tracing::debug!(%source, %error, "record not stored");
+                }
+            }
+            Err(error) => {
+                if let Some(held_back) = self.peer_log.admit(source, std::time::Instant::now()) {
+                    tracing::warn!(%source, %error, held_back, "refused to store a DHT record");
+                }
+            }
+        }
+    }
+
     fn on_kademlia_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
         match result {
             QueryResult::Bootstrap(Ok(_)) if last => {
@@ -1750,7 +1786,12 @@ impl Driver {
             }
             QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
                 if let Some(peer) = self.lookups.get(&id).copied() {
+                    let newest = self.hints.get(&peer).map_or(0, |h| h.seq);
                     match records::decode(&peer, &found.record.value) {
+                        Ok(record) if record.seq < newest => {
+                            // A record older than one we have seen: a stale copy, or a replay.
+                            tracing::debug!(%peer, seq = record.seq, newest, "older peer record ignored");
+                        }
                         Ok(record) if !record.addrs.is_empty() => {
                             if let Some(mut query) =
                                 self.swarm.behaviour_mut().kademlia.query_mut(&id)
@@ -1786,7 +1827,7 @@ impl Driver {
                         peer,
                         records::PeerAddrs {
                             addrs: info.addrs,
-                            observed: Vec::new(),
+                            ..records::PeerAddrs::default()
                         },
                     );
                 }

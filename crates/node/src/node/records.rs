@@ -2,8 +2,12 @@
 //! (circuit addresses included) and the addresses others observe it at, in a libp2p signed
 //! envelope so a reader can check who wrote it.
 //!
-//! Kademlia stores whatever a peer puts under a key; a forged record for someone else's key fails
-//! the signature or peer-id check here and is ignored.
+//! A record carries a sequence number (milliseconds since the Unix epoch when it was signed, and
+//! always above the node's previous one), so the newest one wins: a DHT server stores a record
+//! only if it is a valid peer record for its key and not older than the one it holds
+//! ([`admit_put`]), and a reader never takes an older record for a peer over a newer one it has
+//! seen. A forged record for someone else's key fails the signature or peer-id check and is
+//! ignored; a replayed old one loses to the newer one.
 
 use libp2p::{Multiaddr, PeerId, core::SignedEnvelope, identity::Keypair, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
@@ -22,6 +26,9 @@ pub(crate) struct PeerAddrs {
     pub(crate) addrs: Vec<Multiaddr>,
     /// Addresses other peers observed this node at (its NAT's mapping of its listen ports).
     pub(crate) observed: Vec<Multiaddr>,
+    /// The record's sequence number: newer records have larger ones (0 in records from before
+    /// there was one).
+    pub(crate) seq: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -29,6 +36,8 @@ struct Payload {
     addrs: Vec<String>,
     #[serde(default)]
     observed: Vec<String>,
+    #[serde(default)]
+    seq: u64,
 }
 
 /// A record that cannot be trusted.
@@ -45,6 +54,36 @@ pub(crate) enum RecordError {
         expected: Box<PeerId>,
         found: Box<PeerId>,
     },
+    #[error("not a peer record key")]
+    Key,
+    #[error("record {offered} is older than the stored {stored}")]
+    Stale { offered: u64, stored: u64 },
+}
+
+/// The peer whose record `key` holds (`/punchgate/peer/<PEER_ID>`), if it is such a key.
+pub(crate) fn peer_of_key(key: &[u8]) -> Option<PeerId> {
+    let text = std::str::from_utf8(key).ok()?;
+    text.strip_prefix("/punchgate/peer/")?.parse().ok()
+}
+
+/// Whether a DHT server should store `value` under `key`, replacing `stored` (what it holds
+/// there): only a valid peer record of the key's peer, and not an older one.
+pub(crate) fn admit_put(
+    key: &[u8],
+    value: &[u8],
+    stored: Option<&[u8]>,
+) -> Result<(), RecordError> {
+    let peer = peer_of_key(key).ok_or(RecordError::Key)?;
+    let offered = decode(&peer, value)?;
+    if let Some(stored) = stored.and_then(|s| decode(&peer, s).ok())
+        && stored.seq > offered.seq
+    {
+        return Err(RecordError::Stale {
+            offered: offered.seq,
+            stored: stored.seq,
+        });
+    }
+    Ok(())
 }
 
 /// Signs a record (addresses deduplicated, at most [`MAX_RECORD_ADDRS`] of each kind).
@@ -52,6 +91,7 @@ pub(crate) fn encode(keypair: &Keypair, record: &PeerAddrs) -> Option<Vec<u8>> {
     let payload = Payload {
         addrs: unique(&record.addrs),
         observed: unique(&record.observed),
+        seq: record.seq,
     };
     let payload = serde_json::to_vec(&payload).ok()?;
     SignedEnvelope::new(keypair, DOMAIN.to_owned(), PAYLOAD_TYPE.to_vec(), payload)
@@ -85,6 +125,7 @@ pub(crate) fn decode(expected: &PeerId, bytes: &[u8]) -> Result<PeerAddrs, Recor
     Ok(PeerAddrs {
         addrs: parse(payload.addrs),
         observed: parse(payload.observed),
+        seq: payload.seq,
     })
 }
 
@@ -129,12 +170,14 @@ mod tests {
         let record = PeerAddrs {
             addrs: vec![addr.clone(), circuit.clone(), addr.clone()],
             observed: vec![observed.clone()],
+            seq: 7,
         };
         let bytes = encode(&alice, &record).expect("sign");
         let alice_id = alice.public().to_peer_id();
         let decoded = decode(&alice_id, &bytes).expect("valid");
         assert_eq!(decoded.addrs, vec![addr, circuit]);
         assert_eq!(decoded.observed, vec![observed]);
+        assert_eq!(decoded.seq, 7);
         // Alice's record filed under Bob's key is refused.
         let err = decode(&bob.public().to_peer_id(), &bytes).expect_err("wrong peer");
         assert!(matches!(err, RecordError::WrongPeer { .. }), "{err}");
@@ -145,5 +188,49 @@ mod tests {
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert!(decode(&alice_id, &tampered).is_err());
+    }
+
+    #[test]
+    fn a_server_stores_only_valid_records_of_the_key_and_never_an_older_one() {
+        let alice = Keypair::generate_ed25519();
+        let alice_id = alice.public().to_peer_id();
+        let key = crate::protocol::peer_record_key(&alice_id);
+        let record = |seq| {
+            encode(
+                &alice,
+                &PeerAddrs {
+                    addrs: vec!["/ip4/198.51.100.1/tcp/4001".parse().expect("addr")],
+                    observed: Vec::new(),
+                    seq,
+                },
+            )
+            .expect("sign")
+        };
+        let (old, new) = (record(1), record(2));
+        assert!(admit_put(&key, &old, None).is_ok());
+        assert!(admit_put(&key, &new, Some(&old)).is_ok());
+        assert!(
+            admit_put(&key, &new, Some(&new)).is_ok(),
+            "the same record again"
+        );
+        let stale = admit_put(&key, &old, Some(&new)).expect_err("a replayed older record");
+        assert!(
+            matches!(
+                stale,
+                RecordError::Stale {
+                    offered: 1,
+                    stored: 2
+                }
+            ),
+            "{stale}"
+        );
+        // Someone else's key, another key, garbage.
+        let bob = Keypair::generate_ed25519().public().to_peer_id();
+        assert!(admit_put(&crate::protocol::peer_record_key(&bob), &new, None).is_err());
+        assert!(matches!(
+            admit_put(b"/ipfs/anything", &new, None),
+            Err(RecordError::Key)
+        ));
+        assert!(admit_put(&key, b"garbage", None).is_err());
     }
 }
