@@ -640,7 +640,7 @@ impl<C: Copy + Eq + Debug> State<C> {
                 if let Some(conns) = self.connections.get_mut(&peer) {
                     conns.on_hole_punch_failed();
                 }
-                self.maybe_dial_after_punch(peer, out);
+                self.maybe_dial_direct(peer, DialReason::AfterPunch, out);
             }
             Event::TimerFired(timer) => self.on_timer(timer, out),
             Event::Shutdown => {
@@ -694,7 +694,7 @@ impl<C: Copy + Eq + Debug> State<C> {
             self.start_kademlia_bootstrap(out);
         }
         if kind == PathKind::Relayed {
-            self.maybe_reverse(peer, out);
+            self.maybe_dial_direct(peer, DialReason::Reversal, out);
         }
     }
 
@@ -771,10 +771,10 @@ impl<C: Copy + Eq + Debug> State<C> {
         }
         if relay_capable {
             self.try_reserve(out);
-            self.maybe_reverse(peer, out);
+            self.maybe_dial_direct(peer, DialReason::Reversal, out);
         }
         // The punch may have failed before we knew where the peer listens.
-        self.maybe_dial_after_punch(peer, out);
+        self.maybe_dial_direct(peer, DialReason::AfterPunch, out);
     }
 
     fn on_nat_status(&mut self, status: NatStatus, out: &mut Vec<Command>) {
@@ -1029,61 +1029,29 @@ impl<C: Copy + Eq + Debug> State<C> {
         }
     }
 
-    /// Dial a public peer directly when we only reach it through a relay.
-    fn maybe_reverse(&mut self, peer: PeerId, out: &mut Vec<Command>) {
+    /// A peer we reach only through a relay: dial where it listens, once while relayed
+    /// (`reversal_tried`). For a public peer (it advertises the relay protocol): a connection
+    /// reversal. After a failed hole punch: its listen addresses may work after all (a DCUtR
+    /// right after start fails for want of observed addresses; the peer may be on our network).
+    fn maybe_dial_direct(&mut self, peer: PeerId, reason: DialReason, out: &mut Vec<Command>) {
         let Some(conns) = self.connections.get(&peer) else {
             return;
         };
-        if conns.count(PathKind::Direct) > 0
-            || conns.count(PathKind::Relayed) == 0
-            || self.reversal_tried.contains(&peer)
-        {
-            return;
-        }
-        let Some(known) = self.peers.get(&peer).filter(|k| k.relay_capable) else {
-            return;
+        let known = self.peers.get(&peer);
+        let wanted = match reason {
+            DialReason::Reversal => known.is_some_and(|k| k.relay_capable),
+            DialReason::AfterPunch => conns.punch_failed(),
+            DialReason::Bootstrap | DialReason::Redial | DialReason::Mdns => false,
         };
-        let addrs: Vec<Multiaddr> = known
-            .addrs
-            .iter()
-            .filter(|a| !is_relayed(a))
-            .cloned()
-            .collect();
-        if addrs.is_empty() {
-            return;
-        }
-        self.reversal_tried.insert(peer);
-        out.push(Command::Dial {
-            peer,
-            addrs,
-            reason: DialReason::Reversal,
-        });
-    }
-
-    /// After a failed hole punch, with only relayed connections to `peer`: dial where it
-    /// listens, once while relayed (the set is shared with reversals).
-    fn maybe_dial_after_punch(&mut self, peer: PeerId, out: &mut Vec<Command>) {
-        let Some(conns) = self.connections.get(&peer) else {
-            return;
-        };
-        if !conns.punch_failed()
+        if !wanted
             || conns.count(PathKind::Direct) > 0
             || conns.count(PathKind::Relayed) == 0
             || self.reversal_tried.contains(&peer)
         {
             return;
         }
-        let addrs: Vec<Multiaddr> = self
-            .peers
-            .get(&peer)
-            .map(|known| {
-                known
-                    .addrs
-                    .iter()
-                    .filter(|a| !is_relayed(a))
-                    .cloned()
-                    .collect()
-            })
+        let addrs: Vec<Multiaddr> = known
+            .map(|k| k.addrs.iter().filter(|a| !is_relayed(a)).cloned().collect())
             .unwrap_or_default();
         if addrs.is_empty() {
             return;
@@ -1092,7 +1060,7 @@ impl<C: Copy + Eq + Debug> State<C> {
         out.push(Command::Dial {
             peer,
             addrs,
-            reason: DialReason::AfterPunch,
+            reason,
         });
     }
 
