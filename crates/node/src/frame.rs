@@ -115,6 +115,28 @@ fn eof_is_truncated(e: std::io::Error) -> FrameError {
     }
 }
 
+/// How many characters of a peer's text (a refusal reason, an agent version) a log line holds.
+pub const MAX_LOGGED_TEXT: usize = 200;
+
+/// A peer's text as it may go into a log line: at most [`MAX_LOGGED_TEXT`] characters, control
+/// characters (newlines included) shown as `?`, and what was cut said at the end. A peer decides
+/// what it sends; a log line should not be 64 KiB long or look like several lines.
+pub fn loggable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_LOGGED_TEXT)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    let total = text.chars().count();
+    if total > MAX_LOGGED_TEXT {
+        out.push_str(&format!(
+            "... ({} more characters)",
+            total - MAX_LOGGED_TEXT
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +242,15 @@ mod tests {
             proptest::prop_assert_eq!(req.service, service);
             proptest::prop_assert_eq!(used, len);
         }
+    }
+
+    #[test]
+    fn a_peers_text_is_cut_and_kept_on_one_line_in_logs() {
+        assert_eq!(loggable("unknown service 'echo'"), "unknown service 'echo'");
+        assert_eq!(loggable("two\nlines\r\x1b[31m"), "two?lines??[31m");
+        let long = "x".repeat(60_000);
+        let logged = loggable(&long);
+        assert!(logged.starts_with(&"x".repeat(MAX_LOGGED_TEXT)));
+        assert!(logged.ends_with("... (59800 more characters)"), "{logged}");
     }
 }

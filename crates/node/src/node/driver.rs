@@ -1612,7 +1612,7 @@ impl Driver {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let relay_capable = info.protocols.contains(&protocol::RELAY_HOP);
                 let kademlia = info.protocols.contains(&protocol::KADEMLIA);
-                tracing::debug!(peer = %peer_id, agent = %info.agent_version, relay_capable, kademlia, addrs = ?info.listen_addrs, "peer identified");
+                tracing::debug!(peer = %peer_id, agent = %crate::frame::loggable(&info.agent_version), relay_capable, kademlia, addrs = ?info.listen_addrs, "peer identified");
                 self.step(Event::PeerIdentified {
                     peer: peer_id,
                     listen_addrs: info.listen_addrs,

@@ -139,7 +139,10 @@ async fn carry(
     match negotiate(&mut stream, service, limits.negotiation_timeout).await {
         Ok(()) => {}
         Err(NegotiateError::Refused(reason)) => {
-            if reason == crate::tunnel::server::unknown_service(service) {
+            let unknown = reason == crate::tunnel::server::unknown_service(service);
+            // The server's words: cut to a log line's size.
+            let reason = crate::frame::loggable(&reason);
+            if unknown {
                 // The server says the same to a peer it does not allow (so strangers cannot
                 // probe); say both possibilities here, where only we can read it.
                 let me = node.peer_id();
