@@ -43,13 +43,7 @@ fn key_of(peer: &PeerId) -> RecordKey {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stores_only_peer_records_and_never_an_older_one() {
     // A public node: it serves the DHT.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
-    let mut config = config(&[&listen]);
-    config.external_addresses = vec![listen.parse().expect("addr")];
+    let (config, listen) = public_config();
     let node = Node::start(config).await.expect("start");
 
     let mut stock = SwarmBuilder::with_new_identity()
@@ -71,9 +65,7 @@ async fn a_node_stores_only_peer_records_and_never_an_older_one() {
         .expect("behaviour")
         .build();
     stock.behaviour_mut().set_mode(Some(kad::Mode::Client));
-    stock
-        .behaviour_mut()
-        .add_address(&node.peer_id(), listen.parse().expect("addr"));
+    stock.behaviour_mut().add_address(&node.peer_id(), listen);
     stock.dial(node.listen_addrs()[0].clone()).expect("dial");
 
     // Puts a record to the node, then reads back what the node holds under its key.

@@ -435,14 +435,7 @@ impl Driven {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_relay_clients_reserve_on_a_node_and_reach_nodes_and_each_other_through_it() {
     // A public node as its operator would run it: a known address, said to be external.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
-    let mut r_config = config(&[&listen]);
-    r_config.nat_override = Some(NatStatus::Public);
-    r_config.external_addresses = vec![listen.parse().expect("addr")];
+    let (r_config, _) = public_config();
     let relay = Node::start(r_config).await.expect("start R");
     let relay_addr = format!("{}/p2p/{}", relay.listen_addrs()[0], relay.peer_id());
     let via = |peer: PeerId| -> Multiaddr {

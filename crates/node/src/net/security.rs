@@ -393,37 +393,26 @@ mod tests {
 
     #[test]
     fn a_tls_refusal_is_found_through_the_layers_libp2p_wraps_it_in() {
-        let refusal = UpgradeError::Negotiation {
-            what: "security",
-            outbound: true,
-            proposed: TLS,
+        let refusal = |what, outbound, proposed| UpgradeError::Negotiation {
+            what,
+            outbound,
+            proposed,
             source: NegotiationError::Failed,
         };
         let wrapped = std::io::Error::other(
-            libp2p::core::transport::timeout::TransportTimeoutError::Other(refusal),
+            libp2p::core::transport::timeout::TransportTimeoutError::Other(refusal(
+                "security", true, TLS,
+            )),
         );
         assert!(refused_tls(&wrapped));
         assert!(TLS_REFUSED.len() > 20 && wrapped.to_string().starts_with(TLS_REFUSED));
-        let other = std::io::Error::other(UpgradeError::Negotiation {
-            what: "multiplexer",
-            outbound: true,
-            proposed: YAMUX,
-            source: NegotiationError::Failed,
-        });
-        assert!(!refused_tls(&other));
-        let noise = std::io::Error::other(UpgradeError::Negotiation {
-            what: "security",
-            outbound: true,
-            proposed: NOISE,
-            source: NegotiationError::Failed,
-        });
-        assert!(!refused_tls(&noise));
-        let inbound = std::io::Error::other(UpgradeError::Negotiation {
-            what: "security",
-            outbound: false,
-            proposed: TLS,
-            source: NegotiationError::Failed,
-        });
-        assert!(!refused_tls(&inbound));
+        // Not a refusal of our TLS: the multiplexer, our Noise, or a dial to us.
+        for other in [
+            refusal("multiplexer", true, YAMUX),
+            refusal("security", true, NOISE),
+            refusal("security", false, TLS),
+        ] {
+            assert!(!refused_tls(&std::io::Error::other(other)));
+        }
     }
 }

@@ -42,6 +42,21 @@ pub fn config(listen: &[&str]) -> NodeConfig {
     config
 }
 
+/// A config for a public loopback node as its operator would run it: a known TCP port, given
+/// as its external address, so it relays and serves the DHT from the start (and a stock relay
+/// client gets an address in its reservation). Returns the config and that address.
+pub fn public_config() -> (NodeConfig, Multiaddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut config = config(&[&listen]);
+    let addr: Multiaddr = listen.parse().expect("addr");
+    config.external_addresses = vec![addr.clone()];
+    (config, addr)
+}
+
 /// `addr/p2p/<peer>` as a bootstrap address.
 pub fn bootstrap(node: &Node, transport: &str) -> BootstrapAddr {
     let addr = node
