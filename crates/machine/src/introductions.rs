@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiaddr::{Multiaddr, Protocol};
+use multiaddr::Multiaddr;
 
 use crate::addr::{Class, class, ip_of, same_network};
 
@@ -60,18 +60,24 @@ pub fn to_dial(addrs: Vec<Multiaddr>, private_ok: bool, ours: &[Multiaddr]) -> V
         .collect()
 }
 
-/// Whether an introduction's `addr` may be dialled: a direct (not relayed) IP address that is
-/// global unicast; private too when `private_ok`, or when one of our own addresses (`ours`) is
-/// on the same network (the same /24 for IPv4, the same /64 for IPv6).
+/// Whether an address a peer supplied (in an introduction, or about itself) may be dialled: a
+/// direct (not relayed) IP address that is global unicast; private too when `private_ok`, or
+/// when one of our own addresses (`ours`) is on the same network (the same /24 for IPv4, the
+/// same /64 for IPv6). Loopback only in a mesh on one host: `private_ok` and we listen on
+/// loopback ourselves.
 pub fn dialable(addr: &Multiaddr, private_ok: bool, ours: &[Multiaddr]) -> bool {
-    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+    if crate::node::is_relayed(addr) {
         return false;
     }
     let Some(ip) = ip_of(addr) else {
         return false;
     };
     match class(ip) {
-        Class::Never => false,
+        Class::Never => {
+            private_ok
+                && ip.is_loopback()
+                && ours.iter().filter_map(ip_of).any(|own| own.is_loopback())
+        }
         Class::Global => true,
         Class::Private => {
             private_ok
@@ -118,6 +124,16 @@ mod tests {
         }
         let relayed = "/ip4/81.2.69.160/tcp/4001/p2p/12D3KooWRAyrXFngvk4k2tkiYpYR1LwxzPxeib9cASozbPLuRtbB/p2p-circuit";
         assert!(!dialable(&addr(relayed), true, none));
+        // Loopback only in a mesh on one host: private addresses count, and we listen there.
+        let loopback = addr("/ip4/127.0.0.1/tcp/4001");
+        let here = [addr("/ip4/127.0.0.1/tcp/5001")];
+        assert!(dialable(&loopback, true, &here));
+        assert!(!dialable(&loopback, false, &here));
+        assert!(!dialable(
+            &loopback,
+            true,
+            &[addr("/ip4/192.168.1.7/tcp/4001")]
+        ));
     }
 
     #[test]

@@ -47,6 +47,7 @@ use multiaddr::{Multiaddr, Protocol};
 
 use crate::{
     backoff::Backoff,
+    introductions::dialable,
     paths::{PathKind, PathSelection, PeerConnections},
 };
 
@@ -74,6 +75,9 @@ pub struct Config {
     pub relay_backoff: Backoff,
     /// Delays between redials of bootstrap peers after losing every connection.
     pub redial_backoff: Backoff,
+    /// Private addresses count as reachable and may be dialled when a peer supplies them
+    /// (`--autonat-private-ips`: a lab, a LAN-only mesh); see [`crate::introductions::dialable`].
+    pub private_addrs_ok: bool,
 }
 
 impl Default for Config {
@@ -87,6 +91,7 @@ impl Default for Config {
             reservation_timeout: Duration::from_secs(20),
             relay_backoff: Backoff::default(),
             redial_backoff: Backoff::default(),
+            private_addrs_ok: false,
         }
     }
 }
@@ -406,6 +411,8 @@ pub struct State<C> {
     started: bool,
     /// Kademlia's bootstrap progress, reset when every connection is lost.
     kademlia: Kademlia,
+    /// Our own listen addresses (the networks we are on), at most [`MAX_ADDRS_PER_PEER`].
+    listening: Vec<Multiaddr>,
     /// A direct connection was dialled to us: someone can reach us, so an unknown NAT status
     /// is not taken for private.
     inbound_direct: bool,
@@ -456,6 +463,7 @@ impl<C: Copy + Eq + Debug> State<C> {
             relay: RelayState::Idle,
             started: false,
             kademlia: Kademlia::Idle,
+            listening: Vec::new(),
             inbound_direct: false,
             assumed_private: false,
             connections: BTreeMap::new(),
@@ -557,7 +565,10 @@ impl<C: Copy + Eq + Debug> State<C> {
         }
         match event {
             Event::Started => self.on_started(out),
-            Event::Listening { .. } => {
+            Event::Listening { addr } => {
+                if self.listening.len() < MAX_ADDRS_PER_PEER && !self.listening.contains(&addr) {
+                    self.listening.push(addr);
+                }
                 if self.phase == Phase::Participating {
                     out.push(Command::PublishServices);
                 }
@@ -786,7 +797,7 @@ impl<C: Copy + Eq + Debug> State<C> {
         self.nat = status;
         if was_public != (status == NatStatus::Public) {
             out.push(Command::SetPublic {
-                public: !was_public,
+                public: status == NatStatus::Public,
             });
         }
         match status {
@@ -1050,8 +1061,16 @@ impl<C: Copy + Eq + Debug> State<C> {
         {
             return;
         }
+        // Addresses the peer told us itself: only what an honest peer can have (no loopback,
+        // no private network we are not on), so a stranger cannot aim our dials.
         let addrs: Vec<Multiaddr> = known
-            .map(|k| k.addrs.iter().filter(|a| !is_relayed(a)).cloned().collect())
+            .map(|k| {
+                k.addrs
+                    .iter()
+                    .filter(|a| dialable(a, self.config.private_addrs_ok, &self.listening))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         if addrs.is_empty() {
             return;

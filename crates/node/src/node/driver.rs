@@ -197,6 +197,7 @@ impl Driver {
             nat_override: config.nat_override,
             discovery_timeout: config.timing.discovery_timeout,
             republish_interval: config.timing.republish_interval,
+            private_addrs_ok: config.autonat_private_ips,
             ..MachineConfig::default()
         };
         Self {
