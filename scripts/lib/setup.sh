@@ -13,7 +13,7 @@ lab_tools=(
 
 # Only the tests need these (scripts/test adds them).
 test_tools=(
-  "node      nodejs     the stock js-libp2p peer of the interop tests (Node.js 20 or later)"
+  "node      nodejs     the stock js-libp2p peer of the interop tests (Node.js 20.19 or later)"
   "npm       npm        installing js-libp2p for that peer, from the npm registry"
 )
 

@@ -209,7 +209,7 @@ pub(crate) async fn run(rounds: usize) -> Result<()> {
 
     println!("Connection setup on loopback, {rounds} dials per case (ms):");
     println!();
-    println!("| case | p50 | p95 | round trips on a real path |");
+    println!("| case | p50 (ms) | p95 (ms) | round trips on a real path |");
     println!("| --- | --- | --- | --- |");
     for case in &mut cases {
         case.samples.sort();

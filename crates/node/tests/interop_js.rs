@@ -97,7 +97,7 @@ async fn js_peer(args: &[&str], on_listen: impl AsyncFnOnce(Multiaddr)) -> Outco
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stock_js_libp2p_peer_connects_pings_and_identifies_a_node() {
     let node = Node::start(config(&[TCP])).await.expect("start");
-    let addr = format!("{}/p2p/{}", node.listen_addrs()[0], node.peer_id());
+    let addr = bootstrap(&node, "tcp").addr.to_string();
     let outcome = js_peer(&["dial", &addr], async |_| {}).await;
     assert!(outcome.agent.starts_with("punchgate/"), "{outcome:?}");
     assert_eq!(outcome.peer, node.peer_id().to_string());

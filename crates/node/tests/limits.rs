@@ -155,8 +155,28 @@ async fn connections_over_the_limits_are_refused_and_the_rest_keep_working() {
         .await
         .expect("A fits");
     let c = Node::start(config(&[TCP])).await.expect("start C");
-    // C's handshake completes, then B refuses the connection and closes it.
+    // C's handshake completes, then B refuses the connection and closes it: C sees both.
+    let mut c_events = c.handle().subscribe();
     let _ = c.handle().dial_addr(b.peer_id(), b_addr.clone()).await;
+    let (mut opened, mut closed) = (false, false);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !(opened && closed) {
+            match c_events.recv().await {
+                Ok(punchgate::NodeEvent::ConnectionEstablished { info })
+                    if info.peer == b.peer_id() =>
+                {
+                    opened = true
+                }
+                Ok(punchgate::NodeEvent::ConnectionClosed { info }) if info.peer == b.peer_id() => {
+                    closed = true
+                }
+                Ok(_) => {}
+                Err(e) => panic!("C's events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("C connected to B and B closed the connection");
     let refused = tokio::time::timeout(Duration::from_secs(10), async {
         while connected(&c).await > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
