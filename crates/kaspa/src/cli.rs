@@ -337,11 +337,19 @@ async fn serve(
     let incoming = Incoming::new(node.handle(), bridge, allow)?.refuse_duplicate_peers();
     let service = P2pService::new(local, timeouts, outcomes_tx).into_server(bridge);
     let stop = node.handle().clone();
-    let server = tokio::spawn(
+    // Stopping the gRPC server first lets it deliver what its handlers sent (a Reject to a peer
+    // on another network) before the node closes the connection under it.
+    let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
         bridge
             .server()
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async move { stop.stopped().await }),
+            .serve_with_incoming_shutdown(incoming, async move {
+                tokio::select! {
+                    () = stop.stopped() => {}
+                    _ = drained => {}
+                }
+            }),
     );
     tracing::info!(protocol = %bridge.protocol, allow = %allowed, "serving Kaspa P2P over libp2p");
     let result = loop {
@@ -354,10 +362,20 @@ async fn serve(
             () = signals.recv() => break Ok(()),
         }
     };
+    let _ = drain.send(());
+    let drained = tokio::time::timeout(SERVER_DRAIN, &mut server)
+        .await
+        .is_ok();
     node.handle().shutdown();
-    let _ = server.await;
+    if !drained {
+        tracing::debug!(within = ?SERVER_DRAIN, "gRPC connections still open at shutdown");
+        let _ = server.await;
+    }
     result
 }
+
+/// How long a stopping server waits for its gRPC connections to finish before the node closes.
+const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Attempts each remote address gets before the next is tried.
 const ATTEMPTS_PER_ADDR: u32 = 3;
