@@ -241,12 +241,18 @@ async fn dcutr_client(
                 info,
                 ..
             })) if peer_id == relay_peer => {
+                // As the example does, only log it: identify reports it to DCUtR as a
+                // candidate. Confirming it here as well would race that report (the swarm
+                // drops candidates that are already confirmed), and DCUtR would offer no
+                // address whenever port reuse kept the listening port.
                 tracing::info!(observed = %info.observed_addr, "the relay observes us");
-                swarm.add_external_address(info.observed_addr);
                 learned = true;
             }
             SwarmEvent::OutgoingConnectionError { error, .. } => {
                 anyhow::bail!("cannot reach the relay: {error}")
+            }
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                tracing::info!(%address, "address candidate");
             }
             _ => {}
         }
@@ -297,6 +303,9 @@ async fn dcutr_client(
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::info!(peer = ?peer_id, error = %error, "dial failed");
+            }
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                tracing::info!(%address, "address candidate");
             }
             SwarmEvent::Behaviour(DcutrClientEvent::Ping(ping::Event {
                 peer,
