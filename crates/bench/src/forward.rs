@@ -146,7 +146,7 @@ where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    punchgate::tunnel::splice::splice(&mut a, &mut b).await?;
+    punchgate::tunnel::splice::splice(&mut a, &mut b, None).await?;
     Ok(())
 }
 

@@ -181,7 +181,7 @@ impl Incoming {
             }
             return None;
         }
-        let stream = P2pStream::new(incoming.stream, &incoming.info);
+        let stream = P2pStream::new(incoming.stream, &incoming.info).with_slot(incoming.slot);
         let info = stream.info().clone();
         let ticket = match incoming.info.relay {
             Some(relay) => match self.relays.try_acquire(relay) {

@@ -18,7 +18,7 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use libp2p::{Multiaddr, PeerId};
-use punchgate::net::stream::ConnectionInfo;
+use punchgate::net::stream::{ConnectionInfo, StreamSlot};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
@@ -112,6 +112,8 @@ pub struct P2pStream {
     _ticket: Option<RelayTicket>,
     /// Counts the connection as live (inbound), for duplicate detection.
     _live: Option<LiveGuard>,
+    /// Counts an inbound stream against its libp2p connection's stream cap.
+    _slot: Option<StreamSlot>,
 }
 
 impl P2pStream {
@@ -123,7 +125,15 @@ impl P2pStream {
             info: P2pConnectInfo::new(connection),
             _ticket: None,
             _live: None,
+            _slot: None,
         }
+    }
+
+    /// Keeps an inbound stream's `slot` (its place under the connection's stream cap) for as
+    /// long as the stream lives.
+    pub(crate) fn with_slot(mut self, slot: StreamSlot) -> Self {
+        self._slot = Some(slot);
+        self
     }
 
     /// Keeps `ticket` (a relay quota slot) for as long as the stream lives.

@@ -192,6 +192,12 @@ impl Access {
         self.rules.get(service).is_some_and(|r| r.admits(peer))
     }
 
+    /// Whether some rule admits `peer` (it is named, or a service is open to every peer). A
+    /// peer no rule names is refused whatever it asks for.
+    pub fn names(&self, peer: &PeerId) -> bool {
+        self.rules.values().any(|r| r.admits(peer))
+    }
+
     /// The rule for `service`.
     pub fn rule(&self, service: &ServiceName) -> Option<&Allow> {
         self.rules.get(service)

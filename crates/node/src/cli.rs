@@ -152,6 +152,16 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pending_incoming: u32,
 
+    /// Inbound tunnel and gRPC streams one connection may have open at once (below the
+    /// muxer's own limit of 2048); more are refused one by one, and the connection stays.
+    #[arg(long, value_name = "N", default_value_t = crate::net::stream::DEFAULT_MAX_INBOUND_STREAMS as u32, value_parser = clap::value_parser!(u32).range(1..=1536))]
+    pub max_streams_per_connection: u32,
+
+    /// Close a tunnel connection that moves no byte either way for this long (for example
+    /// 10m). Off by default: an idle SSH session stays up.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tunnel_idle_timeout: Option<Duration>,
+
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -415,12 +425,14 @@ impl Cli {
             discovery_timeout: self.discovery_timeout,
             direct_wait: self.direct_wait,
             connect_timeout: self.connect_timeout,
+            tunnel_idle_timeout: self.tunnel_idle_timeout,
             ..Timing::default()
         };
         config.max_tunnels = self.max_tunnels as usize;
         config.max_tunnels_per_peer = self.max_tunnels_per_peer as usize;
         config.max_connections = self.max_connections;
         config.max_connections_per_peer = self.max_connections_per_peer;
+        config.max_streams_per_connection = self.max_streams_per_connection as usize;
         config.max_pending_incoming = self.max_pending_incoming;
         Ok((config, origin))
     }

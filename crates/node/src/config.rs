@@ -271,6 +271,9 @@ pub struct Timing {
     pub service_connect_timeout: Duration,
     /// How often services and the peer record are published again.
     pub republish_interval: Duration,
+    /// A tunnel connection that moves no byte either way for this long is closed (both the
+    /// tunnels this node serves and those it carries). `None`: never (the default).
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Delay before AutoNAT's first probe.
     pub autonat_boot_delay: Duration,
 }
@@ -284,6 +287,7 @@ impl Default for Timing {
             negotiation_timeout: Duration::from_secs(10),
             service_connect_timeout: Duration::from_secs(5),
             republish_interval: Duration::from_secs(5 * 60),
+            tunnel_idle_timeout: None,
             autonat_boot_delay: Duration::from_secs(1),
         }
     }
@@ -336,6 +340,9 @@ pub struct NodeConfig {
     pub max_connections_per_peer: u32,
     /// Connections dialled to us that are still in their handshakes; more are refused.
     pub max_pending_incoming: u32,
+    /// Inbound tunnel and gRPC streams one connection may have open at once; more are
+    /// refused one by one (the connection stays).
+    pub max_streams_per_connection: usize,
 }
 
 impl NodeConfig {
@@ -361,6 +368,7 @@ impl NodeConfig {
             max_connections: 1024,
             max_connections_per_peer: 8,
             max_pending_incoming: 128,
+            max_streams_per_connection: crate::net::stream::DEFAULT_MAX_INBOUND_STREAMS,
         }
     }
 
@@ -417,6 +425,10 @@ impl fmt::Debug for NodeConfig {
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_peer", &self.max_connections_per_peer)
             .field("max_pending_incoming", &self.max_pending_incoming)
+            .field(
+                "max_streams_per_connection",
+                &self.max_streams_per_connection,
+            )
             .finish()
     }
 }

@@ -203,3 +203,205 @@ async fn connections_over_the_limits_are_refused_and_the_rest_keep_working() {
         node.shutdown().await;
     }
 }
+
+/// Opens a tunnel stream to `b` and negotiates `service` on it.
+async fn tunnel_to(
+    node: &Node,
+    b: libp2p::PeerId,
+    service: &str,
+) -> Result<tokio_util::compat::Compat<libp2p::Stream>, NegotiateError> {
+    let (stream, _) = node.handle().open_stream(b, TUNNEL).await.expect("stream");
+    let mut stream = stream.compat();
+    negotiate(&mut stream, service, Duration::from_secs(10))
+        .await
+        .map(|()| stream)
+}
+
+/// Writes one byte and echoes it back through an open tunnel, without closing it.
+async fn ping_over(stream: &mut tokio_util::compat::Compat<libp2p::Stream>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream.write_all(b"!").await.expect("write");
+    let mut byte = [0; 1];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&byte, b"!");
+}
+
+/// A peer that no `--allow` rule names holds streams that never finish their request. Before,
+/// each of them held one of B's tunnel permits for the negotiation timeout (10 s), so a
+/// stranger with `max_tunnels` streams locked every named peer out; now strangers are refused on
+/// permits of their own, and the named peer's tunnel is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_never_hold_the_permits_named_peers_use() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let echo = echo_server().await;
+    let a_config = config(&[TCP]);
+    let mut b_config = config(&[TCP]);
+    b_config.max_tunnels = 2;
+    b_config.expose_to(
+        format!("echo={echo}").parse().expect("expose"),
+        Allow::Peers([a_config.peer_id()].into()),
+    );
+    let b = Node::start(b_config).await.expect("start B");
+    let (a, stranger) = (
+        Node::start(a_config).await.expect("start A"),
+        Node::start(config(&[TCP]))
+            .await
+            .expect("start the stranger"),
+    );
+    for node in [&a, &stranger] {
+        node.handle()
+            .dial_addr(b.peer_id(), b.listen_addrs()[0].clone())
+            .await
+            .expect("reach B");
+    }
+
+    // Ten streams, each with the first byte of a request's length and nothing more.
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        let (stream, _) = stranger
+            .handle()
+            .open_stream(b.peer_id(), TUNNEL)
+            .await
+            .expect("stream");
+        let mut stream = stream.compat();
+        stream.write_all(&[0]).await.expect("write");
+        stream.flush().await.expect("flush");
+        silent.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let served = tokio::time::timeout(Duration::from_secs(3), tunnel_to(&a, b.peer_id(), "echo"))
+        .await
+        .expect("A is served while the stranger's streams wait")
+        .expect("A's tunnel");
+    let mut served = served;
+    ping_over(&mut served).await;
+
+    // What the stranger hears when it does ask: the words a missing service gets.
+    match tunnel_to(&stranger, b.peer_id(), "echo").await {
+        Err(NegotiateError::Refused(reason)) => {
+            assert_eq!(reason, punchgate::tunnel::server::unknown_service("echo"))
+        }
+        other => panic!("the stranger's request: {:?}", other.map(|_| ())),
+    }
+    drop(silent);
+    for node in [a, b, stranger] {
+        node.shutdown().await;
+    }
+}
+
+/// `max_streams_per_connection`: a stream past the cap is refused on its own (reset), the
+/// streams already open keep working on the same connection, and a new stream is taken once one
+/// closes. (Past yamux's own limit, the whole connection would close.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_the_cap_is_refused_and_the_connection_stays() {
+    let echo = echo_server().await;
+    let a_config = config(&[TCP]);
+    let mut b_config = config(&[TCP]);
+    b_config.max_streams_per_connection = 4;
+    b_config.expose_to(
+        format!("echo={echo}").parse().expect("expose"),
+        Allow::Peers([a_config.peer_id()].into()),
+    );
+    let b = Node::start(b_config).await.expect("start B");
+    let a = Node::start(a_config).await.expect("start A");
+    a.handle()
+        .dial_addr(b.peer_id(), b.listen_addrs()[0].clone())
+        .await
+        .expect("reach B");
+    let connection = || async {
+        a.handle()
+            .connect(b.peer_id())
+            .await
+            .expect("connected")
+            .connection
+    };
+    let before = connection().await;
+    let mut events = a.handle().subscribe();
+
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            tunnel_to(&a, b.peer_id(), "echo")
+                .await
+                .expect("within the cap"),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(10), tunnel_to(&a, b.peer_id(), "echo")).await {
+        Ok(Err(NegotiateError::Refused(reason))) => panic!("refused in words: {reason}"),
+        Ok(Err(_)) => {}
+        Ok(Ok(_)) => panic!("a fifth stream was served past the cap of 4"),
+        Err(_) => panic!("the fifth stream hung instead of being reset"),
+    }
+    for stream in &mut held {
+        ping_over(stream).await;
+    }
+    assert_eq!(connection().await, before, "the same connection stays");
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, punchgate::NodeEvent::ConnectionClosed { .. }),
+            "no connection closed: {event:?}"
+        );
+    }
+
+    drop(held.pop());
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(stream) = tunnel_to(&a, b.peer_id(), "echo").await {
+                return stream;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "a stream is taken again once one closed");
+    for node in [a, b] {
+        node.shutdown().await;
+    }
+}
+
+/// `tunnel_idle_timeout`: a tunnel that moves no byte for that long is closed by the serving
+/// node; one that keeps moving bytes is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
+    use tokio::io::AsyncReadExt as _;
+
+    let echo = echo_server().await;
+    let a_config = config(&[TCP]);
+    let mut b_config = config(&[TCP]);
+    b_config.timing.tunnel_idle_timeout = Some(Duration::from_secs(1));
+    b_config.expose_to(
+        format!("echo={echo}").parse().expect("expose"),
+        Allow::Peers([a_config.peer_id()].into()),
+    );
+    let b = Node::start(b_config).await.expect("start B");
+    let a = Node::start(a_config).await.expect("start A");
+    a.handle()
+        .dial_addr(b.peer_id(), b.listen_addrs()[0].clone())
+        .await
+        .expect("reach B");
+
+    let mut idle = tunnel_to(&a, b.peer_id(), "echo").await.expect("tunnel");
+    let mut busy = tunnel_to(&a, b.peer_id(), "echo").await.expect("tunnel");
+    ping_over(&mut idle).await;
+    let started = std::time::Instant::now();
+    // The busy one moves a byte every 300 ms for 2.5 s, past the idle one's end.
+    while started.elapsed() < Duration::from_millis(2500) {
+        ping_over(&mut busy).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the idle tunnel was closed by the serving node"
+    );
+    ping_over(&mut busy).await;
+    for node in [a, b] {
+        node.shutdown().await;
+    }
+}

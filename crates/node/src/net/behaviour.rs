@@ -133,7 +133,7 @@ impl Behaviour {
             kademlia,
             mdns: mdns(peer_id, config.mdns)?,
             ping: ping::Behaviour::default(),
-            streams: stream::Behaviour::new(),
+            streams: stream::Behaviour::with_max_inbound_streams(config.max_streams_per_connection),
         })
     }
 }

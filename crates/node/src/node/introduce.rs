@@ -151,6 +151,8 @@ pub(crate) async fn serve(
 
 async fn introduce(incoming: IncomingStream, control: &Control) {
     let requester = incoming.info.clone();
+    // Counted against the connection's stream cap until the introduction is done.
+    let _slot = incoming.slot;
     let mut stream = incoming.stream.compat();
     let request: IntroduceRequest = match frame::read(&mut stream).await {
         Ok(r) => r,

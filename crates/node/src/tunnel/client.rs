@@ -159,7 +159,7 @@ async fn carry(
     }
 
     let result = tokio::select! {
-        result = splice(&mut tcp, &mut stream) => result,
+        result = splice(&mut tcp, &mut stream, limits.idle_timeout) => result,
         () = node.stopped() => Err(std::io::Error::other("node shutting down")),
     };
     match result {
@@ -170,6 +170,9 @@ async fn carry(
             bytes_from_remote = from_remote,
             "client tunnel closed"
         ),
+        Err(error) if super::splice::IdleTimeout::is(&error) => {
+            tracing::info!(%service, peer = %spec.peer, reason = %error, "client tunnel closed");
+        }
         Err(error) => tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error"),
     }
 }

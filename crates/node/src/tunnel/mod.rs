@@ -38,7 +38,17 @@ pub struct Limits {
     pub carrying: Arc<Semaphore>,
     /// Tunnels served at once per peer.
     pub per_peer: PeerShares,
+    /// Streams being refused at once: those of peers no `--allow` rule names, and those past
+    /// their peer's share. They never wait for (or hold) a `serving` permit; when these run
+    /// out, more such streams are reset at once.
+    pub refusing: Arc<Semaphore>,
+    /// Closes a tunnel that moved no byte for this long (`--tunnel-idle-timeout`).
+    pub idle_timeout: Option<Duration>,
 }
+
+/// Streams a node refuses at once ([`Limits::refusing`]): each waits at most the negotiation
+/// timeout for its request, then its refusal is written within 2 s.
+pub const REFUSING_STREAMS: usize = 128;
 
 /// How many tunnels each peer has served at once, against a cap per peer: one peer can hold at
 /// most its share of the node's permits, so it can never starve the others.
@@ -106,6 +116,8 @@ impl Limits {
             serving: Arc::new(Semaphore::new(config.max_tunnels)),
             carrying: Arc::new(Semaphore::new(config.max_tunnels)),
             per_peer: PeerShares::new(config.max_tunnels_per_peer.max(1)),
+            refusing: Arc::new(Semaphore::new(REFUSING_STREAMS)),
+            idle_timeout: config.timing.tunnel_idle_timeout,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! relay circuit (one its relay would cut after a few minutes or kilobytes) is refused before
 //! the service it names is looked up, so a tunnel is never cut off mid-stream by the relay. A
 //! peer past its share of the tunnel permits (`--max-tunnels-per-peer`) is refused before its
-//! request is read.
+//! request is read. A peer that no rule names never takes one of the permits that named peers'
+//! tunnels use ([`run`]).
 
 use std::{
     collections::HashMap,
@@ -114,8 +115,14 @@ const CIRCUIT_LIMIT_WAIT: Duration = Duration::from_secs(1);
 /// How long a refusal may take to write before the stream is dropped anyway.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Accepts tunnel streams until the node stops. When `limits.serving` has no permit left, streams
-/// wait in the accept queue (and peers are slowed down) instead of being dropped.
+/// Accepts tunnel streams until the node stops.
+///
+/// - A peer that some `--allow` rule names gets a `limits.serving` permit for each stream
+///   within its share; when no permit is left, its streams wait in the accept queue (and peers
+///   are slowed down) instead of being dropped.
+/// - A peer no rule names, and a stream past its peer's share, is refused on a permit of
+///   `limits.refusing` instead: strangers cannot hold the permits named peers need. When those
+///   run out too, the stream is reset at once.
 pub async fn run(
     mut incoming: IncomingStreams,
     services: Arc<Exposed>,
@@ -124,13 +131,6 @@ pub async fn run(
     tasks: TaskTracker,
 ) {
     loop {
-        let permit = tokio::select! {
-            permit = limits.serving.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
         let stream = tokio::select! {
             stream = incoming.next() => match stream {
                 Some(stream) => stream,
@@ -138,31 +138,72 @@ pub async fn run(
             },
             () = shutdown.cancelled() => break,
         };
+        let peer = stream.info.peer;
+        let share = match limits.per_peer.take(peer) {
+            Ok(share) => share,
+            Err(open) => {
+                // Before the request is read: the refusal says nothing about the services.
+                let reason = format!(
+                    "too many tunnels from this peer: {open} open, at most {} per peer (--max-tunnels-per-peer on the serving node)",
+                    limits.per_peer.max()
+                );
+                let Some(permit) = refusal_permit(&limits, &services, peer) else {
+                    continue;
+                };
+                if let Some(held_back) = services.log_denial(peer) {
+                    tracing::warn!(peer_id = %peer, %reason, held_back, "tunnel rejected");
+                }
+                tasks.spawn(async move {
+                    refuse(&mut stream.stream.compat(), reason).await;
+                    drop(permit);
+                });
+                continue;
+            }
+        };
+        let permit = if services.access.names(&peer) {
+            tokio::select! {
+                permit = limits.serving.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = shutdown.cancelled() => break,
+            }
+        } else {
+            // Refused whatever it asks (in serve, with the words a missing service gets).
+            match refusal_permit(&limits, &services, peer) {
+                Some(permit) => permit,
+                None => continue,
+            }
+        };
         let services = services.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            // Before the request is read: the refusal says nothing about the services.
-            let peer = stream.info.peer;
-            let share = match limits.per_peer.take(peer) {
-                Ok(share) => share,
-                Err(open) => {
-                    let reason = format!(
-                        "too many tunnels from this peer: {open} open, at most {} per peer (--max-tunnels-per-peer on the serving node)",
-                        limits.per_peer.max()
-                    );
-                    if let Some(held_back) = services.log_denial(peer) {
-                        tracing::warn!(peer_id = %peer, %reason, held_back, "tunnel rejected");
-                    }
-                    refuse(&mut stream.stream.compat(), reason).await;
-                    drop(permit);
-                    return;
-                }
-            };
             serve(stream, &services, &limits, &shutdown).await;
             drop((share, permit));
         });
     }
+}
+
+/// A permit to refuse one more stream of `peer`, or `None` (and the stream is reset) when as
+/// many refusals as the node allows are in progress.
+fn refusal_permit(
+    limits: &Limits,
+    services: &Exposed,
+    peer: libp2p::PeerId,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let permit = limits.refusing.clone().try_acquire_owned().ok();
+    if permit.is_none()
+        && let Some(held_back) = services.log_denial(peer)
+    {
+        tracing::warn!(
+            peer_id = %peer,
+            refusing = super::REFUSING_STREAMS,
+            held_back,
+            "tunnel stream reset: as many refusals as the node allows are in progress (a flood of streams no --allow rule admits)"
+        );
+    }
+    permit
 }
 
 async fn serve(
@@ -171,7 +212,11 @@ async fn serve(
     limits: &Limits,
     shutdown: &CancellationToken,
 ) {
-    let IncomingStream { stream, info, .. } = incoming;
+    // The slot counts the stream against its connection's cap until this returns.
+    let IncomingStream {
+        stream, info, slot, ..
+    } = incoming;
+    let _slot = slot;
     let peer = info.peer;
     let mut stream = stream.compat();
 
@@ -274,7 +319,7 @@ async fn serve(
     tracing::info!(peer_id = %peer, %service, %local_addr, "tunnel accepted");
 
     let result = tokio::select! {
-        result = splice(&mut stream, &mut tcp) => result,
+        result = splice(&mut stream, &mut tcp, limits.idle_timeout) => result,
         () = shutdown.cancelled() => Err(std::io::Error::other("node shutting down")),
     };
     match result {
@@ -285,6 +330,9 @@ async fn serve(
             bytes_from_service = from_service,
             "tunnel closed"
         ),
+        Err(error) if super::splice::IdleTimeout::is(&error) => {
+            tracing::info!(peer_id = %peer, %service, reason = %error, "tunnel closed");
+        }
         Err(error) => tracing::warn!(peer_id = %peer, %service, %error, "tunnel error"),
     }
 }

@@ -153,20 +153,95 @@ impl Direction {
             }
         }
     }
+
+    /// Bytes copied so far.
+    fn copied(&self) -> u64 {
+        match self {
+            Direction::Copying(copy) => copy.copied,
+            Direction::ShuttingDown(copied) | Direction::Done(copied) => *copied,
+        }
+    }
 }
 
-/// Copies both ways until both directions are done; returns (a→b, b→a) byte counts.
-pub async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+/// Watches a tunnel for a stretch with no byte moved either way. Cheap on the busy path: each
+/// poll compares a byte count; the timer is re-armed only when it fires.
+struct Idle {
+    after: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    last_count: u64,
+    last_progress: tokio::time::Instant,
+}
+
+impl Idle {
+    fn new(after: std::time::Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            after,
+            timer: Box::pin(tokio::time::sleep_until(now + after)),
+            last_count: 0,
+            last_progress: now,
+        }
+    }
+
+    /// `Ready` once `count` has not changed for `after`.
+    fn poll(&mut self, cx: &mut Context<'_>, count: u64) -> Poll<()> {
+        if count != self.last_count {
+            self.last_count = count;
+            self.last_progress = tokio::time::Instant::now();
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_progress + self.after;
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+/// A tunnel closed because no byte moved either way for this long.
+#[derive(Debug, thiserror::Error)]
+#[error("no byte moved for {0:?} (--tunnel-idle-timeout)")]
+pub struct IdleTimeout(pub std::time::Duration);
+
+impl IdleTimeout {
+    /// Whether `error` is a [`splice`] that ended idle.
+    pub fn is(error: &io::Error) -> bool {
+        error.get_ref().is_some_and(|e| e.is::<IdleTimeout>())
+    }
+}
+
+/// Copies both ways until both directions are done; returns (a→b, b→a) byte counts. With
+/// `idle`, fails with an [`IdleTimeout`] error once no byte has moved either way for that
+/// long.
+pub async fn splice<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Option<std::time::Duration>,
+) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let mut a_to_b = Direction::Copying(Copy::new());
     let mut b_to_a = Direction::Copying(Copy::new());
+    let mut idle = idle.map(|after| (after, Idle::new(after)));
     poll_fn(|cx| {
         let forward = a_to_b.poll(cx, a, b)?;
         let backward = b_to_a.poll(cx, b, a)?;
-        Poll::Ready(Ok((ready!(forward), ready!(backward))))
+        if let (Poll::Ready(forward), Poll::Ready(backward)) = (forward, backward) {
+            return Poll::Ready(Ok((forward, backward)));
+        }
+        if let Some((after, idle)) = &mut idle
+            && idle.poll(cx, a_to_b.copied() + b_to_a.copied()).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                IdleTimeout(*after),
+            )));
+        }
+        Poll::Pending
     })
     .await
 }
@@ -239,7 +314,7 @@ mod tests {
         let (b, mut b_peer) = tokio::io::duplex(1 << 16);
         // A writer that keeps bytes until flushed (as TLS under a buffered writer would).
         let mut b = tokio::io::BufWriter::new(b);
-        let splicing = tokio::spawn(async move { splice(&mut a, &mut b).await });
+        let splicing = tokio::spawn(async move { splice(&mut a, &mut b, None).await });
         a_peer.write_all(b"request").await.expect("write");
         let mut request = [0u8; 7];
         let arrived =
@@ -344,7 +419,7 @@ mod tests {
             let (counts, at_b, at_a) = runtime.block_on(async {
                 let (mut a, a_peer) = tokio::io::duplex(pipe_a);
                 let (mut b, b_peer) = tokio::io::duplex(pipe_b);
-                let splicing = async move { splice(&mut a, &mut b).await.expect("splice") };
+                let splicing = async move { splice(&mut a, &mut b, None).await.expect("splice") };
                 tokio::join!(
                     splicing,
                     exchange(b_peer, backward.clone()),

@@ -27,7 +27,9 @@ use libp2p::{
     },
 };
 
-use super::{ConnectionInfo, IncomingStream, OpenStreamError, Shared, upgrade::Upgrade};
+use super::{
+    ConnectionInfo, IncomingStream, OpenStreamError, Shared, StreamSlot, upgrade::Upgrade,
+};
 
 /// Inbound streams one connection holds while their protocol's queue is full. yamux lets a
 /// well-behaved remote open at most 256 streams we have not acknowledged, so this is never
@@ -75,7 +77,11 @@ pub struct Handler {
     /// The accepted protocols as of a generation: `listen_protocol` runs on every poll of the
     /// connection and takes the shared lock only when the list changed.
     listen: RefCell<(u64, Arc<[StreamProtocol]>)>,
-    /// Inbound streams dropped (backlog full) since the last line about it.
+    /// Inbound streams open on this connection (backlogged, queued or held by the
+    /// application), and the most it may have.
+    open: Arc<AtomicUsize>,
+    max_open: usize,
+    /// Inbound streams dropped (backlog full, or too many open) since the last line about it.
     dropped: u64,
     /// When that line was written.
     dropped_logged: Option<std::time::Instant>,
@@ -96,6 +102,7 @@ impl Handler {
         info: ConnectionInfo,
         shared: Arc<Mutex<Shared>>,
         requests: mpsc::Receiver<OutboundRequest>,
+        max_open: usize,
     ) -> Self {
         // The generation is read under the lock with the list, so the pair is consistent.
         let (generation, current, protocols) = {
@@ -113,6 +120,8 @@ impl Handler {
             next_id: 0,
             queues: HashMap::new(),
             backlog: VecDeque::new(),
+            open: Arc::new(AtomicUsize::new(0)),
+            max_open,
             dropped: 0,
             dropped_logged: None,
         }
@@ -134,26 +143,21 @@ impl Handler {
             return;
         };
         if self.backlog.len() >= MAX_INBOUND_BACKLOG {
-            // A peer decides how often this happens: one line per connection per 10 s, with
-            // the count of drops since the last one.
-            self.dropped += 1;
-            let now = std::time::Instant::now();
-            if self
-                .dropped_logged
-                .is_none_or(|at| now.duration_since(at) >= DROP_LOG_INTERVAL)
-            {
-                tracing::warn!(
-                    peer = %self.info.peer,
-                    %protocol,
-                    backlog = MAX_INBOUND_BACKLOG,
-                    dropped = self.dropped,
-                    "inbound stream dropped: the peer opened more streams than the backlog holds"
-                );
-                self.dropped = 0;
-                self.dropped_logged = Some(now);
-            }
+            self.log_drop(
+                &protocol,
+                "inbound stream dropped: the peer opened more streams than the backlog holds",
+            );
             return;
         }
+        // Dropping the stream resets it: the peer sees this one stream refused, and the
+        // connection (with every tunnel on it) stays.
+        let Some(slot) = StreamSlot::take(&self.open, self.max_open) else {
+            self.log_drop(
+                &protocol,
+                "inbound stream refused: the peer has as many streams open on this connection as it may (--max-streams-per-connection)",
+            );
+            return;
+        };
         if self.info.relayed && self.info.circuit_limit.is_none() {
             // The relay's word on the circuit comes after the connection (the driver records
             // it in the shared table): pick it up for this stream and the ones after it.
@@ -169,7 +173,31 @@ impl Handler {
             stream,
             protocol,
             info: self.info.clone(),
+            slot,
         });
+    }
+
+    /// A peer decides how often streams are dropped: one line per connection per 10 s, with
+    /// the count of drops since the last one.
+    fn log_drop(&mut self, protocol: &StreamProtocol, message: &'static str) {
+        self.dropped += 1;
+        let now = std::time::Instant::now();
+        if self
+            .dropped_logged
+            .is_none_or(|at| now.duration_since(at) >= DROP_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                peer = %self.info.peer,
+                %protocol,
+                backlog = MAX_INBOUND_BACKLOG,
+                open = self.open.load(Ordering::Relaxed),
+                max_open = self.max_open,
+                dropped = self.dropped,
+                "{message}"
+            );
+            self.dropped = 0;
+            self.dropped_logged = Some(now);
+        }
     }
 
     /// Moves backlogged streams into their queues while there is room. Registers for a wake-up

@@ -76,7 +76,39 @@ pub struct IncomingStream {
     pub protocol: StreamProtocol,
     /// The connection it arrived on.
     pub info: ConnectionInfo,
+    /// The stream's place in its connection's count of open inbound streams: keep it as long
+    /// as the stream ([`Behaviour::with_max_inbound_streams`]).
+    pub slot: StreamSlot,
 }
+
+/// Counts one inbound stream against its connection's cap until dropped.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    /// Takes a place in `open` unless `max` are taken already.
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Self(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Inbound streams (of the protocols accepted here) one connection may have open at once, by
+/// default: half of yamux's limit ([`MAX_YAMUX_STREAMS_PER_CONNECTION`]), so that a peer that
+/// opens more has its extra streams refused, one by one, instead of reaching the muxer's limit,
+/// where yamux closes the whole connection and every tunnel on it.
+///
+/// [`MAX_YAMUX_STREAMS_PER_CONNECTION`]: crate::net::swarm::MAX_YAMUX_STREAMS_PER_CONNECTION
+pub const DEFAULT_MAX_INBOUND_STREAMS: usize = 1024;
 
 /// The protocol already has an [`IncomingStreams`].
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +340,8 @@ impl Shared {
 /// The [`NetworkBehaviour`]: creates one handler per connection and keeps [`Shared`] current.
 pub struct Behaviour {
     shared: Arc<Mutex<Shared>>,
+    /// Inbound streams one connection may have open at once.
+    max_inbound_streams: usize,
 }
 
 impl fmt::Debug for Behaviour {
@@ -323,8 +357,17 @@ impl Default for Behaviour {
 }
 
 impl Behaviour {
-    /// A behaviour with no accepted protocols.
+    /// A behaviour with no accepted protocols, and at most [`DEFAULT_MAX_INBOUND_STREAMS`]
+    /// inbound streams open per connection.
     pub fn new() -> Self {
+        Self::with_max_inbound_streams(DEFAULT_MAX_INBOUND_STREAMS)
+    }
+
+    /// A behaviour with no accepted protocols, and at most `max` inbound streams open per
+    /// connection (from arrival until the application drops the stream and its
+    /// [`StreamSlot`]). Beyond that a new inbound stream is dropped, which resets it: the peer
+    /// sees that one stream fail, and the connection stays.
+    pub fn with_max_inbound_streams(max: usize) -> Self {
         Self {
             shared: Arc::new(Mutex::new(Shared {
                 inbound: HashMap::new(),
@@ -332,6 +375,7 @@ impl Behaviour {
                 protocols: Arc::new([]),
                 generation: Arc::new(AtomicU64::new(0)),
             })),
+            max_inbound_streams: max.max(1),
         }
     }
 
@@ -352,7 +396,12 @@ impl Behaviour {
                 requests,
             },
         );
-        Handler::new(info, self.shared.clone(), receiver)
+        Handler::new(
+            info,
+            self.shared.clone(),
+            receiver,
+            self.max_inbound_streams,
+        )
     }
 }
 
