@@ -157,6 +157,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = crate::net::stream::DEFAULT_MAX_INBOUND_STREAMS as u32, value_parser = clap::value_parser!(u32).range(1..=1536))]
     pub max_streams_per_connection: u32,
 
+    /// The memory ceiling: while the node's resident memory is above it, it accepts and makes
+    /// no new connection (open ones keep working), and says so in a WARN line.
+    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_memory: u64,
+
     /// Close a tunnel connection that moves no byte either way for this long (for example
     /// 10m). Off by default: an idle SSH session stays up.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -433,6 +438,7 @@ impl Cli {
         config.max_connections = self.max_connections;
         config.max_connections_per_peer = self.max_connections_per_peer;
         config.max_streams_per_connection = self.max_streams_per_connection as usize;
+        config.max_memory = self.max_memory;
         config.max_pending_incoming = self.max_pending_incoming;
         Ok((config, origin))
     }

@@ -343,7 +343,13 @@ pub struct NodeConfig {
     /// Inbound tunnel and gRPC streams one connection may have open at once; more are
     /// refused one by one (the connection stays).
     pub max_streams_per_connection: usize,
+    /// Bytes of memory (resident) above which the node accepts and makes no new connection.
+    pub max_memory: u64,
 }
+
+/// The default memory ceiling ([`NodeConfig::max_memory`]): 1 GiB. An idle node uses about
+/// 20 MiB; 2000 busy tunnels about 300 MiB (64 KiB buffers each way, and the muxers' windows).
+pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
 
 impl NodeConfig {
     /// A node with `keypair` that listens on TCP and QUIC on every interface, ephemeral ports.
@@ -369,6 +375,7 @@ impl NodeConfig {
             max_connections_per_peer: 8,
             max_pending_incoming: 128,
             max_streams_per_connection: crate::net::stream::DEFAULT_MAX_INBOUND_STREAMS,
+            max_memory: DEFAULT_MAX_MEMORY,
         }
     }
 

@@ -27,6 +27,8 @@ pub mod access;
 pub mod cli;
 pub mod config;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod identity;
 pub mod net;
 pub mod node;

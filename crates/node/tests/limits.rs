@@ -405,3 +405,38 @@ async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
         node.shutdown().await;
     }
 }
+
+/// `max_memory`: above the ceiling a node accepts no new connection and makes none, and the
+/// dialler's error says why; a node under its ceiling connects as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_memory_ceiling_no_new_connection_is_made() {
+    let mut b_config = config(&[TCP]);
+    // Any process is over one byte.
+    b_config.max_memory = 1;
+    let b = Node::start(b_config).await.expect("start B");
+    let a = Node::start(config(&[TCP])).await.expect("start A");
+
+    let inbound = a
+        .handle()
+        .dial_addr(b.peer_id(), b.listen_addrs()[0].clone())
+        .await;
+    assert!(inbound.is_err(), "B accepted a connection over its ceiling");
+    let outbound = b
+        .handle()
+        .dial_addr(a.peer_id(), a.listen_addrs()[0].clone())
+        .await
+        .expect_err("B dialled over its ceiling");
+    assert!(
+        outbound.to_string().contains("memory"),
+        "the error names the memory limit: {outbound}"
+    );
+
+    let c = Node::start(config(&[TCP])).await.expect("start C");
+    c.handle()
+        .dial_addr(a.peer_id(), a.listen_addrs()[0].clone())
+        .await
+        .expect("C and A are under the default ceiling");
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}

@@ -6,7 +6,7 @@ use libp2p::{
     autonat, connection_limits, dcutr, identify,
     identity::Keypair,
     kad::{self, store::MemoryStore},
-    ping, relay,
+    memory_connection_limits, ping, relay,
     swarm::NetworkBehaviour,
 };
 
@@ -29,6 +29,9 @@ pub struct Behaviour {
     /// Connections in total, per peer and pending: first, so a connection over a limit is
     /// refused before any other behaviour builds state for it.
     pub limits: connection_limits::Behaviour,
+    /// No new connection, in or out, while the process uses more memory than `--max-memory`:
+    /// the connections open keep working, and new ones are refused until memory is back under.
+    pub memory: memory_connection_limits::Behaviour,
     /// Reserve slots on relays and dial through them when we are private.
     pub relay_client: relay::client::Behaviour,
     /// Relay for others once we have a confirmed public address (long circuits for trusted
@@ -125,6 +128,9 @@ impl Behaviour {
 
         Ok(Self {
             limits,
+            memory: memory_connection_limits::Behaviour::with_max_bytes(
+                usize::try_from(config.max_memory).unwrap_or(usize::MAX),
+            ),
             relay_client,
             relay,
             dcutr: dcutr::Behaviour::new(peer_id),

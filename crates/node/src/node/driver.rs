@@ -505,7 +505,7 @@ impl Driver {
                 %from,
                 %reason,
                 refused = *refused,
-                hint = "raise --max-connections, --max-connections-per-peer or --max-pending-incoming if these are honest peers",
+                hint = "raise --max-connections, --max-connections-per-peer, --max-pending-incoming or --max-memory if these are honest peers",
                 "connection refused: over a connection limit"
             );
             *refused = 0;

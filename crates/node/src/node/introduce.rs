@@ -101,12 +101,7 @@ pub(crate) async fn request(
         )
         .await?;
         let response: IntroduceResponse = frame::read(&mut stream).await?;
-        if !response.ok {
-            return Err(IntroduceError::Refused(
-                response.reason.unwrap_or_else(|| "no reason given".into()),
-            ));
-        }
-        Ok(parse_addrs(&response.target_addrs))
+        answer_addrs(response)
     };
     timeout(EXCHANGE_TIMEOUT, exchange)
         .await
@@ -208,10 +203,7 @@ async fn relay_introduction(
     if requester.relayed {
         return Err("introductions are only made over direct connections".into());
     }
-    let target: PeerId = request
-        .target
-        .parse()
-        .map_err(|_| format!("'{}' is not a peer id", request.target))?;
+    let target = target_of(request)?;
     let to_target: Vec<ConnectionInfo> = control
         .connections_of(target)
         .into_iter()
@@ -290,18 +282,60 @@ pub(crate) async fn receive(mut incoming: IncomingStreams, node: NodeHandle, tas
             )
             .await
             {
-                Ok(Ok(introduction)) => match introduction.peer.parse::<PeerId>() {
-                    Ok(peer) => {
-                        node.introduced(from, peer, parse_addrs(&introduction.addrs))
-                            .await;
-                    }
-                    Err(_) => tracing::debug!(%from, "introduction names no valid peer"),
+                Ok(Ok(introduction)) => match introduced(&introduction) {
+                    Some((peer, addrs)) => node.introduced(from, peer, addrs).await,
+                    None => tracing::debug!(%from, "introduction names no valid peer"),
                 },
                 Ok(Err(error)) => tracing::debug!(%from, %error, "bad introduction"),
                 Err(_) => tracing::debug!(%from, "introduction timed out"),
             }
             drop(permit);
         });
+    }
+}
+
+/// The peer a requester asks to be introduced to.
+fn target_of(request: &IntroduceRequest) -> Result<PeerId, String> {
+    request
+        .target
+        .parse()
+        .map_err(|_| format!("'{}' is not a peer id", frame::loggable(&request.target)))
+}
+
+/// The target's addresses in a relay's answer, or its refusal.
+fn answer_addrs(response: IntroduceResponse) -> Result<Vec<Multiaddr>, IntroduceError> {
+    if !response.ok {
+        return Err(IntroduceError::Refused(frame::loggable(
+            &response.reason.unwrap_or_else(|| "no reason given".into()),
+        )));
+    }
+    Ok(parse_addrs(&response.target_addrs))
+}
+
+/// Who an introduction introduces, and at which addresses (the state machine filters them).
+fn introduced(introduction: &Introduction) -> Option<(PeerId, Vec<Multiaddr>)> {
+    let peer = introduction.peer.parse().ok()?;
+    Some((peer, parse_addrs(&introduction.addrs)))
+}
+
+/// Decodes `data` as each of the three introduction messages, and checks what decodes as the
+/// node does: the fuzz target's entry (`fuzz/`, feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_frames(data: &[u8], ours: &[Multiaddr]) {
+    use punchgate_machine::introductions::to_dial;
+    if let Ok(Some((request, _))) = frame::decode::<IntroduceRequest>(data) {
+        let _ = target_of(&request);
+    }
+    if let Ok(Some((response, _))) = frame::decode::<IntroduceResponse>(data)
+        && let Ok(addrs) = answer_addrs(response)
+    {
+        let _ = to_dial(addrs, false, ours);
+    }
+    if let Ok(Some((introduction, _))) = frame::decode::<Introduction>(data)
+        && let Some((_, addrs)) = introduced(&introduction)
+    {
+        let _ = to_dial(addrs.clone(), true, ours);
+        let _ = to_dial(addrs, false, ours);
     }
 }
 

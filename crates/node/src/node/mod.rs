@@ -7,8 +7,8 @@
 
 mod circuits;
 mod driver;
-mod introduce;
-mod records;
+pub(crate) mod introduce;
+pub(crate) mod records;
 mod relay_gate;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};

@@ -114,6 +114,12 @@ pub(crate) fn decode(expected: &PeerId, bytes: &[u8]) -> Result<PeerAddrs, Recor
             found: Box::new(signer),
         });
     }
+    decode_payload(payload)
+}
+
+/// What a record's signed payload says (after its signature was checked). Addresses that do
+/// not parse are skipped.
+pub(crate) fn decode_payload(payload: &[u8]) -> Result<PeerAddrs, RecordError> {
     let payload: Payload =
         serde_json::from_slice(payload).map_err(|e| RecordError::Payload(e.to_string()))?;
     let parse = |list: Vec<String>| -> Vec<Multiaddr> {
