@@ -14,6 +14,7 @@
 static ALLOCATOR: punchgate::Allocator = punchgate::Allocator;
 
 mod crypto;
+mod flood;
 mod forward;
 mod grpc;
 mod handshakes;
@@ -116,6 +117,10 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         rounds: usize,
     },
+    /// One hostile peer (200 connections, 5,000 silent tunnel streams) against a node, and what
+    /// an honest peer's tunnel feels before, during and after: the node's memory against its
+    /// ceiling, round trips, new connections, throughput, and the WARN lines the flood caused.
+    Flood,
     /// Serve the gRPC echo service until stdin closes; used by the benchmark.
     GrpcServer {
         /// How clients reach it.
@@ -227,6 +232,9 @@ fn main() -> ExitCode {
         Some(Command::Handshakes { rounds }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(handshakes::run(rounds))),
+        Some(Command::Flood) => tokio::runtime::Runtime::new()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(flood::run(&args.work))),
         Some(Command::GrpcServer { over, work }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(grpc::serve(over, &work))),

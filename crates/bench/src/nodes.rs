@@ -106,7 +106,7 @@ impl Process {
         cpu_seconds(&self.child.id().to_string())
     }
 
-    fn listen_addr(&self) -> Option<String> {
+    pub(crate) fn listen_addr(&self) -> Option<String> {
         self.lines
             .iter()
             .find_map(|l| l.strip_prefix("listening on").map(|a| a.trim().to_owned()))
