@@ -87,7 +87,10 @@ struct Flood {
     /// Streams that could not be opened, by error.
     open_failures: std::collections::BTreeMap<String, usize>,
     /// Its swarm, still running, and the streams it holds: dropped to end the flood.
-    _held: (tokio::task::JoinHandle<()>, Vec<tokio_util::compat::Compat<libp2p::Stream>>),
+    _held: (
+        tokio::task::JoinHandle<()>,
+        Vec<tokio_util::compat::Compat<libp2p::Stream>>,
+    ),
 }
 
 async fn flood(b: PeerId, addr: Multiaddr) -> Result<Flood> {
@@ -191,11 +194,7 @@ pub(crate) async fn run(work: &Path) -> Result<()> {
     let (echo, sink) = (services::echo().await?, services::sink().await?);
     let pair = nodes::start(&bin, &dir, Transport::Tcp, echo, sink)?;
     let log = dir.join("service-tcp.log");
-    let addr: Multiaddr = pair
-        .service
-        .listen_addr()
-        .context("B's address")?
-        .parse()?;
+    let addr: Multiaddr = pair.service.listen_addr().context("B's address")?.parse()?;
     let b = match addr.iter().last() {
         Some(libp2p::multiaddr::Protocol::P2p(peer)) => peer,
         _ => anyhow::bail!("B's address names no peer"),

@@ -162,3 +162,30 @@ fn the_handshake_table_runs() {
         }
     }
 }
+
+/// `flood`: one attacker identity against a node. B keeps at most its per-peer connection limit
+/// of the attacker's 200 connections, and the honest peer's tunnel answers in every phase.
+#[test]
+fn the_flood_table_runs() {
+    let table = run_table(&["flood"]);
+    let kept: usize = table
+        .split("connections dialled (")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of kept connections: {table}"));
+    assert!(
+        kept <= 8,
+        "B kept more than 8 of one peer's connections: {table}"
+    );
+    for phase in ["before", "during", "after"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {phase} |")))
+            .unwrap_or_else(|| panic!("no {phase} row: {table}"));
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 6, "{row}");
+        let gbits: f64 = cells[4].parse().unwrap_or_else(|_| panic!("{row}"));
+        assert!(gbits > 0.0, "{row}");
+    }
+}
