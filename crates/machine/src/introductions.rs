@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use multiaddr::Multiaddr;
 
-use crate::addr::{Class, class, ip_of, same_network};
+use crate::{
+    addr::{Class, class, ip_of, same_network},
+    limit::{PerKey, Window},
+};
 
 /// Addresses dialled per introduction (a relay observes a requester at one address per
 /// transport; a few more leave room for IPv4 and IPv6).
@@ -25,29 +28,41 @@ pub const MAX_DIALS_PER_INTRODUCTION: usize = 4;
 /// wants to reach us and has no direct connection yet (at most one per peer every 10 s).
 pub const INTRODUCTIONS_PER_MINUTE: u32 = 30;
 
-/// Counts introductions in a one-minute window.
-#[derive(Debug, Clone, Default)]
-pub struct IntroductionGate {
-    window: Option<(Instant, u32)>,
+/// Introductions one requester may ask a relay for per minute. An honest node asks once per
+/// peer it wants to reach and has no direct connection to, at most once every 10 s per peer.
+pub const INTRODUCTION_REQUESTS_PER_MINUTE: u32 = 20;
+
+/// Requesters a relay keeps count of at once (more are refused until a minute has passed).
+pub const MAX_COUNTED_REQUESTERS: usize = 1024;
+
+/// Counts introductions from our relay in a one-minute window.
+#[derive(Debug, Clone)]
+pub struct IntroductionGate(Window);
+
+impl Default for IntroductionGate {
+    fn default() -> Self {
+        Self(Window::new(
+            INTRODUCTIONS_PER_MINUTE,
+            Duration::from_secs(60),
+        ))
+    }
 }
 
 impl IntroductionGate {
     /// Whether an introduction arriving at `now` may be acted on.
     pub fn admit(&mut self, now: Instant) -> bool {
-        match &mut self.window {
-            Some((start, count)) if now.duration_since(*start) < Duration::from_secs(60) => {
-                if *count >= INTRODUCTIONS_PER_MINUTE {
-                    return false;
-                }
-                *count += 1;
-                true
-            }
-            _ => {
-                self.window = Some((now, 1));
-                true
-            }
-        }
+        self.0.admit(now)
     }
+}
+
+/// What a relay allows each requester: [`INTRODUCTION_REQUESTS_PER_MINUTE`] introductions a
+/// minute, for up to [`MAX_COUNTED_REQUESTERS`] requesters at once.
+pub fn requester_limits<K: std::hash::Hash + Eq + Clone>() -> PerKey<K> {
+    PerKey::new(
+        INTRODUCTION_REQUESTS_PER_MINUTE,
+        Duration::from_secs(60),
+        MAX_COUNTED_REQUESTERS,
+    )
 }
 
 /// The addresses of an introduction we dial: those [`dialable`], at most

@@ -14,12 +14,14 @@
 //!   introduction by its relay, or look it up.
 //! - [`backoff`]: retry delays for relay reservations and reconnects.
 //! - [`introductions`]: which introductions a node acts on, and which addresses it dials.
+//! - [`limit`]: rate limits (per period, per interval, per key) with the time passed in.
 
 #![forbid(unsafe_code)]
 
 mod addr;
 pub mod backoff;
 pub mod introductions;
+pub mod limit;
 pub mod node;
 pub mod paths;
 pub mod reach;

@@ -262,13 +262,22 @@ const DENIAL_LOG_PEERS: usize = 1024;
 pub const DENIAL_LOG_LINES: u32 = 20;
 
 /// Rate-limits log lines per peer and in total, so a flood of refusals cannot fill the log.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DenialLog {
     /// Per peer: when its last line was written (if ever), when it was last seen, and how many
     /// lines were held back since its last one.
     peers: HashMap<PeerId, Tracked>,
-    /// The current window across all peers: when it started, and the lines written in it.
-    window: Option<(Instant, u32)>,
+    /// Lines across all peers.
+    window: punchgate_machine::limit::Window,
+}
+
+impl Default for DenialLog {
+    fn default() -> Self {
+        Self {
+            peers: HashMap::new(),
+            window: punchgate_machine::limit::Window::new(DENIAL_LOG_LINES, DENIAL_LOG_INTERVAL),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -297,25 +306,14 @@ impl DenialLog {
         let recent = tracked
             .last_line
             .is_some_and(|t| now.duration_since(t) < DENIAL_LOG_INTERVAL);
-        let global_left = match self.window {
-            Some((start, lines)) if now.duration_since(start) < DENIAL_LOG_INTERVAL => {
-                lines < DENIAL_LOG_LINES
-            }
-            _ => true,
-        };
-        if recent || !global_left {
+        // The window counts only lines written: it is asked only for a peer not heard recently.
+        if recent || !self.window.admit(now) {
             tracked.held += 1;
             return None;
         }
         let suppressed = tracked.held;
         tracked.held = 0;
         tracked.last_line = Some(now);
-        self.window = match self.window {
-            Some((start, lines)) if now.duration_since(start) < DENIAL_LOG_INTERVAL => {
-                Some((start, lines + 1))
-            }
-            _ => Some((now, 1)),
-        };
         Some(suppressed)
     }
 

@@ -440,3 +440,47 @@ async fn over_the_memory_ceiling_no_new_connection_is_made() {
         node.shutdown().await;
     }
 }
+
+/// Introductions a relay makes per requester: the 21st request within a minute is refused with
+/// a reason that says so (the first 20 get the relay's ordinary answer, here "not connected").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_gets_at_most_twenty_introductions_a_minute() {
+    let relay = Node::start(config(&[TCP])).await.expect("start the relay");
+    let a = Node::start(config(&[TCP])).await.expect("start A");
+    a.handle()
+        .dial_addr(relay.peer_id(), relay.listen_addrs()[0].clone())
+        .await
+        .expect("reach the relay");
+    let target = libp2p::PeerId::random().to_string();
+    let mut reasons = Vec::new();
+    for _ in 0..21 {
+        let (stream, _) = a
+            .handle()
+            .open_stream(relay.peer_id(), punchgate::protocol::INTRODUCE)
+            .await
+            .expect("stream");
+        let mut stream = stream.compat();
+        punchgate::frame::write(
+            &mut stream,
+            &serde_json::json!({ "target": target, "listen_ports": [] }),
+        )
+        .await
+        .expect("request");
+        let answer: serde_json::Value = punchgate::frame::read(&mut stream).await.expect("answer");
+        assert_eq!(answer["ok"], false, "{answer}");
+        reasons.push(answer["reason"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(
+        reasons[..20]
+            .iter()
+            .all(|r| r.contains("not directly connected")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[20].contains("too many introduction requests"),
+        "{reasons:?}"
+    );
+    for node in [a, relay] {
+        node.shutdown().await;
+    }
+}

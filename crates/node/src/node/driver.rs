@@ -99,8 +99,8 @@ pub(super) struct Driver {
     warned_no_dht: bool,
     /// Open connections whose first round trip was logged.
     pinged: HashSet<ConnectionId>,
-    /// Connections refused over a limit since the last line about it, and when that was.
-    limit_log: (u64, Option<std::time::Instant>),
+    /// One line per 10 s about connections refused over a limit, with the count since the last.
+    limit_log: punchgate_machine::limit::Every,
     /// Introductions acted on in the current minute.
     introduction_gate: introductions::IntroductionGate,
     /// Rate-limits log lines strangers can cause (relay requests, invalid records), per peer.
@@ -221,7 +221,7 @@ impl Driver {
             private_ips_count: config.autonat_private_ips,
             peer_log: DenialLog::default(),
             introduction_gate: introductions::IntroductionGate::default(),
-            limit_log: (0, None),
+            limit_log: punchgate_machine::limit::Every::new(crate::access::DENIAL_LOG_INTERVAL),
             pinged: HashSet::new(),
             own_dials: HashMap::new(),
             record_puts: HashMap::new(),
@@ -497,19 +497,14 @@ impl Driver {
     /// A connection was refused over a connection limit: one WARN line per 10 s for the whole
     /// node (a flood must not become a flood of log lines), with the count since the last.
     fn limit_refused(&mut self, from: &Multiaddr, reason: &str) {
-        let now = std::time::Instant::now();
-        let (refused, last) = &mut self.limit_log;
-        *refused += 1;
-        if last.is_none_or(|at| now.duration_since(at) >= crate::access::DENIAL_LOG_INTERVAL) {
+        if let Some(held_back) = self.limit_log.admit(std::time::Instant::now()) {
             tracing::warn!(
                 %from,
                 %reason,
-                refused = *refused,
+                refused = held_back + 1,
                 hint = "raise --max-connections, --max-connections-per-peer, --max-pending-incoming or --max-memory if these are honest peers",
                 "connection refused: over a connection limit"
             );
-            *refused = 0;
-            *last = Some(now);
         }
     }
 

@@ -15,6 +15,7 @@
 use std::{sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, PeerId};
+use punchgate_machine::{introductions, limit::PerKey};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -116,6 +117,7 @@ pub(crate) async fn serve(
     tasks: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let requesters = Arc::new(std::sync::Mutex::new(introductions::requester_limits()));
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -132,8 +134,9 @@ pub(crate) async fn serve(
             () = shutdown.cancelled() => break,
         };
         let control = control.clone();
+        let requesters = requesters.clone();
         tasks.spawn(async move {
-            if timeout(EXCHANGE_TIMEOUT, introduce(stream, &control))
+            if timeout(EXCHANGE_TIMEOUT, introduce(stream, &control, &requesters))
                 .await
                 .is_err()
             {
@@ -144,7 +147,11 @@ pub(crate) async fn serve(
     }
 }
 
-async fn introduce(incoming: IncomingStream, control: &Control) {
+async fn introduce(
+    incoming: IncomingStream,
+    control: &Control,
+    requesters: &std::sync::Mutex<PerKey<PeerId>>,
+) {
     let requester = incoming.info.clone();
     // Counted against the connection's stream cap until the introduction is done.
     let _slot = incoming.slot;
@@ -157,7 +164,19 @@ async fn introduce(incoming: IncomingStream, control: &Control) {
         }
     };
     let mut to_target = None;
-    let answer = match relay_introduction(control, &requester, &request).await {
+    let admitted = requesters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit(&requester.peer, std::time::Instant::now());
+    let introduced = if admitted {
+        relay_introduction(control, &requester, &request).await
+    } else {
+        Err(format!(
+            "too many introduction requests from this peer: at most {} a minute",
+            introductions::INTRODUCTION_REQUESTS_PER_MINUTE
+        ))
+    };
+    let answer = match introduced {
         Ok((target_addrs, stream)) => {
             to_target = Some(stream);
             tracing::info!(requester = %requester.peer, target = %request.target, "introduced peers");
@@ -322,7 +341,7 @@ fn introduced(introduction: &Introduction) -> Option<(PeerId, Vec<Multiaddr>)> {
 /// node does: the fuzz target's entry (`fuzz/`, feature `fuzzing`).
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_frames(data: &[u8], ours: &[Multiaddr]) {
-    use punchgate_machine::introductions::to_dial;
+    use introductions::to_dial;
     if let Ok(Some((request, _))) = frame::decode::<IntroduceRequest>(data) {
         let _ = target_of(&request);
     }

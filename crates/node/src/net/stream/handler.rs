@@ -81,10 +81,9 @@ pub struct Handler {
     /// application), and the most it may have.
     open: Arc<AtomicUsize>,
     max_open: usize,
-    /// Inbound streams dropped (backlog full, or too many open) since the last line about it.
-    dropped: u64,
-    /// When that line was written.
-    dropped_logged: Option<std::time::Instant>,
+    /// One line per [`DROP_LOG_INTERVAL`] about inbound streams dropped (backlog full, or too
+    /// many open), with the count since the last.
+    drop_log: punchgate_machine::limit::Every,
 }
 
 impl std::fmt::Debug for Handler {
@@ -122,8 +121,7 @@ impl Handler {
             backlog: VecDeque::new(),
             open: Arc::new(AtomicUsize::new(0)),
             max_open,
-            dropped: 0,
-            dropped_logged: None,
+            drop_log: punchgate_machine::limit::Every::new(DROP_LOG_INTERVAL),
         }
     }
 
@@ -180,23 +178,16 @@ impl Handler {
     /// A peer decides how often streams are dropped: one line per connection per 10 s, with
     /// the count of drops since the last one.
     fn log_drop(&mut self, protocol: &StreamProtocol, message: &'static str) {
-        self.dropped += 1;
-        let now = std::time::Instant::now();
-        if self
-            .dropped_logged
-            .is_none_or(|at| now.duration_since(at) >= DROP_LOG_INTERVAL)
-        {
+        if let Some(held_back) = self.drop_log.admit(std::time::Instant::now()) {
             tracing::warn!(
                 peer = %self.info.peer,
                 %protocol,
                 backlog = MAX_INBOUND_BACKLOG,
                 open = self.open.load(Ordering::Relaxed),
                 max_open = self.max_open,
-                dropped = self.dropped,
+                dropped = held_back + 1,
                 "{message}"
             );
-            self.dropped = 0;
-            self.dropped_logged = Some(now);
         }
     }
 
