@@ -14,6 +14,7 @@
 //!   introduction by its relay, or look it up.
 //! - [`backoff`]: retry delays for relay reservations and reconnects.
 //! - [`introductions`]: which introductions a node acts on, and which addresses it dials.
+//! - [`records`]: which addresses go into the DHT (global only, unless the mesh is private).
 //! - [`limit`]: rate limits (per period, per interval, per key) with the time passed in.
 
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod limit;
 pub mod node;
 pub mod paths;
 pub mod reach;
+pub mod records;
 
 pub use backoff::Backoff;
 pub use node::{Command, Config, DialReason, Event, NatStatus, Phase, RelayState, State, Timer};

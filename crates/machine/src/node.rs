@@ -771,7 +771,10 @@ impl<C: Copy + Eq + Debug> State<C> {
         known.kademlia = kademlia;
         known.addrs = listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER).collect();
         if kademlia {
-            for addr in &known.addrs {
+            // Kademlia hands these to whoever asks: only what a stranger could use.
+            for addr in known.addrs.iter().filter(|a| {
+                crate::records::shareable(a, self.config.private_addrs_ok, &self.listening)
+            }) {
                 out.push(Command::KademliaAddAddress {
                     peer,
                     addr: addr.clone(),

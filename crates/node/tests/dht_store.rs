@@ -140,3 +140,89 @@ async fn a_node_stores_only_peer_records_and_never_an_older_one() {
     );
     node.shutdown().await;
 }
+
+/// A node in a public mesh (private addresses do not count) publishes only what a stranger
+/// could use: its global external address, not its loopback listen address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_publishes_only_addresses_a_stranger_could_use() {
+    let (s_config, s_listen) = public_config();
+    let s = Node::start(s_config).await.expect("start S");
+    let mut p_config = config(&[TCP]);
+    p_config.autonat_private_ips = false;
+    p_config.external_addresses = vec!["/ip4/81.2.69.160/tcp/4001".parse().expect("addr")];
+    p_config.bootstrap = vec![bootstrap(&s, "tcp")];
+    let p = Node::start(p_config).await.expect("start P");
+
+    let mut stock = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            tls::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            kad::Behaviour::with_config(
+                peer,
+                MemoryStore::new(peer),
+                kad::Config::new(StreamProtocol::new("/punchgate/kad/1.0.0")),
+            )
+        })
+        .expect("behaviour")
+        .build();
+    stock.behaviour_mut().set_mode(Some(kad::Mode::Client));
+    stock.behaviour_mut().add_address(&s.peer_id(), s_listen);
+    stock.dial(s.listen_addrs()[0].clone()).expect("dial");
+
+    let record = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            stock.behaviour_mut().get_record(key_of(&p.peer_id()));
+            let found = loop {
+                if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                    result: QueryResult::GetRecord(result),
+                    step,
+                    ..
+                }) = stock.select_next_some().await
+                {
+                    match result {
+                        Ok(GetRecordOk::FoundRecord(found)) => break Some(found.record.value),
+                        Ok(_) if !step.last => {}
+                        _ => break None,
+                    }
+                }
+            };
+            if let Some(found) = found {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("P's record reached S");
+    let envelope = SignedEnvelope::from_protobuf_encoding(&record).expect("envelope");
+    let (payload, _) = envelope
+        .payload_and_signing_key(
+            "punchgate-peer-record".to_owned(),
+            b"/punchgate/peer-record/1",
+        )
+        .expect("signed");
+    let payload: serde_json::Value = serde_json::from_slice(payload).expect("json");
+    let addrs: Vec<&str> = payload["addrs"]
+        .as_array()
+        .expect("addrs")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        addrs.contains(&"/ip4/81.2.69.160/tcp/4001"),
+        "the external address is published: {addrs:?}"
+    );
+    assert!(
+        addrs.iter().all(|a| !a.contains("127.0.0.1")),
+        "no loopback address goes into a public DHT: {addrs:?}"
+    );
+    for node in [p, s] {
+        node.shutdown().await;
+    }
+}

@@ -748,6 +748,8 @@ impl Driver {
                 addrs.push(addr.clone());
             }
         }
+        // The DHT is public: only addresses a stranger could use.
+        let mut addrs = self.dht_addrs(addrs);
         addrs.sort_by_key(|a| !punchgate_machine::node::is_relayed(a));
         // The sequence number: milliseconds since the epoch, and above the last one, so a
         // record is newer than every record this identity signed before, across restarts.
@@ -758,7 +760,7 @@ impl Driver {
         let seq = self.record_seq;
         let record = records::PeerAddrs {
             addrs,
-            observed: self.observed_self.iter().cloned().collect(),
+            observed: self.dht_addrs(self.observed_self.iter().cloned()),
             seq,
         };
         let count = record.addrs.len();
@@ -1845,7 +1847,23 @@ impl Driver {
         }
     }
 
+    /// What of `addrs` belongs in a public DHT, and may be taken from it (the machine decides:
+    /// global addresses, private ones only in a mesh where they count).
+    fn dht_addrs(&self, addrs: impl IntoIterator<Item = Multiaddr>) -> Vec<Multiaddr> {
+        let ours: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        addrs
+            .into_iter()
+            .filter(|a| punchgate_machine::records::shareable(a, self.private_ips_count, &ours))
+            .collect()
+    }
+
     fn found_addresses(&mut self, peer: PeerId, found: records::PeerAddrs) {
+        // A record or a DHT answer is a stranger's text: only what an honest one can contain.
+        let found = records::PeerAddrs {
+            addrs: self.dht_addrs(found.addrs),
+            observed: self.dht_addrs(found.observed),
+            seq: found.seq,
+        };
         let Some(reach) = self.reaching.get_mut(&peer) else {
             return;
         };
