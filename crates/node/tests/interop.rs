@@ -491,3 +491,47 @@ async fn stock_relay_clients_reserve_on_a_node_and_reach_nodes_and_each_other_th
     b.shutdown().await;
     relay.shutdown().await;
 }
+
+/// A tunnel asked of a stock peer (which speaks no Punchgate protocol) fails as a refusal of the
+/// protocol, not as a broken stream: outbound streams propose lazily, and the refusal that
+/// arrives on the first read is recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_to_a_stock_peer_is_refused_as_an_unsupported_protocol() {
+    use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+
+    let node = Node::start(config(&[TCP])).await.expect("start");
+    let mut stock = stock_peer(Security::Tls);
+    stock.listen_on(TCP.parse().expect("addr")).expect("listen");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = stock.select_next_some().await {
+            break address;
+        }
+    };
+    let stock_id = *stock.local_peer_id();
+    let serve = tokio::spawn(async move {
+        loop {
+            stock.select_next_some().await;
+        }
+    });
+    node.handle()
+        .dial_addr(stock_id, addr)
+        .await
+        .expect("reach the stock peer");
+    let (stream, _) = node
+        .handle()
+        .open_stream(stock_id, punchgate::protocol::TUNNEL)
+        .await
+        .expect("a lazily proposed stream opens at once");
+    let mut stream = stream.compat();
+    let result =
+        punchgate::tunnel::client::negotiate(&mut stream, "echo", Duration::from_secs(10)).await;
+    assert!(
+        matches!(
+            result,
+            Err(punchgate::tunnel::client::NegotiateError::Unsupported)
+        ),
+        "{result:?}"
+    );
+    serve.abort();
+    node.shutdown().await;
+}

@@ -71,6 +71,23 @@ pub enum NegotiateError {
     /// No answer in time.
     #[error("no answer to the tunnel request within {0:?}")]
     Timeout(std::time::Duration),
+    /// The peer refused the tunnel protocol itself: it is not a Punchgate node (or one without
+    /// tunnels).
+    #[error(
+        "the peer does not speak {} (not a Punchgate node?)",
+        crate::protocol::TUNNEL
+    )]
+    Unsupported,
+}
+
+/// Whether `error` is multistream-select's refusal of the protocol a stream proposed. Outbound
+/// streams propose lazily (the request travels with the proposal, saving a round trip), so a
+/// refusal arrives as an I/O error on the stream's first read.
+fn refused_protocol(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<multistream_select::NegotiationError>())
+        .is_some_and(|e| matches!(e, multistream_select::NegotiationError::Failed))
 }
 
 /// Asks for `service` on a fresh tunnel stream and waits (bounded) for the answer; on `Ok` the
@@ -100,6 +117,9 @@ where
                 .reason
                 .unwrap_or_else(|| "no reason given".to_owned()),
         )),
+        Ok(Err(wire::FrameError::Io(error))) if refused_protocol(&error) => {
+            Err(NegotiateError::Unsupported)
+        }
         Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(NegotiateError::Timeout(within)),
     }
