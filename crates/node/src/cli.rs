@@ -28,14 +28,11 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "punchgate", version, about, long_about)]
 pub struct Cli {
-    /// Key file holding this node's identity (created, mode 0600, if missing).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "identity.key",
-        env = "PUNCHGATE_IDENTITY"
-    )]
-    pub identity: PathBuf,
+    /// Key file holding this node's identity (created, mode 0600, if missing). Default:
+    /// identity.key in $STATE_DIRECTORY (systemd), else $XDG_DATA_HOME/punchgate, else
+    /// ~/.local/share/punchgate.
+    #[arg(long, value_name = "PATH", env = "PUNCHGATE_IDENTITY")]
+    pub identity: Option<PathBuf>,
 
     /// Address to listen on (repeatable). Default: /ip4/0.0.0.0/tcp/0 and
     /// /ip4/0.0.0.0/udp/0/quic-v1.
@@ -223,7 +220,7 @@ pub enum RunError {
 /// malformed flag.
 pub fn run_main(cli: Cli) -> ExitCode {
     if cli.print_peer_id {
-        return print_peer_id(&cli.identity);
+        return print_peer_id(&cli.identity_path());
     }
     // Check the rules before anything starts (and before a key file is created).
     if let Err(error) = crate::access::Access::new(&cli.expose, &cli.allow) {
@@ -245,7 +242,7 @@ pub fn run_main(cli: Cli) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), RunError> {
-    let identity_path = cli.identity.clone();
+    let identity_path = cli.identity_path();
     let (config, origin) = cli.into_config()?;
     let peer_id = config.peer_id();
     let path = identity_path.display();
@@ -292,6 +289,7 @@ async fn run(cli: Cli) -> Result<(), RunError> {
     let node = Node::start(config).await.map_err(Box::new)?;
     // Addresses a user can paste into another node's --bootstrap.
     println!("peer id: {peer_id}");
+    println!("identity: {}", identity_path.display());
     for addr in node.listen_addrs() {
         println!("listening on {addr}/p2p/{peer_id}");
     }
@@ -396,9 +394,14 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 impl Cli {
+    /// The identity key file: `--identity`, or [`identity::default_path`].
+    pub fn identity_path(&self) -> PathBuf {
+        self.identity.clone().unwrap_or_else(identity::default_path)
+    }
+
     /// Loads (or creates) the identity and builds the node's config.
     pub fn into_config(self) -> Result<(NodeConfig, Origin), CliError> {
-        let (keypair, origin) = identity::load_or_create(&self.identity)?;
+        let (keypair, origin) = identity::load_or_create(&self.identity_path())?;
         let mut config = NodeConfig::new(keypair);
         config.listen = if self.listen.is_empty() {
             default_listen_addrs()

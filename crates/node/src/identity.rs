@@ -7,7 +7,7 @@
 use std::{
     fs,
     io::{self, Write as _},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -59,6 +59,33 @@ pub enum IdentityError {
 }
 
 /// Loads the keypair at `path`, or creates one there (mode 0600) if the file does not exist.
+/// Where a node keeps its identity unless told otherwise (`--identity`, `PUNCHGATE_IDENTITY`):
+/// `identity.key` in
+/// - `$STATE_DIRECTORY` (systemd's `StateDirectory=`; the first, if it names several);
+/// - else `$XDG_DATA_HOME/punchgate`;
+/// - else `$HOME/.local/share/punchgate`;
+/// - else the current directory (a process with no home; the start-up line shows the path).
+///
+/// Never the current directory while there is a better place: a node started from another
+/// directory would silently become another peer, and every allow list naming it would break.
+pub fn default_path() -> PathBuf {
+    default_path_from(|name| std::env::var_os(name))
+}
+
+fn default_path_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    let dir = if let Some(state) = set("STATE_DIRECTORY") {
+        std::env::split_paths(&state).next().unwrap_or_default()
+    } else if let Some(data) = set("XDG_DATA_HOME") {
+        PathBuf::from(data).join("punchgate")
+    } else if let Some(home) = set("HOME") {
+        PathBuf::from(home).join(".local/share/punchgate")
+    } else {
+        PathBuf::new()
+    };
+    dir.join("identity.key")
+}
+
 pub fn load_or_create(path: &Path) -> Result<(Keypair, Origin), IdentityError> {
     match fs::read(path) {
         Ok(bytes) => decode(path, &bytes).map(|k| (k, Origin::Loaded)),
@@ -98,6 +125,14 @@ fn create(path: &Path) -> Result<(Keypair, Origin), IdentityError> {
         path: path.to_owned(),
         source,
     };
+    // The directory too (mode 0700), for the default path in a fresh data directory.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(create_err)?;
+    }
     let mut file = match fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -123,6 +158,50 @@ fn create(path: &Path) -> Result<(Keypair, Origin), IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_path_is_a_data_directory_never_the_working_directory_if_avoidable() {
+        fn env<'a>(
+            vars: &'a [(&'a str, &'a str)],
+        ) -> impl Fn(&str) -> Option<std::ffi::OsString> + 'a {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        }
+        let all = [
+            ("STATE_DIRECTORY", "/var/lib/punchgate:/var/lib/other"),
+            ("XDG_DATA_HOME", "/home/u/.data"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(
+            default_path_from(env(&all)),
+            PathBuf::from("/var/lib/punchgate/identity.key")
+        );
+        assert_eq!(
+            default_path_from(env(&all[1..])),
+            PathBuf::from("/home/u/.data/punchgate/identity.key")
+        );
+        assert_eq!(
+            default_path_from(env(&[("XDG_DATA_HOME", ""), ("HOME", "/home/u")])),
+            PathBuf::from("/home/u/.local/share/punchgate/identity.key")
+        );
+        assert_eq!(default_path_from(env(&[])), PathBuf::from("identity.key"));
+    }
+
+    #[test]
+    fn a_missing_directory_is_created_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data/punchgate/identity.key");
+        load_or_create(&path).expect("create");
+        let mode = fs::metadata(path.parent().expect("parent"))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 
     #[test]
     fn creates_with_mode_0600_then_loads_the_same_key() {
@@ -161,9 +240,11 @@ mod tests {
     }
 
     #[test]
-    fn missing_parent_directory_is_a_create_error() {
+    fn a_parent_that_cannot_be_made_is_an_error_naming_the_path() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = load_or_create(&dir.path().join("no/such/dir/id.key")).expect_err("no parent");
-        assert!(matches!(err, IdentityError::Create { .. }), "{err}");
+        // A file where the directory would go.
+        fs::write(dir.path().join("no"), b"").expect("file");
+        let err = load_or_create(&dir.path().join("no/dir/id.key")).expect_err("no parent");
+        assert!(err.to_string().contains("no/dir/id.key"), "{err}");
     }
 }

@@ -115,6 +115,11 @@ fn starts_prints_its_addresses_and_exits_0_on_sigterm() {
     let first = lines.next().expect("a line").expect("utf-8");
     assert!(first.starts_with("peer id: 12D3KooW"), "{first}");
     let peer = first.trim_start_matches("peer id: ").to_owned();
+    let identity = lines.next().expect("a line").expect("utf-8");
+    assert_eq!(
+        identity,
+        format!("identity: {}", dir.path().join("id.key").display())
+    );
     // The two listeners come up concurrently: their lines arrive in either order.
     let mut listening: Vec<String> = (0..2)
         .map(|_| lines.next().expect("a line").expect("utf-8"))
