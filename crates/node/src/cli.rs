@@ -28,6 +28,15 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "punchgate", version, about, long_about)]
 pub struct Cli {
+    /// A TOML config file whose keys are these flags' long names (`listen = [...]`,
+    /// `no-mdns = true`); flags given here override it. See examples/punchgate.toml.
+    #[arg(long, value_name = "PATH", env = "PUNCHGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (flags and --config file) and exit: 0 if it is good, 2 if not.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Key file holding this node's identity (created, mode 0600, if missing). Default:
     /// identity.key in $STATE_DIRECTORY (systemd), else $XDG_DATA_HOME/punchgate, else
     /// ~/.local/share/punchgate.
@@ -227,6 +236,16 @@ pub fn run_main(cli: Cli) -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::from(2);
     }
+    if cli.check_config {
+        println!(
+            "configuration is valid: {} listen address(es), {} exposed service(s), {} tunnel(s); identity {}",
+            cli.listen.len(),
+            cli.expose.len(),
+            cli.tunnel.len(),
+            cli.identity_path().display()
+        );
+        return ExitCode::SUCCESS;
+    }
     init_tracing(cli.log_format);
     raise_fd_limit();
     let result = tokio::runtime::Runtime::new()
@@ -374,6 +393,20 @@ impl StopSignals {
         tokio::select! {
             _ = next(self.interrupt.as_mut()) => {}
             _ = next(self.terminate.as_mut()) => {}
+        }
+    }
+}
+
+/// The `punchgate` binary's entry: the command line and its `--config` file, then
+/// [`run_main`]. A bad flag exits as clap does (2, with usage); a bad config file exits 2 with
+/// one line naming the file, the line, the key and what is expected.
+pub fn main() -> ExitCode {
+    match crate::config_file::parse(std::env::args_os()) {
+        Ok(cli) => run_main(cli),
+        Err(crate::config_file::ParseError::Flags(error)) => error.exit(),
+        Err(crate::config_file::ParseError::File(error)) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
         }
     }
 }

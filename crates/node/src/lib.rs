@@ -9,6 +9,7 @@
 //!   rate-limited denial logs.
 //! - [`config`]: typed, validated settings (`--expose`, `--tunnel`, relay limits, timeouts).
 //! - [`cli`]: command-line flags → [`config::NodeConfig`].
+//! - [`config_file`]: the TOML config file under the flags (`--config`).
 //! - [`identity`]: the persistent Ed25519 key file.
 //! - [`protocol`]: protocol ids and wire constants.
 //! - [`frame`]: length-prefixed JSON frames (tunnel negotiation, introductions).
@@ -26,6 +27,7 @@
 pub mod access;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

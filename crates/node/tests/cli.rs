@@ -232,3 +232,36 @@ fn print_peer_id_prints_the_id_the_node_then_runs_with() {
     child.kill().expect("kill");
     child.wait().expect("wait");
 }
+
+/// `--config FILE --check-config` on the real binary: the repository's example is valid (exit
+/// 0); a file with a bad value exits 2 with a line naming the file, the line, the key and the
+/// form the flag expects.
+#[test]
+fn check_config_accepts_the_example_and_refuses_a_bad_file_naming_the_line() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/punchgate.toml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = Command::new(BIN)
+        .args(["--config", example, "--check-config"])
+        .env("PUNCHGATE_IDENTITY", dir.path().join("id.key"))
+        .output()
+        .expect("run");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("configuration is valid"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "no-mdns = true\nexpose = [\"ssh:22\"]\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["--config", bad.to_str().expect("utf-8"), "--check-config"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml line 2: expose:") && stderr.contains("NAME=HOST:PORT"),
+        "{stderr}"
+    );
+}
