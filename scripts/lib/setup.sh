@@ -15,6 +15,7 @@ lab_tools=(
 test_tools=(
   "node      nodejs     the stock js-libp2p peer of the interop tests (Node.js 20.19 or later)"
   "npm       npm        installing js-libp2p for that peer, from the npm registry"
+  "systemd-analyze systemd checking packaging/punchgate.service"
 )
 
 # Finds a command on PATH or in the sbin directories a non-root PATH often lacks.
