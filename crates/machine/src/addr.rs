@@ -91,3 +91,30 @@ pub(crate) fn same_network(own: IpAddr, other: IpAddr) -> bool {
         _ => false,
     }
 }
+
+/// Whether a peer-supplied `ip` may be used: global unicast always; private when `private_ok`
+/// (or `neighbours_ok` and one of `ours` is on its network); loopback only when `private_ok` and
+/// we listen on loopback ourselves (a mesh on one host); never the rest.
+pub(crate) fn admissible(
+    ip: IpAddr,
+    private_ok: bool,
+    neighbours_ok: bool,
+    ours: &[Multiaddr],
+) -> bool {
+    match class(ip) {
+        Class::Global => true,
+        Class::Private => {
+            private_ok
+                || (neighbours_ok
+                    && ours
+                        .iter()
+                        .filter_map(ip_of)
+                        .any(|own| same_network(own, ip)))
+        }
+        Class::Never => {
+            private_ok
+                && ip.is_loopback()
+                && ours.iter().filter_map(ip_of).any(|own| own.is_loopback())
+        }
+    }
+}

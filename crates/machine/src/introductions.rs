@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use multiaddr::Multiaddr;
 
 use crate::{
-    addr::{Class, class, ip_of, same_network},
+    addr::{admissible, ip_of},
     limit::{PerKey, Window},
 };
 
@@ -84,24 +84,7 @@ pub fn dialable(addr: &Multiaddr, private_ok: bool, ours: &[Multiaddr]) -> bool 
     if crate::node::is_relayed(addr) {
         return false;
     }
-    let Some(ip) = ip_of(addr) else {
-        return false;
-    };
-    match class(ip) {
-        Class::Never => {
-            private_ok
-                && ip.is_loopback()
-                && ours.iter().filter_map(ip_of).any(|own| own.is_loopback())
-        }
-        Class::Global => true,
-        Class::Private => {
-            private_ok
-                || ours
-                    .iter()
-                    .filter_map(ip_of)
-                    .any(|own| same_network(own, ip))
-        }
-    }
+    ip_of(addr).is_some_and(|ip| admissible(ip, private_ok, true, ours))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use multiaddr::{Multiaddr, Protocol};
 
-use crate::addr::{Class, class, ip_of};
+use crate::addr::{admissible, ip_of};
 
 /// Whether `addr` may go into the DHT. `private_ok`: private addresses count in this mesh;
 /// `ours`: our own listen addresses (loopback only when we listen on loopback ourselves).
@@ -26,15 +26,7 @@ pub fn shareable(addr: &Multiaddr, private_ok: bool, ours: &[Multiaddr]) -> bool
             .iter()
             .any(|p| matches!(p, Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)));
     };
-    match class(ip) {
-        Class::Global => true,
-        Class::Private => private_ok,
-        Class::Never => {
-            private_ok
-                && ip.is_loopback()
-                && ours.iter().filter_map(ip_of).any(|own| own.is_loopback())
-        }
-    }
+    admissible(ip, private_ok, false, ours)
 }
 
 #[cfg(test)]

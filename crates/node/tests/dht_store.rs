@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt as _;
 use libp2p::{
-    PeerId, StreamProtocol, SwarmBuilder,
+    PeerId, StreamProtocol, Swarm, SwarmBuilder,
     core::SignedEnvelope,
     identity::Keypair,
     kad::{self, GetRecordOk, QueryResult, Quorum, Record, RecordKey, store::MemoryStore},
@@ -40,12 +40,8 @@ fn key_of(peer: &PeerId) -> RecordKey {
     RecordKey::new(&format!("/punchgate/peer/{peer}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_stores_only_peer_records_and_never_an_older_one() {
-    // A public node: it serves the DHT.
-    let (config, listen) = public_config();
-    let node = Node::start(config).await.expect("start");
-
+/// A stock rust-libp2p Kademlia client speaking `/punchgate/kad/1.0.0`, dialling `node`.
+fn stock_kad_client(node: &Node, listen: libp2p::Multiaddr) -> Swarm<kad::Behaviour<MemoryStore>> {
     let mut stock = SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -67,6 +63,16 @@ async fn a_node_stores_only_peer_records_and_never_an_older_one() {
     stock.behaviour_mut().set_mode(Some(kad::Mode::Client));
     stock.behaviour_mut().add_address(&node.peer_id(), listen);
     stock.dial(node.listen_addrs()[0].clone()).expect("dial");
+    stock
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stores_only_peer_records_and_never_an_older_one() {
+    // A public node: it serves the DHT.
+    let (config, listen) = public_config();
+    let node = Node::start(config).await.expect("start");
+
+    let mut stock = stock_kad_client(&node, listen);
 
     // Puts a record to the node, then reads back what the node holds under its key.
     let mut put_then_get = async |record: Record| -> Option<Vec<u8>> {
@@ -153,27 +159,7 @@ async fn a_node_publishes_only_addresses_a_stranger_could_use() {
     p_config.bootstrap = vec![bootstrap(&s, "tcp")];
     let p = Node::start(p_config).await.expect("start P");
 
-    let mut stock = SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            tls::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|key| {
-            let peer = key.public().to_peer_id();
-            kad::Behaviour::with_config(
-                peer,
-                MemoryStore::new(peer),
-                kad::Config::new(StreamProtocol::new("/punchgate/kad/1.0.0")),
-            )
-        })
-        .expect("behaviour")
-        .build();
-    stock.behaviour_mut().set_mode(Some(kad::Mode::Client));
-    stock.behaviour_mut().add_address(&s.peer_id(), s_listen);
-    stock.dial(s.listen_addrs()[0].clone()).expect("dial");
+    let mut stock = stock_kad_client(&s, s_listen);
 
     let record = tokio::time::timeout(Duration::from_secs(30), async {
         loop {

@@ -85,6 +85,26 @@ fn stock_peer(security: Security) -> Swarm<Stock> {
     }
 }
 
+/// A stock peer listening on loopback, served by a task of its own (abort it to stop the peer).
+async fn listening_stock(security: Security) -> (PeerId, Multiaddr, tokio::task::JoinHandle<()>) {
+    let mut stock = stock_peer(security);
+    stock
+        .listen_on(security.transport().parse().expect("addr"))
+        .expect("listen");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = stock.select_next_some().await {
+            break address;
+        }
+    };
+    let id = *stock.local_peer_id();
+    let serve = tokio::spawn(async move {
+        loop {
+            stock.select_next_some().await;
+        }
+    });
+    (id, addr, serve)
+}
+
 /// The stock peer dials `addr`; returns once it has pinged `node` and identified it as
 /// Punchgate.
 async fn stock_dials(security: Security, node: PeerId, addr: Multiaddr) {
@@ -149,21 +169,7 @@ fn listens_on(addr: &Multiaddr, listen: &str) -> bool {
 async fn a_node_reaches_stock_peers_of_every_kind() {
     let node = Node::start(config(&[TCP])).await.expect("start");
     for security in Security::ALL {
-        let mut stock = stock_peer(security);
-        stock
-            .listen_on(security.transport().parse().expect("addr"))
-            .expect("listen");
-        let addr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = stock.select_next_some().await {
-                break address;
-            }
-        };
-        let stock_id = *stock.local_peer_id();
-        let serve = tokio::spawn(async move {
-            loop {
-                stock.select_next_some().await;
-            }
-        });
+        let (stock_id, addr, serve) = listening_stock(security).await;
         node.handle()
             .dial_addr(stock_id, addr)
             .await
@@ -500,19 +506,7 @@ async fn a_tunnel_to_a_stock_peer_is_refused_as_an_unsupported_protocol() {
     use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
     let node = Node::start(config(&[TCP])).await.expect("start");
-    let mut stock = stock_peer(Security::Tls);
-    stock.listen_on(TCP.parse().expect("addr")).expect("listen");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = stock.select_next_some().await {
-            break address;
-        }
-    };
-    let stock_id = *stock.local_peer_id();
-    let serve = tokio::spawn(async move {
-        loop {
-            stock.select_next_some().await;
-        }
-    });
+    let (stock_id, addr, serve) = listening_stock(Security::Tls).await;
     node.handle()
         .dial_addr(stock_id, addr)
         .await

@@ -204,6 +204,25 @@ async fn connections_over_the_limits_are_refused_and_the_rest_keep_working() {
     }
 }
 
+/// B exposes an echo to A only, with `tweak` applied to B's config first; A is connected to B.
+async fn echo_for_a(tweak: impl FnOnce(&mut punchgate::NodeConfig)) -> (Node, Node) {
+    let echo = echo_server().await;
+    let a_config = config(&[TCP]);
+    let mut b_config = config(&[TCP]);
+    tweak(&mut b_config);
+    b_config.expose_to(
+        format!("echo={echo}").parse().expect("expose"),
+        Allow::Peers([a_config.peer_id()].into()),
+    );
+    let b = Node::start(b_config).await.expect("start B");
+    let a = Node::start(a_config).await.expect("start A");
+    a.handle()
+        .dial_addr(b.peer_id(), b.listen_addrs()[0].clone())
+        .await
+        .expect("reach B");
+    (a, b)
+}
+
 /// Opens a tunnel stream to `b` and negotiates `service` on it.
 async fn tunnel_to(
     node: &Node,
@@ -237,27 +256,15 @@ async fn ping_over(stream: &mut tokio_util::compat::Compat<libp2p::Stream>) {
 async fn strangers_never_hold_the_permits_named_peers_use() {
     use tokio::io::AsyncWriteExt as _;
 
-    let echo = echo_server().await;
-    let a_config = config(&[TCP]);
-    let mut b_config = config(&[TCP]);
-    b_config.max_tunnels = 2;
-    b_config.expose_to(
-        format!("echo={echo}").parse().expect("expose"),
-        Allow::Peers([a_config.peer_id()].into()),
-    );
-    let b = Node::start(b_config).await.expect("start B");
-    let (a, stranger) = (
-        Node::start(a_config).await.expect("start A"),
-        Node::start(config(&[TCP]))
-            .await
-            .expect("start the stranger"),
-    );
-    for node in [&a, &stranger] {
-        node.handle()
-            .dial_addr(b.peer_id(), b.listen_addrs()[0].clone())
-            .await
-            .expect("reach B");
-    }
+    let (a, b) = echo_for_a(|b| b.max_tunnels = 2).await;
+    let stranger = Node::start(config(&[TCP]))
+        .await
+        .expect("start the stranger");
+    stranger
+        .handle()
+        .dial_addr(b.peer_id(), b.listen_addrs()[0].clone())
+        .await
+        .expect("reach B");
 
     // Ten streams, each with the first byte of a request's length and nothing more.
     let mut silent = Vec::new();
@@ -299,20 +306,7 @@ async fn strangers_never_hold_the_permits_named_peers_use() {
 /// closes. (Past yamux's own limit, the whole connection would close.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_past_the_cap_is_refused_and_the_connection_stays() {
-    let echo = echo_server().await;
-    let a_config = config(&[TCP]);
-    let mut b_config = config(&[TCP]);
-    b_config.max_streams_per_connection = 4;
-    b_config.expose_to(
-        format!("echo={echo}").parse().expect("expose"),
-        Allow::Peers([a_config.peer_id()].into()),
-    );
-    let b = Node::start(b_config).await.expect("start B");
-    let a = Node::start(a_config).await.expect("start A");
-    a.handle()
-        .dial_addr(b.peer_id(), b.listen_addrs()[0].clone())
-        .await
-        .expect("reach B");
+    let (a, b) = echo_for_a(|b| b.max_streams_per_connection = 4).await;
     let connection = || async {
         a.handle()
             .connect(b.peer_id())
@@ -370,20 +364,7 @@ async fn a_stream_past_the_cap_is_refused_and_the_connection_stays() {
 async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
     use tokio::io::AsyncReadExt as _;
 
-    let echo = echo_server().await;
-    let a_config = config(&[TCP]);
-    let mut b_config = config(&[TCP]);
-    b_config.timing.tunnel_idle_timeout = Some(Duration::from_secs(1));
-    b_config.expose_to(
-        format!("echo={echo}").parse().expect("expose"),
-        Allow::Peers([a_config.peer_id()].into()),
-    );
-    let b = Node::start(b_config).await.expect("start B");
-    let a = Node::start(a_config).await.expect("start A");
-    a.handle()
-        .dial_addr(b.peer_id(), b.listen_addrs()[0].clone())
-        .await
-        .expect("reach B");
+    let (a, b) = echo_for_a(|b| b.timing.tunnel_idle_timeout = Some(Duration::from_secs(1))).await;
 
     let mut idle = tunnel_to(&a, b.peer_id(), "echo").await.expect("tunnel");
     let mut busy = tunnel_to(&a, b.peer_id(), "echo").await.expect("tunnel");

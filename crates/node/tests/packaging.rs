@@ -13,7 +13,10 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
     let unit = dir.path().join("punchgate.service");
     std::fs::write(
         &unit,
-        UNIT.replace("ExecStart=/usr/local/bin/punchgate", &format!("ExecStart={BIN}")),
+        UNIT.replace(
+            "ExecStart=/usr/local/bin/punchgate",
+            &format!("ExecStart={BIN}"),
+        ),
     )
     .expect("write");
     let verify = Command::new("systemd-analyze")
@@ -34,7 +37,10 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
     let report = String::from_utf8_lossy(&security.stdout);
     let level = report
         .lines()
-        .find_map(|l| l.split("Overall exposure level for punchgate.service: ").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for punchgate.service: ")
+                .nth(1)
+        })
         .unwrap_or_else(|| panic!("no exposure level: {report}"));
     let score: f64 = level
         .split_whitespace()
