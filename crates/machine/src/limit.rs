@@ -107,20 +107,46 @@ impl<K: Hash + Eq + Clone> PerKey<K> {
     }
 
     /// Whether an event of `key` at `now` is within its limit (and counts it if so).
-    pub fn admit(&mut self, key: &K, now: Instant) -> bool {
+    pub fn admit(&mut self, key: &K, now: Instant) -> Admit {
         if let Some(window) = self.windows.get_mut(key) {
-            return window.admit(now);
+            return if window.admit(now) {
+                Admit::Yes
+            } else {
+                Admit::OverLimit
+            };
         }
         if self.windows.len() >= self.max_keys {
             self.windows.retain(|_, w| !w.ended(now));
             if self.windows.len() >= self.max_keys {
-                return false;
+                return Admit::TooManyKeys;
             }
         }
         let mut window = self.template.clone();
         let admitted = window.admit(now);
         self.windows.insert(key.clone(), window);
-        admitted
+        if admitted {
+            Admit::Yes
+        } else {
+            Admit::OverLimit
+        }
+    }
+}
+
+/// What [`PerKey::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Within the key's limit.
+    Yes,
+    /// Past the key's limit.
+    OverLimit,
+    /// A new key, and as many keys are counted as may be (none of their windows has ended).
+    TooManyKeys,
+}
+
+impl Admit {
+    /// Whether the event may go ahead.
+    pub fn is_yes(self) -> bool {
+        self == Admit::Yes
     }
 }
 
@@ -153,15 +179,16 @@ mod tests {
     fn per_key_limits_each_key_and_bounds_the_keys() {
         let t0 = Instant::now();
         let mut p = PerKey::new(2, Duration::from_secs(60), 2);
-        assert!(p.admit(&"a", t0) && p.admit(&"a", t0));
-        assert!(!p.admit(&"a", t0), "a's third");
-        assert!(p.admit(&"b", t0), "b has its own limit");
-        assert!(
-            !p.admit(&"c", t0),
+        assert!(p.admit(&"a", t0).is_yes() && p.admit(&"a", t0).is_yes());
+        assert_eq!(p.admit(&"a", t0), Admit::OverLimit, "a's third");
+        assert!(p.admit(&"b", t0).is_yes(), "b has its own limit");
+        assert_eq!(
+            p.admit(&"c", t0),
+            Admit::TooManyKeys,
             "no room for a third key while both windows run"
         );
         let later = t0 + Duration::from_secs(60);
-        assert!(p.admit(&"c", later), "ended windows make room");
-        assert!(p.admit(&"a", later), "a's window started again");
+        assert!(p.admit(&"c", later).is_yes(), "ended windows make room");
+        assert!(p.admit(&"a", later).is_yes(), "a's window started again");
     }
 }

@@ -29,6 +29,13 @@ pub fn shareable(addr: &Multiaddr, private_ok: bool, ours: &[Multiaddr]) -> bool
     admissible(ip, private_ok, false, ours)
 }
 
+/// Whether `addr`, read from a record or a DHT answer (a stranger's text), may be dialled:
+/// [`shareable`], except DNS names (which could resolve to anything, loopback included) unless
+/// private addresses count in this mesh.
+pub fn takeable(addr: &Multiaddr, private_ok: bool, ours: &[Multiaddr]) -> bool {
+    shareable(addr, private_ok, ours) && (private_ok || ip_of(addr).is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +66,15 @@ mod tests {
         ] {
             assert!(!shareable(&addr(kept), false, &ours), "{kept}");
         }
+    }
+
+    #[test]
+    fn dns_names_are_published_but_not_taken_from_strangers() {
+        let dns = addr("/dns4/localhost/tcp/22");
+        assert!(shareable(&dns, false, &[]));
+        assert!(!takeable(&dns, false, &[]));
+        assert!(takeable(&addr("/ip4/81.2.69.160/tcp/4001"), false, &[]));
+        assert!(!takeable(&addr("/ip4/10.0.0.1/tcp/4001"), false, &[]));
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub struct Cli {
 
     /// Close a tunnel connection that moves no byte either way for this long (for example
     /// 10m). Off by default: an idle SSH session stays up.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub tunnel_idle_timeout: Option<Duration>,
 
     /// Log format on stderr.
@@ -268,6 +268,18 @@ async fn run(cli: Cli) -> Result<(), RunError> {
     match origin {
         Origin::Created => tracing::info!(%peer_id, %path, "generated new identity"),
         Origin::Loaded => tracing::info!(%peer_id, %path, "loaded identity"),
+    }
+    // The default used to be ./identity.key: say so when one is there and not used.
+    let old = std::path::Path::new("identity.key");
+    if old.is_file()
+        && std::fs::canonicalize(old).ok() != std::fs::canonicalize(&identity_path).ok()
+    {
+        tracing::warn!(
+            unused = %old.display(),
+            %path,
+            hint = "pass --identity identity.key (or move the file) to stay the peer that key is",
+            "an identity.key in the current directory is not this node's identity: the default moved to a data directory"
+        );
     }
 
     if let Ok(access) = config.access() {
@@ -478,6 +490,17 @@ impl Cli {
         config.max_pending_incoming = self.max_pending_incoming;
         Ok((config, origin))
     }
+}
+
+/// [`parse_duration`], and more than zero (a timeout of zero would fire at once).
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err(format!("'{s}' is zero: give a duration above 0, e.g. 10m"))
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.

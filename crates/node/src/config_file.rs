@@ -189,10 +189,10 @@ fn file_args(
         };
         // The flag's own parser decides, with its own words.
         for value in &values {
+            // `--name=value`: a value that starts with '-' stays a value.
             let one = [
                 OsString::from("punchgate"),
-                format!("--{name}").into(),
-                value.into(),
+                format!("--{name}={value}").into(),
             ];
             if let Err(e) = Cli::command().try_get_matches_from(one) {
                 return Err(error(clap_problem(&e)));
@@ -202,8 +202,7 @@ fn file_args(
             continue;
         }
         for value in values {
-            out.push(format!("--{name}").into());
-            out.push(value.into());
+            out.push(format!("--{name}={value}").into());
         }
     }
     Ok(out)
@@ -304,6 +303,11 @@ relay-circuit-bytes = "2GiB"
         assert!(e.contains("not an array"), "{e}");
         let e = file_error("config = \"other.toml\"\n");
         assert!(e.contains("unknown key"), "{e}");
+        let e = file_error("relay-max-circuits = -1\n");
+        assert!(
+            e.contains("line 1") && e.contains("-1") && e.contains("invalid value"),
+            "{e}"
+        );
         let e = file_error("listen = [\n");
         assert!(e.contains("not valid TOML"), "{e}");
     }

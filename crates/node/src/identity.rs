@@ -58,11 +58,10 @@ pub enum IdentityError {
     },
 }
 
-/// Loads the keypair at `path`, or creates one there (mode 0600) if the file does not exist.
 /// Where a node keeps its identity unless told otherwise (`--identity`, `PUNCHGATE_IDENTITY`):
 /// `identity.key` in
 /// - `$STATE_DIRECTORY` (systemd's `StateDirectory=`; the first, if it names several);
-/// - else `$XDG_DATA_HOME/punchgate`;
+/// - else `$XDG_DATA_HOME/punchgate` (if absolute, as the XDG spec asks);
 /// - else `$HOME/.local/share/punchgate`;
 /// - else the current directory (a process with no home; the start-up line shows the path).
 ///
@@ -76,7 +75,7 @@ fn default_path_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBu
     let set = |name: &str| env(name).filter(|v| !v.is_empty());
     let dir = if let Some(state) = set("STATE_DIRECTORY") {
         std::env::split_paths(&state).next().unwrap_or_default()
-    } else if let Some(data) = set("XDG_DATA_HOME") {
+    } else if let Some(data) = set("XDG_DATA_HOME").filter(|d| Path::new(d).is_absolute()) {
         PathBuf::from(data).join("punchgate")
     } else if let Some(home) = set("HOME") {
         PathBuf::from(home).join(".local/share/punchgate")
@@ -86,6 +85,7 @@ fn default_path_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBu
     dir.join("identity.key")
 }
 
+/// Loads the keypair at `path`, or creates one there (mode 0600) if the file does not exist.
 pub fn load_or_create(path: &Path) -> Result<(Keypair, Origin), IdentityError> {
     match fs::read(path) {
         Ok(bytes) => decode(path, &bytes).map(|k| (k, Origin::Loaded)),
@@ -188,6 +188,11 @@ mod tests {
             PathBuf::from("/home/u/.local/share/punchgate/identity.key")
         );
         assert_eq!(default_path_from(env(&[])), PathBuf::from("identity.key"));
+        assert_eq!(
+            default_path_from(env(&[("XDG_DATA_HOME", "data"), ("HOME", "/home/u")])),
+            PathBuf::from("/home/u/.local/share/punchgate/identity.key"),
+            "a relative XDG_DATA_HOME is ignored"
+        );
     }
 
     #[test]

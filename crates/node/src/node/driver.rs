@@ -1847,8 +1847,8 @@ impl Driver {
         }
     }
 
-    /// What of `addrs` belongs in a public DHT, and may be taken from it (the machine decides:
-    /// global addresses, private ones only in a mesh where they count).
+    /// What of `addrs` belongs in a public DHT (the machine decides: global addresses and DNS
+    /// names, private ones only in a mesh where they count).
     fn dht_addrs(&self, addrs: impl IntoIterator<Item = Multiaddr>) -> Vec<Multiaddr> {
         let ours: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
         addrs
@@ -1859,9 +1859,17 @@ impl Driver {
 
     fn found_addresses(&mut self, peer: PeerId, found: records::PeerAddrs) {
         // A record or a DHT answer is a stranger's text: only what an honest one can contain.
+        let ours: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        let private_ok = self.private_ips_count;
+        let take = |addrs: Vec<Multiaddr>| -> Vec<Multiaddr> {
+            addrs
+                .into_iter()
+                .filter(|a| punchgate_machine::records::takeable(a, private_ok, &ours))
+                .collect()
+        };
         let found = records::PeerAddrs {
-            addrs: self.dht_addrs(found.addrs),
-            observed: self.dht_addrs(found.observed),
+            addrs: take(found.addrs),
+            observed: take(found.observed),
             seq: found.seq,
         };
         let Some(reach) = self.reaching.get_mut(&peer) else {

@@ -15,7 +15,10 @@
 use std::{sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, PeerId};
-use punchgate_machine::{introductions, limit::PerKey};
+use punchgate_machine::{
+    introductions,
+    limit::{Admit, PerKey},
+};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -168,13 +171,16 @@ async fn introduce(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .admit(&requester.peer, std::time::Instant::now());
-    let introduced = if admitted {
-        relay_introduction(control, &requester, &request).await
-    } else {
-        Err(format!(
+    let introduced = match admitted {
+        Admit::Yes => relay_introduction(control, &requester, &request).await,
+        Admit::OverLimit => Err(format!(
             "too many introduction requests from this peer: at most {} a minute",
             introductions::INTRODUCTION_REQUESTS_PER_MINUTE
-        ))
+        )),
+        Admit::TooManyKeys => Err(format!(
+            "this relay is counting introductions for {} other peers already: try again within a minute",
+            introductions::MAX_COUNTED_REQUESTERS
+        )),
     };
     let answer = match introduced {
         Ok((target_addrs, stream)) => {
@@ -294,7 +300,10 @@ pub(crate) async fn receive(mut incoming: IncomingStreams, node: NodeHandle, tas
         let node = node.clone();
         tasks.spawn(async move {
             let from = stream.info.peer;
-            let mut stream = stream.stream.compat();
+            // The slot counts against the connection's stream cap until this is done.
+            let IncomingStream { stream, slot, .. } = stream;
+            let _slot = slot;
+            let mut stream = stream.compat();
             match timeout(
                 EXCHANGE_TIMEOUT,
                 frame::read::<Introduction, _>(&mut stream),

@@ -42,6 +42,8 @@ pub struct Limits {
     /// their peer's share. They never wait for (or hold) a `serving` permit; when these run
     /// out, more such streams are reset at once.
     pub refusing: Arc<Semaphore>,
+    /// Refusals in progress per peer, so one peer cannot take every `refusing` permit.
+    pub refusing_per_peer: PeerShares,
     /// Closes a tunnel that moved no byte for this long (`--tunnel-idle-timeout`).
     pub idle_timeout: Option<Duration>,
 }
@@ -49,6 +51,9 @@ pub struct Limits {
 /// Streams a node refuses at once ([`Limits::refusing`]): each waits at most the negotiation
 /// timeout for its request, then its refusal is written within 2 s.
 pub const REFUSING_STREAMS: usize = 128;
+
+/// Refusals in progress for one peer: an eighth of [`REFUSING_STREAMS`].
+pub const REFUSING_STREAMS_PER_PEER: usize = REFUSING_STREAMS / 8;
 
 /// How many tunnels each peer has served at once, against a cap per peer: one peer can hold at
 /// most its share of the node's permits, so it can never starve the others.
@@ -117,6 +122,7 @@ impl Limits {
             carrying: Arc::new(Semaphore::new(config.max_tunnels)),
             per_peer: PeerShares::new(config.max_tunnels_per_peer.max(1)),
             refusing: Arc::new(Semaphore::new(REFUSING_STREAMS)),
+            refusing_per_peer: PeerShares::new(REFUSING_STREAMS_PER_PEER),
             idle_timeout: config.timing.tunnel_idle_timeout,
         }
     }

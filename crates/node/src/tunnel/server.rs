@@ -153,9 +153,11 @@ pub async fn run(
                 if let Some(held_back) = services.log_denial(peer) {
                     tracing::warn!(peer_id = %peer, %reason, held_back, "tunnel rejected");
                 }
+                // The slot goes with the stream: it counts until the refusal is written.
+                let IncomingStream { stream, slot, .. } = stream;
                 tasks.spawn(async move {
-                    refuse(&mut stream.stream.compat(), reason).await;
-                    drop(permit);
+                    refuse(&mut stream.compat(), reason).await;
+                    drop((slot, permit));
                 });
                 continue;
             }
@@ -163,7 +165,7 @@ pub async fn run(
         let permit = if services.access.names(&peer) {
             tokio::select! {
                 permit = limits.serving.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
+                    Ok(permit) => Permit::Serving(permit),
                     Err(_) => break,
                 },
                 () = shutdown.cancelled() => break,
@@ -171,7 +173,7 @@ pub async fn run(
         } else {
             // Refused whatever it asks (in serve, with the words a missing service gets).
             match refusal_permit(&limits, &services, peer) {
-                Some(permit) => permit,
+                Some(refusal) => Permit::Refusing(refusal),
                 None => continue,
             }
         };
@@ -185,25 +187,46 @@ pub async fn run(
     }
 }
 
-/// A permit to refuse one more stream of `peer`, or `None` (and the stream is reset) when as
-/// many refusals as the node allows are in progress.
+/// What a served stream holds until it is done: a serving permit (a named peer), or a refusal
+/// permit and the peer's refusal share (a stranger).
+#[derive(Debug)]
+#[expect(dead_code, reason = "held only to be released when the stream is done")]
+enum Permit {
+    Serving(tokio::sync::OwnedSemaphorePermit),
+    Refusing((super::Share, tokio::sync::OwnedSemaphorePermit)),
+}
+
+/// A permit to refuse one more stream of `peer` (one of the node's, and one of the peer's
+/// share of them), or `None` (and the stream is reset) when as many refusals as the node, or as
+/// that peer, may have are in progress.
 fn refusal_permit(
     limits: &Limits,
     services: &Exposed,
     peer: libp2p::PeerId,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let permit = limits.refusing.clone().try_acquire_owned().ok();
-    if permit.is_none()
-        && let Some(held_back) = services.log_denial(peer)
-    {
-        tracing::warn!(
-            peer_id = %peer,
-            refusing = super::REFUSING_STREAMS,
-            held_back,
-            "tunnel stream reset: as many refusals as the node allows are in progress (a flood of streams no --allow rule admits)"
-        );
-    }
-    permit
+) -> Option<(super::Share, tokio::sync::OwnedSemaphorePermit)> {
+    let Ok(share) = limits.refusing_per_peer.take(peer) else {
+        if let Some(held_back) = services.log_denial(peer) {
+            tracing::warn!(
+                peer_id = %peer,
+                per_peer = super::REFUSING_STREAMS_PER_PEER,
+                held_back,
+                "tunnel stream reset: this peer already has as many refusals in progress as one peer may (streams no --allow rule admits, or past its share)"
+            );
+        }
+        return None;
+    };
+    let Ok(permit) = limits.refusing.clone().try_acquire_owned() else {
+        if let Some(held_back) = services.log_denial(peer) {
+            tracing::warn!(
+                peer_id = %peer,
+                refusing = super::REFUSING_STREAMS,
+                held_back,
+                "tunnel stream reset: as many refusals as the node allows are in progress (a flood of streams from peers no --allow rule admits)"
+            );
+        }
+        return None;
+    };
+    Some((share, permit))
 }
 
 async fn serve(
