@@ -1850,26 +1850,28 @@ impl Driver {
     /// What of `addrs` belongs in a public DHT (the machine decides: global addresses and DNS
     /// names, private ones only in a mesh where they count).
     fn dht_addrs(&self, addrs: impl IntoIterator<Item = Multiaddr>) -> Vec<Multiaddr> {
+        self.filter_addrs(addrs, punchgate_machine::records::shareable)
+    }
+
+    /// The addresses of `addrs` that `keep(addr, private_ok, our listen addresses)` keeps.
+    fn filter_addrs(
+        &self,
+        addrs: impl IntoIterator<Item = Multiaddr>,
+        keep: fn(&Multiaddr, bool, &[Multiaddr]) -> bool,
+    ) -> Vec<Multiaddr> {
         let ours: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
         addrs
             .into_iter()
-            .filter(|a| punchgate_machine::records::shareable(a, self.private_ips_count, &ours))
+            .filter(|a| keep(a, self.private_ips_count, &ours))
             .collect()
     }
 
     fn found_addresses(&mut self, peer: PeerId, found: records::PeerAddrs) {
         // A record or a DHT answer is a stranger's text: only what an honest one can contain.
-        let ours: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
-        let private_ok = self.private_ips_count;
-        let take = |addrs: Vec<Multiaddr>| -> Vec<Multiaddr> {
-            addrs
-                .into_iter()
-                .filter(|a| punchgate_machine::records::takeable(a, private_ok, &ours))
-                .collect()
-        };
+        let take = punchgate_machine::records::takeable;
         let found = records::PeerAddrs {
-            addrs: take(found.addrs),
-            observed: take(found.observed),
+            addrs: self.filter_addrs(found.addrs, take),
+            observed: self.filter_addrs(found.observed, take),
             seq: found.seq,
         };
         let Some(reach) = self.reaching.get_mut(&peer) else {

@@ -204,29 +204,24 @@ fn refusal_permit(
     services: &Exposed,
     peer: libp2p::PeerId,
 ) -> Option<(super::Share, tokio::sync::OwnedSemaphorePermit)> {
-    let Ok(share) = limits.refusing_per_peer.take(peer) else {
-        if let Some(held_back) = services.log_denial(peer) {
-            tracing::warn!(
-                peer_id = %peer,
-                per_peer = super::REFUSING_STREAMS_PER_PEER,
-                held_back,
-                "tunnel stream reset: this peer already has as many refusals in progress as one peer may (streams no --allow rule admits, or past its share)"
-            );
-        }
-        return None;
+    let refusal = match limits.refusing_per_peer.take(peer) {
+        Ok(share) => match limits.refusing.clone().try_acquire_owned() {
+            Ok(permit) => return Some((share, permit)),
+            Err(_) => (
+                super::REFUSING_STREAMS,
+                "tunnel stream reset: as many refusals as the node allows are in progress (a flood of streams from peers no --allow rule admits)",
+            ),
+        },
+        Err(_) => (
+            super::REFUSING_STREAMS_PER_PEER,
+            "tunnel stream reset: this peer already has as many refusals in progress as one peer may (streams no --allow rule admits, or past its share)",
+        ),
     };
-    let Ok(permit) = limits.refusing.clone().try_acquire_owned() else {
-        if let Some(held_back) = services.log_denial(peer) {
-            tracing::warn!(
-                peer_id = %peer,
-                refusing = super::REFUSING_STREAMS,
-                held_back,
-                "tunnel stream reset: as many refusals as the node allows are in progress (a flood of streams from peers no --allow rule admits)"
-            );
-        }
-        return None;
-    };
-    Some((share, permit))
+    if let Some(held_back) = services.log_denial(peer) {
+        let (limit, message) = refusal;
+        tracing::warn!(peer_id = %peer, limit, held_back, "{message}");
+    }
+    None
 }
 
 async fn serve(
