@@ -61,7 +61,7 @@ ensure_lab_tools() {
       || { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "${missing[@]}"; } \
       || { echo "Installing failed: run \`sudo apt-get update && sudo apt-get install -y ${missing[*]}\` and try again." >&2; exit 1; }
   else
-    echo "This system has no apt-get: install the packages that provide ${missing[*]} with its package manager (Fedora: sudo dnf install -y nftables iptables conntrack-tools iproute python3 nodejs npm), then run $0 again." >&2
+    echo "This system has no apt-get: install the packages that provide ${missing[*]} with its package manager (Fedora: sudo dnf install -y nftables iptables conntrack-tools iproute python3 nodejs npm systemd), then run $0 again." >&2
     exit 1
   fi
 }
