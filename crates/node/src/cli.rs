@@ -173,6 +173,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub tunnel_idle_timeout: Option<Duration>,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics and a JSON status on /status (for
+    /// example 127.0.0.1:9090). Keep it on loopback or a management network: the status names
+    /// services and peers.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -317,7 +323,8 @@ async fn run(cli: Cli) -> Result<(), RunError> {
     // Watch for signals before printing the addresses: a supervisor (or a test) that reads them
     // and at once sends SIGTERM must get a clean stop, not the default action.
     let mut signals = StopSignals::watch();
-    let node = Node::start(config).await.map_err(Box::new)?;
+    let mut hangups = watch_hangups();
+    let mut node = Node::start(config).await.map_err(Box::new)?;
     // Addresses a user can paste into another node's --bootstrap.
     println!("peer id: {peer_id}");
     println!("identity: {}", identity_path.display());
@@ -327,15 +334,86 @@ async fn run(cli: Cli) -> Result<(), RunError> {
     for addr in node.tunnel_addrs() {
         println!("tunnel listening on {addr}");
     }
+    if let Some(addr) = node.metrics_addr() {
+        println!("metrics on http://{addr}/metrics, status on http://{addr}/status");
+    }
 
     let handle = node.handle().clone();
-    tokio::spawn(async move {
-        signals.recv().await;
-        tracing::info!("signal received, shutting down");
-        handle.shutdown();
-    });
-    node.run_until_stopped().await;
+    loop {
+        tokio::select! {
+            () = signals.recv() => {
+                tracing::info!("signal received, shutting down");
+                break;
+            }
+            Some(()) = next_hangup(&mut hangups) => reload(&mut node, &identity_path).await,
+            () = handle.stopped() => break,
+        }
+    }
+    node.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP, watched from start (a hang-up before the node is up is kept, not the default
+/// action, which would end the process).
+fn watch_hangups() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGHUP: the configuration cannot be reloaded");
+            None
+        }
+    }
+}
+
+async fn next_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGHUP: reads the command line's `--config` file again and applies its services, `--allow`
+/// rules and `--tunnel` ports ([`Node::reload`]). A file with an error is reported and
+/// changes nothing: the node keeps running as it was.
+async fn reload(node: &mut Node, identity_path: &std::path::Path) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    let cli = match crate::config_file::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let error = match error {
+                crate::config_file::ParseError::Flags(e) => e.to_string(),
+                crate::config_file::ParseError::File(e) => e.to_string(),
+            };
+            tracing::warn!(error = %error.trim_end(), "reload failed, the configuration in use is unchanged");
+            return;
+        }
+    };
+    if cli.identity_path() != identity_path {
+        tracing::warn!(
+            from = %identity_path.display(),
+            to = %cli.identity_path().display(),
+            "the identity changed in the configuration: it takes effect at the next start"
+        );
+    }
+    let config = match cli.into_config() {
+        Ok((config, _)) => config,
+        Err(error) => {
+            tracing::warn!(%error, "reload failed, the configuration in use is unchanged");
+            return;
+        }
+    };
+    match node.reload(&config).await {
+        Ok(report) => tracing::info!(
+            services = report.services.0,
+            tunnels_added = report.tunnels_added.len(),
+            tunnels_removed = report.tunnels_removed.len(),
+            tunnels_closed = report.tunnels_closed.len(),
+            "configuration reloaded: services, --allow rules and --tunnel ports (other settings take effect at the next start)"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "reload failed, the configuration in use is unchanged");
+        }
+    }
 }
 
 /// `--print-peer-id`: prints the peer id of the key file at `path` (created if missing) on
@@ -487,6 +565,7 @@ impl Cli {
         config.max_connections_per_peer = self.max_connections_per_peer;
         config.max_streams_per_connection = self.max_streams_per_connection as usize;
         config.max_memory = self.max_memory;
+        config.metrics = self.metrics;
         config.max_pending_incoming = self.max_pending_incoming;
         Ok((config, origin))
     }

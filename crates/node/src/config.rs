@@ -345,6 +345,8 @@ pub struct NodeConfig {
     pub max_streams_per_connection: usize,
     /// Bytes of memory (resident) above which the node accepts and makes no new connection.
     pub max_memory: u64,
+    /// Where to serve `/metrics` and `/status` over HTTP (`--metrics`); `None`: nowhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The default memory ceiling ([`NodeConfig::max_memory`]): 1 GiB. An idle node uses about
@@ -376,6 +378,7 @@ impl NodeConfig {
             max_pending_incoming: 128,
             max_streams_per_connection: crate::net::stream::DEFAULT_MAX_INBOUND_STREAMS,
             max_memory: DEFAULT_MAX_MEMORY,
+            metrics: None,
         }
     }
 

@@ -32,6 +32,7 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod identity;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod protocol;

@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_punchgate");
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -264,4 +266,128 @@ fn check_config_accepts_the_example_and_refuses_a_bad_file_naming_the_line() {
         stderr.contains("bad.toml line 2: expose:") && stderr.contains("NAME=HOST:PORT"),
         "{stderr}"
     );
+}
+
+/// SIGHUP on the real binary: the `--config` file is read again and its services and
+/// `--allow` rules apply (seen on `/status`); a file with an error is reported in the log and
+/// changes nothing; the node keeps running and stops cleanly on SIGTERM.
+#[test]
+fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("punchgate.toml");
+    let a = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    let base = "no-mdns = true\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmetrics = \"127.0.0.1:0\"\n";
+    let one = format!("{base}expose = [\"echo=127.0.0.1:7\"]\nallow = [\"echo={a}\"]\n");
+    std::fs::write(&file, &one).expect("write config");
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            file.to_str().expect("utf-8"),
+            "--log-format",
+            "json",
+        ])
+        .env("PUNCHGATE_IDENTITY", dir.path().join("id.key"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (log_tx, log) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let wait_log = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with '{what}' within 20 s"),
+            }
+        }
+    };
+    let stdout = child.stdout.take().expect("stdout");
+    let metrics = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.strip_prefix("metrics on http://")
+                .and_then(|rest| rest.split('/').next())
+                .map(|addr| {
+                    addr.parse::<std::net::SocketAddr>()
+                        .expect("metrics address")
+                })
+        })
+        .expect("the metrics address on stdout");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let services = |runtime: &tokio::runtime::Runtime| -> Vec<String> {
+        let (_, _, json) = runtime.block_on(common::http::get(metrics, "/status"));
+        let status: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        status["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}",
+                    s["name"].as_str().unwrap_or(""),
+                    s["allow"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(services(&runtime), vec![format!("echo:{a}")]);
+    let hup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+
+    // A second service.
+    let two = format!("{one}expose = [\"echo=127.0.0.1:7\", \"web=127.0.0.1:80\"]\nallow = [\"echo={a}\", \"web=any\"]\n")
+        .replacen(&format!("expose = [\"echo=127.0.0.1:7\"]\nallow = [\"echo={a}\"]\n"), "", 1);
+    std::fs::write(&file, two).expect("write config");
+    hup(child.id());
+    wait_log("configuration reloaded");
+    assert_eq!(
+        services(&runtime),
+        vec![format!("echo:{a}"), "web:any".to_owned()]
+    );
+
+    // A bad file: reported, nothing changes, the node keeps serving.
+    std::fs::write(&file, format!("{base}expose = [\"web=127.0.0.1:80\"]\n")).expect("write");
+    hup(child.id());
+    let line = wait_log("reload failed");
+    assert!(
+        line.contains("allow"),
+        "the error says what is missing: {line}"
+    );
+    assert_eq!(
+        services(&runtime).len(),
+        2,
+        "the configuration in use is unchanged"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -86,8 +86,12 @@ fn relay_transport(
     TransportTimeout::with_ingoing_timeout(upgraded, UPGRADE_TIMEOUT).boxed()
 }
 
-/// Builds the node's swarm. Listening is left to the caller.
-pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
+/// Builds the node's swarm, counting every connection's bytes into `registry`
+/// (`libp2p_bandwidth_bytes_total`). Listening is left to the caller.
+pub fn build(
+    config: &NodeConfig,
+    registry: &mut libp2p::metrics::Registry,
+) -> Result<Swarm<Behaviour>, BuildError> {
     let transport_err = |transport| {
         move |e: &dyn std::fmt::Display| BuildError::Transport {
             transport,
@@ -119,6 +123,7 @@ pub fn build(config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
         .map_err(|e| transport_err("relay")(&e))?
         .with_dns()
         .map_err(|e| transport_err("DNS")(&e))?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key| match Behaviour::new(key, relay_client, config) {
             Ok(b) => Ok(b),
             Err(e) => {

@@ -38,7 +38,8 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker, time::DelayQueue};
 
 use super::{
-    ConnectError, NodeEvent, NodeStatus, Request, StartError, circuits, introduce, records,
+    ConnectError, ConnectionStatus, NodeEvent, NodeStatus, Request, StartError, circuits,
+    introduce, records,
     relay_gate::{self, Parked, RelayGate},
 };
 use crate::{
@@ -97,8 +98,12 @@ pub(super) struct Driver {
     record_seq: u64,
     /// The "no peer speaks our DHT" warning was logged (once per run is enough).
     warned_no_dht: bool,
-    /// Open connections whose first round trip was logged.
-    pinged: HashSet<ConnectionId>,
+    /// Open connections' last round trip (the first one is logged).
+    rtts: HashMap<ConnectionId, Duration>,
+    /// Punchgate's metrics.
+    metrics: crate::metrics::Metrics,
+    /// libp2p's metrics, recorded from the swarm's and the behaviours' events.
+    libp2p_metrics: libp2p::metrics::Metrics,
     /// One line per 10 s about connections refused over a limit, with the count since the last.
     limit_log: punchgate_machine::limit::Every,
     /// Introductions acted on in the current minute.
@@ -133,6 +138,16 @@ pub(super) struct Driver {
     stopping: bool,
 }
 
+/// Where the driver reports what happened.
+pub(super) struct Outputs {
+    /// [`NodeEvent`]s for handles.
+    pub(super) events: broadcast::Sender<NodeEvent>,
+    /// Punchgate's metrics.
+    pub(super) metrics: crate::metrics::Metrics,
+    /// libp2p's metrics.
+    pub(super) libp2p_metrics: libp2p::metrics::Metrics,
+}
+
 struct RelayListener {
     relay: PeerId,
     /// The relay accepted: a close now means the reservation was lost, not refused.
@@ -163,6 +178,8 @@ struct Reach {
     retry_at: Option<Instant>,
     /// The last dial error, for the final error message.
     last_error: Option<String>,
+    /// When the DHT lookup in flight started (for its metrics).
+    lookup_started: Option<Instant>,
 }
 
 struct Contact {
@@ -183,9 +200,13 @@ impl Driver {
         config: &NodeConfig,
         requests: mpsc::Receiver<Request>,
         requests_tx: mpsc::Sender<Request>,
-        events: broadcast::Sender<NodeEvent>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        Outputs {
+            events,
+            metrics,
+            libp2p_metrics,
+        }: Outputs,
     ) -> Self {
         let machine_config = MachineConfig {
             bootstrap: config
@@ -222,7 +243,9 @@ impl Driver {
             peer_log: DenialLog::default(),
             introduction_gate: introductions::IntroductionGate::default(),
             limit_log: punchgate_machine::limit::Every::new(crate::access::DENIAL_LOG_INTERVAL),
-            pinged: HashSet::new(),
+            rtts: HashMap::new(),
+            metrics,
+            libp2p_metrics,
             own_dials: HashMap::new(),
             record_puts: HashMap::new(),
             publish_queued: false,
@@ -363,6 +386,7 @@ impl Driver {
             }
             if new_nat != nat {
                 tracing::info!(from = ?nat, to = ?new_nat, "nat status changed");
+                self.say_where_reachable(new_nat);
                 let _ = self
                     .events
                     .send(NodeEvent::NatStatusChanged { status: new_nat });
@@ -437,6 +461,7 @@ impl Driver {
                     self.relay_listeners.remove(&id);
                     self.swarm.remove_listener(id);
                 }
+                self.count_reservations();
                 tracing::info!(%relay, "released relay reservation");
             }
             Command::SetPublic { public } => {
@@ -805,6 +830,18 @@ impl Driver {
                     connected_peers: machine.connected_peers(),
                     listen_addrs: self.swarm.listeners().cloned().collect(),
                     external_addrs: self.swarm.external_addresses().cloned().collect(),
+                    connections: self
+                        .swarm
+                        .behaviour()
+                        .streams
+                        .new_control()
+                        .connections()
+                        .into_iter()
+                        .map(|info| ConnectionStatus {
+                            rtt: self.rtts.get(&info.connection).copied(),
+                            info,
+                        })
+                        .collect(),
                 });
             }
         }
@@ -1235,6 +1272,7 @@ impl Driver {
             return;
         }
         reach.queries = 2;
+        reach.lookup_started = Some(Instant::now());
         tracing::info!(target_peer = %peer, attempt = reach.failed_lookups + 1, "starting DHT lookup for tunnel target");
         let kademlia = &mut self.swarm.behaviour_mut().kademlia;
         let by_record = kademlia.get_record(RecordKey::new(&protocol::peer_record_key(&peer)));
@@ -1277,7 +1315,49 @@ impl Driver {
 
     // --- Swarm events ----------------------------------------------------------------------
 
+    /// Progress in plain words when the NAT status changes: where peers can reach us.
+    fn say_where_reachable(&self, nat: NatStatus) {
+        match nat {
+            NatStatus::Public => {
+                let addrs: Vec<String> = self
+                    .swarm
+                    .external_addresses()
+                    .map(ToString::to_string)
+                    .collect();
+                if addrs.is_empty() {
+                    tracing::info!("reachable directly (public); relaying for peers behind NAT");
+                } else {
+                    tracing::info!(addrs = ?addrs, "reachable directly at {}; relaying for peers behind NAT", addrs.join(", "));
+                }
+            }
+            NatStatus::Private => {
+                tracing::info!(
+                    "behind NAT: not reachable directly; reserving a relay slot so peers can reach this node"
+                );
+            }
+            NatStatus::Unknown => {}
+        }
+    }
+
+    /// Our reservations that relays accepted, for the metrics.
+    fn count_reservations(&self) {
+        let held = self.relay_listeners.values().filter(|l| l.accepted).count();
+        self.metrics.reservations_held.set(held as i64);
+    }
+
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder as _;
+        self.libp2p_metrics.record(&event);
+        if let SwarmEvent::Behaviour(event) = &event {
+            match event {
+                BehaviourEvent::Identify(e) => self.libp2p_metrics.record(e),
+                BehaviourEvent::Kademlia(e) => self.libp2p_metrics.record(e),
+                BehaviourEvent::Relay(e) => self.libp2p_metrics.record(e),
+                BehaviourEvent::Dcutr(e) => self.libp2p_metrics.record(e),
+                BehaviourEvent::Ping(e) => self.libp2p_metrics.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr {
                 listener_id,
@@ -1287,6 +1367,9 @@ impl Driver {
                     listener.accepted = true;
                     let relay = listener.relay;
                     tracing::info!(%relay, addr = %address, "relay reservation accepted");
+                    // Progress in plain words: where peers can reach us now.
+                    tracing::info!(%relay, addr = %address, "reachable through relay {relay}: peers can reach this node at {address}");
+                    self.count_reservations();
                     let _ = self.events.send(NodeEvent::RelayReservationAccepted {
                         relay,
                         addr: address.clone(),
@@ -1309,6 +1392,7 @@ impl Driver {
                 ..
             } => {
                 if let Some(listener) = self.relay_listeners.remove(&listener_id) {
+                    self.count_reservations();
                     let relay = listener.relay;
                     if listener.accepted {
                         tracing::warn!(%relay, "relay reservation lost");
@@ -1356,7 +1440,9 @@ impl Driver {
                     },
                 });
                 self.circuits.closed(connection_id);
-                self.pinged.remove(&connection_id);
+                self.rtts.remove(&connection_id);
+                self.metrics
+                    .connection_closed(endpoint.is_relayed(), endpoint.get_remote_address());
                 self.step(Event::ConnectionClosed {
                     peer: peer_id,
                     connection: connection_id,
@@ -1479,6 +1565,8 @@ impl Driver {
         };
         let remote_addr = endpoint.get_remote_address().clone();
         tracing::info!(%peer, endpoint = %remote_addr, path = %kind, %connection, "connection opened");
+        self.metrics
+            .connection_opened(kind == PathKind::Relayed, &remote_addr);
         let now = Instant::now();
         let had_direct = self.machine().connection_count(&peer, PathKind::Direct) > 0;
         let had_relayed = self.machine().connection_count(&peer, PathKind::Relayed) > 0;
@@ -1509,6 +1597,11 @@ impl Driver {
                     %connection,
                     "direct connection established"
                 );
+                if let Some(since_relayed) = since_relayed {
+                    self.metrics
+                        .time_to_direct
+                        .observe(since_relayed.as_secs_f64());
+                }
                 let _ = self.events.send(NodeEvent::DirectConnection {
                     peer,
                     since_first_contact,
@@ -1659,20 +1752,25 @@ impl Driver {
             #[cfg(not(feature = "mdns"))]
             BehaviourEvent::Mdns(never) => match never {},
             BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
-            BehaviourEvent::Relay(event) => {
-                on_relay_server_event(&self.swarm.behaviour().relay, event, &mut self.peer_log)
-            }
+            BehaviourEvent::Relay(event) => on_relay_server_event(
+                &self.swarm.behaviour().relay,
+                event,
+                &mut self.peer_log,
+                &self.metrics,
+            ),
             BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
                 result,
             }) => match result {
                 Ok(connection) => {
+                    self.metrics.hole_punch(crate::metrics::Outcome::succeeded);
                     tracing::info!(remote_peer = %remote_peer_id, %connection, "hole punch succeeded");
                     self.step(Event::HolePunchSucceeded {
                         peer: remote_peer_id,
                     });
                 }
                 Err(error) => {
+                    self.metrics.hole_punch(crate::metrics::Outcome::failed);
                     let reason = error_chain(&error);
                     tracing::warn!(remote_peer = %remote_peer_id, %reason, "hole punch failed, tunnels to this peer use the relay");
                     let _ = self.events.send(NodeEvent::HolePunchFailed {
@@ -1694,10 +1792,13 @@ impl Driver {
                 connection,
                 result,
             }) => match result {
-                Ok(rtt) if self.pinged.insert(connection) => {
+                Ok(rtt) if self.rtts.insert(connection, rtt).is_none() => {
                     tracing::info!(%peer, rtt_ms = rtt.as_secs_f64() * 1000.0, %connection, "ping")
                 }
-                Ok(rtt) => tracing::debug!(%peer, rtt_ms = rtt.as_secs_f64() * 1000.0, "ping"),
+                Ok(rtt) => {
+                    self.rtts.insert(connection, rtt);
+                    tracing::debug!(%peer, rtt_ms = rtt.as_secs_f64() * 1000.0, "ping");
+                }
                 Err(error) => tracing::debug!(%peer, %error, "ping failed"),
             },
             BehaviourEvent::Streams(never) => match never {},
@@ -1880,6 +1981,9 @@ impl Driver {
         if reach.dialing {
             return;
         }
+        if let Some(started) = reach.lookup_started.take() {
+            self.metrics.dht_lookup(true, started.elapsed());
+        }
         tracing::info!(target_peer = %peer, addrs = ?found.addrs, observed = ?found.observed, "dialing tunnel target after DHT lookup");
         // Let `reach` dial although the other query may still be running.
         let queries = std::mem::take(&mut reach.queries);
@@ -1896,6 +2000,11 @@ impl Driver {
             return;
         };
         reach.queries = reach.queries.saturating_sub(1);
+        if reach.queries == 0
+            && let Some(started) = reach.lookup_started.take()
+        {
+            self.metrics.dht_lookup(connected, started.elapsed());
+        }
         if reach.queries == 0 && !reach.dialing && !connected {
             reach.failed_lookups += 1;
             let delay = Duration::from_secs(1 << (reach.failed_lookups - 1).min(3));
@@ -1911,8 +2020,28 @@ fn on_relay_server_event(
     server: &crate::net::relay_server::RelayServer,
     event: relay::Event,
     log: &mut DenialLog,
+    metrics: &crate::metrics::Metrics,
 ) {
     let now = std::time::Instant::now();
+    match &event {
+        relay::Event::ReservationReqAccepted { renewed: false, .. } => {
+            metrics.reservations_served.inc();
+        }
+        relay::Event::ReservationTimedOut { .. } | relay::Event::ReservationClosed { .. } => {
+            metrics.reservations_served.dec();
+        }
+        relay::Event::CircuitReqAccepted { .. } => {
+            metrics.circuits.inc();
+            metrics.circuits_relayed.inc();
+        }
+        relay::Event::CircuitReqDenied { .. } => {
+            metrics.circuits_denied.inc();
+        }
+        relay::Event::CircuitClosed { .. } => {
+            metrics.circuits.dec();
+        }
+        _ => {}
+    }
     match event {
         // libp2p's relay rate-limits what it accepts (per peer and per IP address): those
         // lines are bounded already. What it denies is not.

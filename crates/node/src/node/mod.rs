@@ -11,7 +11,7 @@ pub(crate) mod introduce;
 pub(crate) mod records;
 mod relay_gate;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, str::FromStr as _, sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use punchgate_machine::{NatStatus, PathKind, Phase, RelayState};
@@ -125,6 +125,17 @@ pub struct NodeStatus {
     pub listen_addrs: Vec<Multiaddr>,
     /// Confirmed external addresses.
     pub external_addrs: Vec<Multiaddr>,
+    /// Open connections, with their last round trip.
+    pub connections: Vec<ConnectionStatus>,
+}
+
+/// An open connection, as [`NodeStatus`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    /// The connection.
+    pub info: ConnectionInfo,
+    /// Its last ping round trip, once there was one.
+    pub rtt: Option<Duration>,
 }
 
 /// Starting a node failed.
@@ -160,6 +171,14 @@ pub enum StartError {
     /// The allow rules do not fit the exposed services (deny by default).
     #[error(transparent)]
     Access(#[from] crate::access::AccessError),
+    /// The `--metrics` address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Reaching a peer failed.
@@ -401,26 +420,58 @@ pub struct Node {
     handle: NodeHandle,
     /// Every task the node spawned, to wait for at shutdown.
     tasks: TaskTracker,
-    /// Local addresses of the `--tunnel` listeners, in the order given.
-    tunnel_addrs: Vec<std::net::SocketAddr>,
     /// Listen addresses reported at start.
     listen_addrs: Vec<Multiaddr>,
+    /// Where `/metrics` and `/status` are served.
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// The services and their rules (replaced by [`Node::reload`]).
+    exposed: Arc<tunnel::server::Exposed>,
+    /// The tunnel tasks' limits.
+    limits: tunnel::Limits,
+    /// The metrics and the open tunnels.
+    books: tunnel::Books,
+    /// The `--tunnel` ports, in the order given (then in the order reloads added them).
+    tunnel_ports: Vec<TunnelPort>,
+}
+
+/// A `--tunnel` port and the task accepting on it.
+#[derive(Debug)]
+struct TunnelPort {
+    spec: TunnelSpec,
+    /// Where it listens (port 0 resolved).
+    addr: std::net::SocketAddr,
+    /// Closes the port (its connections carry on).
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`Node::reload`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Services now exposed, and before.
+    pub services: (usize, usize),
+    /// `--tunnel` ports opened.
+    pub tunnels_added: Vec<std::net::SocketAddr>,
+    /// `--tunnel` ports closed (their connections carry on).
+    pub tunnels_removed: Vec<std::net::SocketAddr>,
+    /// Served tunnels closed because the new rules no longer admit their peer: (service,
+    /// peer).
+    pub tunnels_closed: Vec<(String, PeerId)>,
 }
 
 impl Node {
     /// Builds the swarm, listens, binds tunnel ports and starts every task. Returns once each
     /// listener has reported its address.
     pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
-        let access = config.access()?;
-        let mut services = HashMap::new();
-        for expose in &config.expose {
-            if services
-                .insert(expose.name.clone(), expose.target.clone())
-                .is_some()
-            {
-                return Err(StartError::DuplicateService(expose.name.to_string()));
-            }
-        }
+        let rules = rules(&config)?;
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some(
+                crate::metrics::server::bind(addr)
+                    .await
+                    .map_err(|source| StartError::MetricsBind { addr, source })?,
+            ),
+            None => None,
+        };
         let mut tunnel_listeners = Vec::with_capacity(config.tunnels.len());
         for spec in &config.tunnels {
             let listener = TcpListener::bind(spec.bind)
@@ -429,7 +480,11 @@ impl Node {
             tunnel_listeners.push((spec.clone(), listener));
         }
 
-        let swarm = net::swarm::build(&config)?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let swarm = net::swarm::build(&config, &mut registry)?;
+        let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
+        let metrics = crate::metrics::Metrics::new(&mut registry);
+        let books = tunnel::Books::new(metrics.clone());
         let control = swarm.behaviour().streams.new_control();
         let peer_id = *swarm.local_peer_id();
         tracing::info!(%peer_id, "local peer id");
@@ -451,17 +506,15 @@ impl Node {
             &config,
             request_rx,
             handle.requests.clone(),
-            events,
             shutdown.clone(),
             tasks.clone(),
+            driver::Outputs {
+                events,
+                metrics: metrics.clone(),
+                libp2p_metrics,
+            },
         );
         let listen_addrs = driver.listen(&config.listen, LISTEN_TIMEOUT).await?;
-
-        let tunnel_addrs = tunnel_listeners
-            .iter()
-            .map(|(_, l)| l.local_addr())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| tunnel_bind_error(&config.tunnels[0], source))?;
 
         // Accept streams before the driver runs, so none arrives unaccepted.
         let accept = |protocol, capacity| {
@@ -485,41 +538,181 @@ impl Node {
             handle.clone(),
             tasks.clone(),
         ));
+        let exposed = Arc::new(tunnel::server::Exposed::new(
+            rules.services,
+            rules.access,
+            peer_id,
+            control.clone(),
+        ));
         tasks.spawn(tunnel::server::run(
             incoming,
-            Arc::new(tunnel::server::Exposed::new(
-                services,
-                access,
-                peer_id,
-                control.clone(),
-            )),
+            exposed.clone(),
             limits.clone(),
+            books.clone(),
             shutdown.clone(),
             tasks.clone(),
         ));
-        for (spec, listener) in tunnel_listeners {
-            tracing::info!(
-                bind = %listener.local_addr().map_or_else(|_| spec.bind.to_string(), |a| a.to_string()),
-                peer = %spec.peer,
-                service = %spec.service,
-                "tunnel listening"
-            );
-            tasks.spawn(tunnel::client::run(
-                listener,
-                spec,
-                handle.clone(),
-                limits.clone(),
-                tasks.clone(),
-            ));
-        }
+        let metrics_addr = match metrics_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                if let Some(addr) = addr {
+                    tracing::info!(%addr, "serving metrics on http://{addr}/metrics and status on http://{addr}/status");
+                }
+                tasks.spawn(crate::metrics::server::run(
+                    listener,
+                    crate::metrics::server::Sources {
+                        registry: Arc::new(registry),
+                        node: handle.clone(),
+                        exposed: exposed.clone(),
+                        tunnels: books.active.clone(),
+                        metrics,
+                    },
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
+                addr
+            }
+            None => None,
+        };
         tasks.close();
 
-        Ok(Node {
+        let mut node = Node {
             handle,
             tasks,
-            tunnel_addrs,
             listen_addrs,
-        })
+            metrics_addr,
+            exposed,
+            limits,
+            books,
+            tunnel_ports: Vec::new(),
+        };
+        for (spec, listener) in tunnel_listeners {
+            node.open_tunnel_port(spec.clone(), listener)
+                .map_err(|source| tunnel_bind_error(&spec, source))?;
+        }
+        Ok(node)
+    }
+
+    /// Starts accepting on a `--tunnel` port, and says when the tunnel is ready and over which
+    /// path ([`tunnel::client::announce`]).
+    fn open_tunnel_port(
+        &mut self,
+        spec: TunnelSpec,
+        listener: TcpListener,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            bind = %addr,
+            peer = %spec.peer,
+            service = %spec.service,
+            "tunnel listening"
+        );
+        let stop = self.handle.shutdown.child_token();
+        self.tasks.spawn(tunnel::client::announce(
+            spec.clone(),
+            addr,
+            self.handle.clone(),
+            stop.clone(),
+        ));
+        let task = self.tasks.spawn(tunnel::client::run(
+            listener,
+            spec.clone(),
+            self.handle.clone(),
+            self.limits.clone(),
+            self.books.clone(),
+            stop.clone(),
+            self.tasks.clone(),
+        ));
+        self.tunnel_ports.push(TunnelPort {
+            spec,
+            addr,
+            stop,
+            task,
+        });
+        Ok(addr)
+    }
+
+    /// Applies a new configuration's services, `--allow` rules and `--tunnel` ports (SIGHUP),
+    /// without dropping established tunnel connections, with one exception: a served tunnel
+    /// whose peer the new rules no longer admit to its service is closed (access taken away
+    /// is taken away now, not when the peer next reconnects). Tunnels carried from a removed
+    /// `--tunnel` port carry on until they end; the port itself closes. Every other setting
+    /// takes effect at the next start.
+    ///
+    /// On an error (a new port that cannot be bound) nothing changed, unless the port was one
+    /// a removed `--tunnel` had: that one is closed first.
+    pub async fn reload(&mut self, config: &NodeConfig) -> Result<ReloadReport, StartError> {
+        let rules = rules(config)?;
+        let mut report = ReloadReport {
+            services: (rules.services.len(), self.exposed.rules().services.len()),
+            ..ReloadReport::default()
+        };
+        // Bind the new ports first, so an error changes nothing.
+        let removed: Vec<usize> = (0..self.tunnel_ports.len())
+            .filter(|i| !config.tunnels.contains(&self.tunnel_ports[*i].spec))
+            .collect();
+        let mut added = Vec::new();
+        for spec in &config.tunnels {
+            if self.tunnel_ports.iter().any(|p| p.spec == *spec) {
+                continue;
+            }
+            // A port a removed tunnel holds is freed first.
+            let frees = removed.iter().any(|i| {
+                let port = &self.tunnel_ports[*i];
+                port.addr.port() == spec.bind.port() && spec.bind.port() != 0
+            });
+            let listener = if frees {
+                None
+            } else {
+                Some(
+                    TcpListener::bind(spec.bind)
+                        .await
+                        .map_err(|source| tunnel_bind_error(spec, source))?,
+                )
+            };
+            added.push((spec.clone(), listener));
+        }
+        for i in removed.into_iter().rev() {
+            let port = self.tunnel_ports.remove(i);
+            port.stop.cancel();
+            let _ = port.task.await;
+            tracing::info!(bind = %port.addr, peer = %port.spec.peer, service = %port.spec.service, "tunnel port closed by a reload (its connections carry on)");
+            report.tunnels_removed.push(port.addr);
+        }
+        for (spec, listener) in added {
+            let listener = match listener {
+                Some(listener) => listener,
+                None => TcpListener::bind(spec.bind)
+                    .await
+                    .map_err(|source| tunnel_bind_error(&spec, source))?,
+            };
+            let addr = self
+                .open_tunnel_port(spec.clone(), listener)
+                .map_err(|source| tunnel_bind_error(&spec, source))?;
+            report.tunnels_added.push(addr);
+        }
+
+        self.exposed.replace(rules);
+        let now = self.exposed.rules();
+        report.tunnels_closed = self.books.active.close_served_unless(|service, peer| {
+            crate::config::ServiceName::from_str(service).is_ok_and(|name| {
+                now.services.contains_key(&name) && now.access.admits(&name, peer)
+            })
+        });
+        for (service, peer) in &report.tunnels_closed {
+            tracing::info!(%service, peer_id = %peer, "closing a tunnel: the reloaded --allow rules no longer admit this peer to the service");
+        }
+        Ok(report)
+    }
+
+    /// Where `/metrics` and `/status` are served (`--metrics`, port 0 resolved).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The tunnels open now.
+    pub fn tunnels(&self) -> Vec<tunnel::active::TunnelStatus> {
+        self.books.active.snapshot()
     }
 
     /// A handle to the node.
@@ -537,9 +730,10 @@ impl Node {
         &self.listen_addrs
     }
 
-    /// Where each `--tunnel` listens (port 0 resolved), in the order given.
-    pub fn tunnel_addrs(&self) -> &[std::net::SocketAddr] {
-        &self.tunnel_addrs
+    /// Where each `--tunnel` listens (port 0 resolved), in the order given (then in the order
+    /// reloads added them).
+    pub fn tunnel_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.tunnel_ports.iter().map(|p| p.addr).collect()
     }
 
     /// Stop: close tunnels, listeners and connections; returns once every task has ended (or
@@ -566,6 +760,22 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.handle.shutdown();
     }
+}
+
+/// The services of `config` and who may use each.
+#[expect(clippy::result_large_err, reason = "once per start or reload")]
+fn rules(config: &NodeConfig) -> Result<tunnel::server::Rules, StartError> {
+    let access = config.access()?;
+    let mut services = HashMap::new();
+    for expose in &config.expose {
+        if services
+            .insert(expose.name.clone(), expose.target.clone())
+            .is_some()
+        {
+            return Err(StartError::DuplicateService(expose.name.to_string()));
+        }
+    }
+    Ok(tunnel::server::Rules { services, access })
 }
 
 fn tunnel_bind_error(spec: &TunnelSpec, source: std::io::Error) -> StartError {

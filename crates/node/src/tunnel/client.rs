@@ -7,25 +7,33 @@ use tokio::{
     net::{TcpListener, TcpStream},
     time::timeout,
 };
-use tokio_util::{compat::FuturesAsyncReadCompatExt as _, task::TaskTracker};
+use tokio_util::{
+    compat::FuturesAsyncReadCompatExt as _, sync::CancellationToken, task::TaskTracker,
+};
 
 use super::{
-    Limits,
-    splice::splice,
+    Books, Limits,
+    splice::splice_counted,
     wire::{self, TunnelRequest, TunnelResponse},
 };
 use crate::{
     config::TunnelSpec,
+    metrics::{Path, Refusal, Side},
     node::{NodeHandle, path_kind},
     protocol,
 };
 
 /// Accepts connections on `listener` until the node stops.
+///
+/// Cancelling `stop` (a reload that removed this `--tunnel`) closes the port; the connections
+/// it accepted carry on until they end.
 pub async fn run(
     listener: TcpListener,
     spec: TunnelSpec,
     node: NodeHandle,
     limits: Limits,
+    books: Books,
+    stop: CancellationToken,
     tasks: TaskTracker,
 ) {
     loop {
@@ -34,7 +42,7 @@ pub async fn run(
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            () = node.stopped() => break,
+            () = stop.cancelled() => break,
         };
         let (tcp, from) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -46,13 +54,14 @@ pub async fn run(
                     continue;
                 }
             },
-            () = node.stopped() => break,
+            () = stop.cancelled() => break,
         };
         let spec = spec.clone();
         let node = node.clone();
         let limits = limits.clone();
+        let books = books.clone();
         tasks.spawn(async move {
-            carry(tcp, from, &spec, &node, &limits).await;
+            carry(tcp, from, &spec, &node, &limits, &books).await;
             drop(permit);
         });
     }
@@ -131,9 +140,13 @@ async fn carry(
     spec: &TunnelSpec,
     node: &NodeHandle,
     limits: &Limits,
+    books: &Books,
 ) {
     let _ = tcp.set_nodelay(true);
     let service = spec.service.as_str();
+    let refused = |reason| {
+        books.metrics.tunnel_refused(service, Side::carried, reason);
+    };
     let opened = tokio::select! {
         opened = node.open_stream(spec.peer, protocol::TUNNEL) => opened,
         () = node.stopped() => return,
@@ -141,6 +154,7 @@ async fn carry(
     let (stream, info) = match opened {
         Ok(opened) => opened,
         Err(error) => {
+            refused(Refusal::unreachable);
             tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error");
             return;
         }
@@ -159,6 +173,7 @@ async fn carry(
     match negotiate(&mut stream, service, limits.negotiation_timeout).await {
         Ok(()) => {}
         Err(NegotiateError::Refused(reason)) => {
+            refused(Refusal::refused_by_peer);
             let unknown = reason == crate::tunnel::server::unknown_service(service);
             // The server's words: cut to a log line's size.
             let reason = crate::frame::loggable(&reason);
@@ -173,13 +188,23 @@ async fn carry(
             return;
         }
         Err(error) => {
+            refused(Refusal::refused_by_peer);
             tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error");
             return;
         }
     }
 
+    let meter = books.metrics.tunnel_opened(service, Side::carried);
+    let _registration = books.active.register(
+        Side::carried,
+        service,
+        spec.peer,
+        Path::of(info.relayed),
+        meter.live.clone(),
+        CancellationToken::new(),
+    );
     let result = tokio::select! {
-        result = splice(&mut tcp, &mut stream, limits.idle_timeout) => result,
+        result = splice_counted(&mut tcp, &mut stream, limits.idle_timeout, |to, from| meter.progress(to, from)) => result,
         () = node.stopped() => Err(std::io::Error::other("node shutting down")),
     };
     match result {
@@ -194,5 +219,74 @@ async fn carry(
             tracing::info!(%service, peer = %spec.peer, reason = %error, "client tunnel closed");
         }
         Err(error) => tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error"),
+    }
+}
+
+/// How long [`announce`] waits between attempts to reach a tunnel's peer, at most.
+const ANNOUNCE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long [`announce`] watches for the direct connection after a relayed one.
+const ANNOUNCE_DIRECT_WATCH: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Progress people can see for a `--tunnel`: reaches its peer at once (so the first connection
+/// to the port does not wait for the dial), then says in plain words when the tunnel is ready
+/// and over which path, and again when a relayed one turns direct. A peer that cannot be
+/// reached yet is a WARN with the reason, and is tried again (1 s, 2 s, ... up to a minute
+/// apart) until it is reached or `stop`.
+pub async fn announce(
+    spec: TunnelSpec,
+    bind: SocketAddr,
+    node: NodeHandle,
+    stop: CancellationToken,
+) {
+    let service = spec.service.as_str();
+    let peer = spec.peer;
+    let mut events = node.subscribe();
+    let mut delay = std::time::Duration::from_secs(1);
+    let info = loop {
+        let result = tokio::select! {
+            result = node.connect(peer) => result,
+            () = stop.cancelled() => return,
+        };
+        match result {
+            Ok(info) => break info,
+            Err(crate::node::ConnectError::Stopped) => return,
+            Err(error) => {
+                tracing::warn!(%service, %peer, %bind, %error, retry_in = ?delay, "tunnel not ready yet: cannot reach the peer; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => return,
+                }
+                delay = (delay * 2).min(ANNOUNCE_RETRY_MAX);
+            }
+        }
+    };
+    if !info.relayed {
+        tracing::info!(%service, %peer, %bind, path = "direct", remote_addr = %info.remote_addr, "tunnel ready: {bind} reaches '{service}' on {peer} over a direct connection");
+        return;
+    }
+    let relay = info
+        .relay
+        .map_or_else(|| "a relay".to_owned(), |r| r.to_string());
+    tracing::info!(%service, %peer, %bind, path = "relayed", %relay, "tunnel ready: {bind} reaches '{service}' on {peer} through relay {relay}; trying for a direct connection");
+    let watch = tokio::time::sleep(ANNOUNCE_DIRECT_WATCH);
+    tokio::pin!(watch);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(crate::node::NodeEvent::DirectConnection { peer: p, remote_addr, since_relayed, .. }) if p == peer => {
+                    let after_ms = since_relayed.map_or(0, |d| d.as_millis() as u64);
+                    tracing::info!(%service, %peer, %bind, path = "direct", %remote_addr, after_ms, "tunnel now direct: '{service}' on {peer} over a direct connection");
+                    return;
+                }
+                Ok(crate::node::NodeEvent::HolePunchFailed { peer: p, reason }) if p == peer => {
+                    tracing::info!(%service, %peer, %bind, path = "relayed", %reason, "tunnel stays relayed: no direct connection to {peer} could be made");
+                    return;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            () = &mut watch => return,
+            () = stop.cancelled() => return,
+        }
     }
 }

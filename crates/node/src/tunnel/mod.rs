@@ -4,11 +4,13 @@
 //! - [`server`]: accepts tunnel streams and connects them to `--expose`d local services.
 //! - [`client`]: listens on `--tunnel` ports and carries each TCP connection as one stream.
 //! - [`splice`]: copies both ways, with buffers that grow for connections that fill them.
+//! - [`active`]: the tunnels open now (for `/status`, and for a reload that takes access away).
 //!
 //! After negotiation both sides copy bytes in both directions until each side has closed; a
 //! half-close (EOF one way) is passed on, so request/response protocols that shut down their
 //! write side keep working.
 
+pub mod active;
 pub mod client;
 pub mod server;
 pub mod splice;
@@ -24,6 +26,29 @@ use crate::config::NodeConfig;
 /// docs/benchmarks.md); a connection's buffers start smaller and grow to this when it fills
 /// them ([`splice`]). A full read leaves as one yamux frame ([`crate::net::mux`]).
 pub const COPY_BUFFER: usize = 64 * 1024;
+
+/// What a node's tunnel tasks count and record: the metrics, and the table of open tunnels.
+#[derive(Debug, Clone)]
+pub struct Books {
+    /// Counts for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
+    /// The open tunnels.
+    pub active: active::ActiveTunnels,
+}
+
+impl Books {
+    /// Books that count into `metrics`.
+    pub fn new(metrics: crate::metrics::Metrics) -> Self {
+        Self {
+            metrics,
+            active: active::ActiveTunnels::default(),
+        }
+    }
+}
+
+/// The service label of a name a peer asked for that the node does not have (metrics labels
+/// are bounded: see [`crate::metrics`]).
+pub const OTHER_SERVICE: &str = "other";
 
 /// Limits shared by a node's tunnel tasks.
 #[derive(Debug, Clone)]

@@ -25,13 +25,14 @@ use tokio_util::{
 };
 
 use super::{
-    Limits,
-    splice::splice,
+    Books, Limits, OTHER_SERVICE,
+    splice::splice_counted,
     wire::{self, TunnelRequest, TunnelResponse},
 };
 use crate::{
     access::{Access, DenialLog},
     config::{HostPort, ServiceName},
+    metrics::{Path, Refusal, ServiceLabels, Side},
     net::stream::{IncomingStream, IncomingStreams},
     node::path_kind,
 };
@@ -39,13 +40,20 @@ use crate::{
 /// Services a node exposes, by name.
 pub type Services = HashMap<ServiceName, HostPort>;
 
-/// What the tunnel server serves, and to whom.
+/// The services and who may use each: replaced whole by a reload ([`Exposed::replace`]).
 #[derive(Debug)]
-pub struct Exposed {
+pub struct Rules {
     /// The services, by name.
     pub services: Services,
     /// Who may use each.
     pub access: Access,
+}
+
+/// What the tunnel server serves, and to whom.
+#[derive(Debug)]
+pub struct Exposed {
+    /// The rules now. A stream is judged by the rules of the moment its request arrives.
+    rules: std::sync::RwLock<Arc<Rules>>,
     /// Refusals logged, rate-limited per peer.
     pub denials: Mutex<DenialLog>,
     /// This node's peer id (named in the advice of a short-circuit refusal).
@@ -63,12 +71,21 @@ impl Exposed {
         control: crate::net::stream::Control,
     ) -> Self {
         Self {
-            services,
-            access,
+            rules: std::sync::RwLock::new(Arc::new(Rules { services, access })),
             denials: Mutex::new(DenialLog::default()),
             local,
             control,
         }
+    }
+
+    /// The rules now.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves `rules` from now on (a reload); streams being judged finish under the old ones.
+    pub fn replace(&self, rules: Rules) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
     }
 
     /// What the relay said about a relayed connection's circuit, waiting a moment for it when
@@ -127,6 +144,7 @@ pub async fn run(
     mut incoming: IncomingStreams,
     services: Arc<Exposed>,
     limits: Limits,
+    books: Books,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -147,9 +165,12 @@ pub async fn run(
                     "too many tunnels from this peer: {open} open, at most {} per peer (--max-tunnels-per-peer on the serving node)",
                     limits.per_peer.max()
                 );
-                let Some(permit) = refusal_permit(&limits, &services, peer) else {
+                let Some(permit) = refusal_permit(&limits, &services, &books, peer) else {
                     continue;
                 };
+                books
+                    .metrics
+                    .tunnel_refused(OTHER_SERVICE, Side::served, Refusal::per_peer_limit);
                 if let Some(held_back) = services.log_denial(peer) {
                     tracing::warn!(peer_id = %peer, %reason, held_back, "tunnel rejected");
                 }
@@ -162,7 +183,7 @@ pub async fn run(
                 continue;
             }
         };
-        let permit = if services.access.names(&peer) {
+        let permit = if services.rules().access.names(&peer) {
             tokio::select! {
                 permit = limits.serving.clone().acquire_owned() => match permit {
                     Ok(permit) => Permit::Serving(permit),
@@ -172,16 +193,17 @@ pub async fn run(
             }
         } else {
             // Refused whatever it asks (in serve, with the words a missing service gets).
-            match refusal_permit(&limits, &services, peer) {
+            match refusal_permit(&limits, &services, &books, peer) {
                 Some(refusal) => Permit::Refusing(refusal),
                 None => continue,
             }
         };
         let services = services.clone();
         let limits = limits.clone();
+        let books = books.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            serve(stream, &services, &limits, &shutdown).await;
+            serve(stream, &services, &limits, &books, &shutdown).await;
             drop((share, permit));
         });
     }
@@ -202,6 +224,7 @@ enum Permit {
 fn refusal_permit(
     limits: &Limits,
     services: &Exposed,
+    books: &Books,
     peer: libp2p::PeerId,
 ) -> Option<(super::Share, tokio::sync::OwnedSemaphorePermit)> {
     let refusal = match limits.refusing_per_peer.take(peer) {
@@ -217,6 +240,9 @@ fn refusal_permit(
             "tunnel stream reset: this peer already has as many refusals in progress as one peer may (streams no --allow rule admits, or past its share)",
         ),
     };
+    books
+        .metrics
+        .tunnel_refused(OTHER_SERVICE, Side::served, Refusal::reset);
     if let Some(held_back) = services.log_denial(peer) {
         let (limit, message) = refusal;
         tracing::warn!(peer_id = %peer, limit, held_back, "{message}");
@@ -228,8 +254,12 @@ async fn serve(
     incoming: IncomingStream,
     exposed: &Exposed,
     limits: &Limits,
+    books: &Books,
     shutdown: &CancellationToken,
 ) {
+    let refused = |service: &str, reason| {
+        books.metrics.tunnel_refused(service, Side::served, reason);
+    };
     // The slot counts the stream against its connection's cap until this returns.
     let IncomingStream {
         stream, info, slot, ..
@@ -246,6 +276,7 @@ async fn serve(
     {
         Ok(Ok(request)) => request,
         Ok(Err(error)) => {
+            refused(OTHER_SERVICE, Refusal::bad_request);
             let reason = format!("bad tunnel request: {error}");
             if let Some(held_back) = exposed.log_denial(peer) {
                 tracing::warn!(peer_id = %peer, service = "", %reason, held_back, "tunnel rejected");
@@ -254,6 +285,7 @@ async fn serve(
             return;
         }
         Err(_) => {
+            refused(OTHER_SERVICE, Refusal::bad_request);
             let reason = format!("no tunnel request within {:?}", limits.negotiation_timeout);
             if let Some(held_back) = exposed.log_denial(peer) {
                 tracing::warn!(peer_id = %peer, service = "", %reason, held_back, "tunnel rejected");
@@ -266,6 +298,13 @@ async fn serve(
     let name = ServiceName::from_str(&request.service).ok();
     let service = name.as_ref().map_or(INVALID_NAME, ServiceName::as_str);
     tracing::debug!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request");
+    // The rules of this moment: a reload later closes the tunnel if they no longer admit it.
+    let rules = exposed.rules();
+    // The metrics' label: the name only when the node has such a service.
+    let label = name
+        .as_ref()
+        .filter(|name| rules.services.contains_key(*name))
+        .map_or(OTHER_SERVICE, ServiceName::as_str);
 
     // A relayed connection carries a tunnel only when its relay said the circuit is long; one it
     // said nothing about is not trusted with a tunnel either.
@@ -278,6 +317,7 @@ async fn serve(
         None
     };
     if let Some(limit) = short {
+        refused(label, Refusal::short_circuit);
         let reason = format!(
             "this connection is a short relay circuit: {}",
             crate::access::short_circuit_advice(info.relay, limit.as_ref(), peer, exposed.local)
@@ -289,11 +329,22 @@ async fn serve(
         return;
     }
 
-    let target = name.as_ref().and_then(|name| exposed.services.get(name));
+    let target = name.as_ref().and_then(|name| rules.services.get(name));
     let admitted = name
         .as_ref()
-        .is_some_and(|name| exposed.access.admits(name, &peer));
+        .is_some_and(|name| rules.access.admits(name, &peer));
     let Some(target) = target.filter(|_| admitted) else {
+        if target.is_some() {
+            books
+                .metrics
+                .tunnels_denied
+                .get_or_create(&ServiceLabels {
+                    service: label.to_owned(),
+                })
+                .inc();
+        } else {
+            refused(label, Refusal::unknown_service);
+        }
         if let Some(held_back) = exposed.log_denial(peer) {
             if target.is_some() {
                 tracing::warn!(peer_id = %peer, %service, held_back, "tunnel denied: the peer is not in the service's --allow rule");
@@ -310,12 +361,14 @@ async fn serve(
     let mut tcp = match timeout(limits.service_connect_timeout, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(error)) => {
+            refused(label, Refusal::service_unreachable);
             let reason = format!("service '{service}' is unreachable: {error}");
             tracing::warn!(peer_id = %peer, %service, %reason, target = %target, "tunnel rejected");
             refuse(&mut stream, reason).await;
             return;
         }
         Err(_) => {
+            refused(label, Refusal::service_unreachable);
             let reason = format!(
                 "service '{service}' did not accept a connection within {:?}",
                 limits.service_connect_timeout
@@ -334,11 +387,24 @@ async fn serve(
         tracing::warn!(peer_id = %peer, %service, %error, "tunnel error");
         return;
     }
-    tracing::info!(peer_id = %peer, %service, %local_addr, "tunnel accepted");
+    tracing::info!(peer_id = %peer, %service, %local_addr, path = %path_kind(&info), "tunnel accepted");
 
+    let meter = books.metrics.tunnel_opened(label, Side::served);
+    let registration = books.active.register(
+        Side::served,
+        service,
+        peer,
+        Path::of(info.relayed),
+        meter.live.clone(),
+        shutdown.child_token(),
+    );
     let result = tokio::select! {
-        result = splice(&mut stream, &mut tcp, limits.idle_timeout) => result,
-        () = shutdown.cancelled() => Err(std::io::Error::other("node shutting down")),
+        result = splice_counted(&mut stream, &mut tcp, limits.idle_timeout, |to, from| meter.progress(to, from)) => result,
+        () = registration.close.cancelled() => Err(std::io::Error::other(if shutdown.is_cancelled() {
+            "node shutting down"
+        } else {
+            "closed by a reload: the service's --allow rule no longer names this peer"
+        })),
     };
     match result {
         Ok((to_service, from_service)) => tracing::info!(

@@ -224,12 +224,34 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    splice_counted(a, b, idle, |_, _| {}).await
+}
+
+/// [`splice`], calling `progress(a→b, b→a)` with the byte counts so far whenever they changed
+/// (for the metrics and `/status`: once per wake-up, not per byte).
+pub async fn splice_counted<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Option<std::time::Duration>,
+    mut progress: impl FnMut(u64, u64),
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut a_to_b = Direction::Copying(Copy::new());
     let mut b_to_a = Direction::Copying(Copy::new());
     let mut idle = idle.map(|after| (after, Idle::new(after)));
+    let mut reported = 0;
     poll_fn(|cx| {
-        let forward = a_to_b.poll(cx, a, b)?;
-        let backward = b_to_a.poll(cx, b, a)?;
+        let forward = a_to_b.poll(cx, a, b);
+        let backward = b_to_a.poll(cx, b, a);
+        let (sent, received) = (a_to_b.copied(), b_to_a.copied());
+        if sent + received != reported {
+            reported = sent + received;
+            progress(sent, received);
+        }
+        let (forward, backward) = (forward?, backward?);
         if let (Poll::Ready(forward), Poll::Ready(backward)) = (forward, backward) {
             return Poll::Ready(Ok((forward, backward)));
         }

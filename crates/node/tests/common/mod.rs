@@ -2,6 +2,8 @@
 //! waiting on node events instead of sleeping.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod http;
+
 use std::{net::SocketAddr, time::Duration};
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair};

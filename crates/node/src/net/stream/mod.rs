@@ -221,6 +221,15 @@ impl Control {
             .collect()
     }
 
+    /// Every open connection.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        Shared::lock(&self.shared)
+            .connections
+            .values()
+            .map(|c| c.info.clone())
+            .collect()
+    }
+
     /// Records what the relay of a relayed `connection` allows on its circuit; streams that
     /// arrive on it from now on carry it in their [`ConnectionInfo`].
     pub fn set_circuit_limit(

@@ -1,0 +1,292 @@
+//! `--metrics ADDR`: a small HTTP/1.1 server with two pages.
+//!
+//! - `GET /metrics`: the Prometheus text exposition (OpenMetrics) of every metric the node
+//!   keeps ([`super`]).
+//! - `GET /status`: JSON: the peer id, the NAT status, the relay reservation, the connected
+//!   peers with their path and round trip, the exposed services and the open tunnels.
+//!
+//! It is for the operator: bind it to loopback (or a management network), since the status
+//! names the services and the peers. It is bounded like the rest of the node: at most
+//! [`MAX_CONNECTIONS`] clients at once, each with [`HEADER_TIMEOUT`] to send its request.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::CONTENT_TYPE,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use punchgate_machine::{NatStatus, RelayState};
+use serde::Serialize;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    node::{ConnectionStatus, NodeHandle},
+    tunnel::{
+        active::{ActiveTunnels, TunnelStatus},
+        server::Exposed,
+    },
+};
+
+/// Clients served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a client may take to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The OpenMetrics content type prometheus-client's text encoder writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the pages are made of.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Every metric.
+    pub registry: Arc<Registry>,
+    /// The node, for its state.
+    pub node: NodeHandle,
+    /// The services and their rules.
+    pub exposed: Arc<Exposed>,
+    /// The open tunnels.
+    pub tunnels: ActiveTunnels,
+    /// Punchgate's metrics (for the relay counts).
+    pub metrics: super::Metrics,
+}
+
+/// Serves the pages on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    sources: Sources,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let sources = sources.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let sources = sources.clone();
+                async move { Ok::<_, Infallible>(respond(request, &sources).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::select! {
+                result = connection => if let Err(error) = result {
+                    tracing::debug!(%error, "metrics: connection ended");
+                },
+                () = shutdown.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Binds `addr` for [`run`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn respond(request: Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, &sources.registry) {
+                Ok(()) => response(StatusCode::OK, OPENMETRICS, text),
+                Err(error) => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot encode the metrics: {error}\n"),
+                ),
+            }
+        }
+        "/status" => match status(sources).await {
+            Some(status) => match serde_json::to_string_pretty(&status) {
+                Ok(json) => response(StatusCode::OK, "application/json", json + "\n"),
+                Err(error) => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot encode the status: {error}\n"),
+                ),
+            },
+            None => plain(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping\n"),
+        },
+        "/" => plain(
+            StatusCode::OK,
+            "punchgate: /metrics (Prometheus), /status (JSON)\n",
+        ),
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics or /status\n",
+        ),
+    }
+}
+
+fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    response(status, "text/plain; charset=utf-8", text.to_owned())
+}
+
+/// `/status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// This node.
+    pub peer_id: String,
+    /// The lifecycle phase (for example `Participating`).
+    pub phase: String,
+    /// `public`, `private` or `unknown`.
+    pub nat: &'static str,
+    /// Where the node listens (circuit addresses included).
+    pub listen_addrs: Vec<String>,
+    /// Confirmed external addresses.
+    pub external_addrs: Vec<String>,
+    /// Our own relay reservation.
+    pub reservation: Reservation,
+    /// Reservations this node serves for others, as a relay.
+    pub reservations_served: i64,
+    /// Circuits this node relays now.
+    pub circuits_relayed: i64,
+    /// Open connections.
+    pub connections: Vec<Connection>,
+    /// Exposed services.
+    pub services: Vec<Service>,
+    /// Open tunnels.
+    pub tunnels: Vec<TunnelStatus>,
+}
+
+/// Our relay reservation.
+#[derive(Debug, Serialize)]
+pub struct Reservation {
+    /// `none`, `requesting` or `reserved`.
+    pub state: &'static str,
+    /// The relay.
+    pub relay: Option<String>,
+    /// Our circuit address on it.
+    pub addr: Option<String>,
+}
+
+/// An open connection.
+#[derive(Debug, Serialize)]
+pub struct Connection {
+    /// The peer.
+    pub peer: String,
+    /// `direct` or `relayed`.
+    pub path: &'static str,
+    /// `quic`, `tcp` or `other`.
+    pub transport: &'static str,
+    /// `outbound` (we dialled) or `inbound`.
+    pub direction: &'static str,
+    /// The remote address.
+    pub remote_addr: String,
+    /// The relay, for a relayed connection.
+    pub relay: Option<String>,
+    /// The last ping round trip in milliseconds, once there was one.
+    pub rtt_ms: Option<f64>,
+}
+
+/// An exposed service.
+#[derive(Debug, Serialize)]
+pub struct Service {
+    /// Its name.
+    pub name: String,
+    /// The local address it forwards to.
+    pub target: String,
+    /// Who may use it (the `--allow` rule).
+    pub allow: String,
+}
+
+async fn status(sources: &Sources) -> Option<Status> {
+    let node = sources.node.status().await.ok()?;
+    let (state, relay, addr) = match &node.relay {
+        RelayState::Idle => ("none", None, None),
+        RelayState::Requesting { relay } => ("requesting", Some(relay.to_string()), None),
+        RelayState::Reserved { relay, addr } => {
+            ("reserved", Some(relay.to_string()), Some(addr.to_string()))
+        }
+    };
+    let rules = sources.exposed.rules();
+    let mut services: Vec<Service> = rules
+        .services
+        .iter()
+        .map(|(name, target)| Service {
+            name: name.to_string(),
+            target: target.to_string(),
+            allow: rules
+                .access
+                .rule(name)
+                .map_or_else(|| "nobody".to_owned(), ToString::to_string),
+        })
+        .collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let metrics = &sources.metrics;
+    Some(Status {
+        peer_id: sources.node.peer_id().to_string(),
+        phase: format!("{:?}", node.phase),
+        nat: match node.nat {
+            NatStatus::Public => "public",
+            NatStatus::Private => "private",
+            NatStatus::Unknown => "unknown",
+        },
+        listen_addrs: node.listen_addrs.iter().map(ToString::to_string).collect(),
+        external_addrs: node
+            .external_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        reservation: Reservation { state, relay, addr },
+        reservations_served: metrics.reservations_served.get(),
+        circuits_relayed: metrics.circuits.get(),
+        connections: node.connections.iter().map(connection).collect(),
+        services,
+        tunnels: sources.tunnels.snapshot(),
+    })
+}
+
+fn connection(c: &ConnectionStatus) -> Connection {
+    let info = &c.info;
+    Connection {
+        peer: info.peer.to_string(),
+        path: if info.relayed { "relayed" } else { "direct" },
+        transport: match super::Transport::of(&info.remote_addr) {
+            super::Transport::quic => "quic",
+            super::Transport::tcp => "tcp",
+            super::Transport::other => "other",
+        },
+        direction: if info.outbound { "outbound" } else { "inbound" },
+        remote_addr: info.remote_addr.to_string(),
+        relay: info.relay.map(|r| r.to_string()),
+        rtt_ms: c.rtt.map(|d| d.as_secs_f64() * 1000.0),
+    }
+}
