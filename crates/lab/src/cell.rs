@@ -468,6 +468,15 @@ impl Cell {
         self.round_trip(self.spec.payload, 1).await?;
         self.settle().await?;
         self.round_trip(self.spec.payload, 2).await?;
+        // Progress people can see: A said its tunnel was ready, and over which path.
+        self.a
+            .wait_for(READY_TIMEOUT, "tunnel ready", |e| {
+                e.get("message")
+                    .and_then(Value::as_str)
+                    .is_some_and(|m| m.starts_with("tunnel ready"))
+                    && field(e, "peer").as_deref() == Some(self.b.peer_id.as_str())
+            })
+            .await?;
         let result = self.result()?;
         self.stop();
         Ok(result)

@@ -141,9 +141,13 @@ fn starts_prints_its_addresses_and_exits_0_on_sigterm() {
     );
     assert_eq!(mode & 0o777, 0o600);
 
-    let pid = child.id().to_string();
+    terminate_and_expect_0(&mut child);
+}
+
+/// Sends SIGTERM to `child` and waits (10 s at most) for exit code 0.
+fn terminate_and_expect_0(child: &mut std::process::Child) {
     let status = Command::new("kill")
-        .args(["-TERM", &pid])
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
@@ -373,21 +377,5 @@ fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
         "the configuration in use is unchanged"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert_eq!(status.code(), Some(0));
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    terminate_and_expect_0(&mut child);
 }

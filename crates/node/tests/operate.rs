@@ -252,7 +252,7 @@ async fn metrics_and_status_show_connections_tunnels_and_bytes() {
             .and_then(|c| c["rtt_ms"].as_f64())
     })
     .await;
-    assert!(rtt >= 0.0 && rtt < 1000.0, "loopback round trip {rtt} ms");
+    assert!((0.0..1000.0).contains(&rtt), "loopback round trip {rtt} ms");
 
     // Anything else is a clear 404 or 405.
     assert_eq!(get(b_http, "/nope").await.0, 404);

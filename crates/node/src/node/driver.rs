@@ -1327,7 +1327,7 @@ impl Driver {
                 if addrs.is_empty() {
                     tracing::info!("reachable directly (public); relaying for peers behind NAT");
                 } else {
-                    tracing::info!(addrs = ?addrs, "reachable directly at {}; relaying for peers behind NAT", addrs.join(", "));
+                    tracing::info!(addrs = %addrs.join(" "), "reachable directly at addrs; relaying for peers behind NAT");
                 }
             }
             NatStatus::Private => {
@@ -1368,7 +1368,7 @@ impl Driver {
                     let relay = listener.relay;
                     tracing::info!(%relay, addr = %address, "relay reservation accepted");
                     // Progress in plain words: where peers can reach us now.
-                    tracing::info!(%relay, addr = %address, "reachable through relay {relay}: peers can reach this node at {address}");
+                    tracing::info!(%relay, addr = %address, "reachable through a relay: peers can reach this node at addr");
                     self.count_reservations();
                     let _ = self.events.send(NodeEvent::RelayReservationAccepted {
                         relay,

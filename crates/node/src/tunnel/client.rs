@@ -261,13 +261,13 @@ pub async fn announce(
         }
     };
     if !info.relayed {
-        tracing::info!(%service, %peer, %bind, path = "direct", remote_addr = %info.remote_addr, "tunnel ready: {bind} reaches '{service}' on {peer} over a direct connection");
+        tracing::info!(%service, %peer, %bind, path = "direct", remote_addr = %info.remote_addr, "tunnel ready over a direct connection");
         return;
     }
     let relay = info
         .relay
         .map_or_else(|| "a relay".to_owned(), |r| r.to_string());
-    tracing::info!(%service, %peer, %bind, path = "relayed", %relay, "tunnel ready: {bind} reaches '{service}' on {peer} through relay {relay}; trying for a direct connection");
+    tracing::info!(%service, %peer, %bind, path = "relayed", %relay, "tunnel ready through a relay; trying for a direct connection");
     let watch = tokio::time::sleep(ANNOUNCE_DIRECT_WATCH);
     tokio::pin!(watch);
     loop {
@@ -275,11 +275,11 @@ pub async fn announce(
             event = events.recv() => match event {
                 Ok(crate::node::NodeEvent::DirectConnection { peer: p, remote_addr, since_relayed, .. }) if p == peer => {
                     let after_ms = since_relayed.map_or(0, |d| d.as_millis() as u64);
-                    tracing::info!(%service, %peer, %bind, path = "direct", %remote_addr, after_ms, "tunnel now direct: '{service}' on {peer} over a direct connection");
+                    tracing::info!(%service, %peer, %bind, path = "direct", %remote_addr, after_ms, "tunnel now direct");
                     return;
                 }
                 Ok(crate::node::NodeEvent::HolePunchFailed { peer: p, reason }) if p == peer => {
-                    tracing::info!(%service, %peer, %bind, path = "relayed", %reason, "tunnel stays relayed: no direct connection to {peer} could be made");
+                    tracing::info!(%service, %peer, %bind, path = "relayed", %reason, "tunnel stays relayed: no direct connection could be made");
                     return;
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
