@@ -1364,11 +1364,13 @@ impl Driver {
                 address,
             } => {
                 if let Some(listener) = self.relay_listeners.get_mut(&listener_id) {
-                    listener.accepted = true;
+                    let first = !std::mem::replace(&mut listener.accepted, true);
                     let relay = listener.relay;
                     tracing::info!(%relay, addr = %address, "relay reservation accepted");
-                    // Progress in plain words: where peers can reach us now.
-                    tracing::info!(%relay, addr = %address, "reachable through a relay: peers can reach this node at addr");
+                    if first {
+                        // Progress in plain words: where peers can reach us now.
+                        tracing::info!(%relay, addr = %address, "reachable through a relay: peers can reach this node at addr");
+                    }
                     self.count_reservations();
                     let _ = self.events.send(NodeEvent::RelayReservationAccepted {
                         relay,
