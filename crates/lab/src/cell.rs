@@ -46,7 +46,8 @@ impl Transport {
     /// Both transports.
     pub const ALL: [Transport; 2] = [Transport::Tcp, Transport::Quic];
 
-    fn multiaddr(self, ip: &str, port: u16) -> String {
+    /// A listen or dial address on this transport.
+    pub fn multiaddr(self, ip: &str, port: u16) -> String {
         match self {
             Transport::Tcp => format!("/ip4/{ip}/tcp/{port}"),
             Transport::Quic => format!("/ip4/{ip}/udp/{port}/quic-v1"),

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cell;
+pub mod coldstart;
 pub mod delay;
 pub mod nat;
 pub mod peer;

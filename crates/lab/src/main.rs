@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use punchgate_lab::{
     cell::{self, Cell, CellSpec, PathTaken, Transport},
+    coldstart,
     nat::NatKind,
     peer::{field, matches},
     report,
@@ -73,6 +74,32 @@ enum Command {
         out: Option<PathBuf>,
         /// Where the nodes' logs go.
         #[arg(long, default_value = "target/nat-lab/matrix")]
+        logs: PathBuf,
+    },
+    /// Time to a working tunnel from cold: node start → reachable, client start → first echoed
+    /// byte (target long up), and both started together → first echoed byte, as median and
+    /// p95 in ms and round trips (Markdown).
+    Coldstart {
+        /// Runs (a fresh lab each).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// One-way delay added at each site's router, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        delay_ms: u64,
+        /// A's NAT: open, moderate or strict.
+        #[arg(long, default_value = "moderate")]
+        nat_a: NatKind,
+        /// B's NAT: open, moderate or strict.
+        #[arg(long, default_value = "moderate")]
+        nat_b: NatKind,
+        /// tcp or quic.
+        #[arg(long, default_value = "tcp", value_parser = parse_transport)]
+        transport: Transport,
+        /// Write the table to `<OUT>.md` and the runs to `<OUT>.json`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where the nodes' logs go.
+        #[arg(long, default_value = "target/nat-lab/coldstart")]
         logs: PathBuf,
     },
     /// Run as a Punchgate node (the `punchgate` binary); used by the lab inside namespaces.
@@ -173,10 +200,67 @@ async fn run(command: Command) -> Result<bool> {
             out,
             logs,
         } => matrix(&bin, runs, delay_ms, jobs, only, out, &logs).await,
+        Command::Coldstart {
+            runs,
+            delay_ms,
+            nat_a,
+            nat_b,
+            transport,
+            out,
+            logs,
+        } => {
+            let spec = coldstart::Spec {
+                nat_a,
+                nat_b,
+                transport,
+                one_way_delay: Duration::from_millis(delay_ms),
+            };
+            coldstart(&bin, spec, runs, out, &logs).await
+        }
         Command::Node { .. } | Command::Kaspa { .. } | Command::Stock { .. } => {
             unreachable!("run without a lab, before the runtime starts")
         }
     }
+}
+
+async fn coldstart(
+    bin: &Path,
+    spec: coldstart::Spec,
+    runs: usize,
+    out: Option<PathBuf>,
+    logs: &Path,
+) -> Result<bool> {
+    let mut done = Vec::new();
+    let mut failures = Vec::new();
+    for n in 0..runs {
+        match coldstart::run_once(spec, bin, logs, n).await {
+            Ok(run) => {
+                println!(
+                    "run {n}: both together → echo {:.0} ms ({}), node start → reachable {:.0} ms, client start → echo {:.0} ms, RTT {:.0} ms",
+                    run.together_ms,
+                    run.together_path,
+                    run.reachable_ms,
+                    run.warm_client_ms,
+                    run.rtt_ms
+                );
+                done.push(run);
+            }
+            Err(error) => {
+                println!("run {n}: failed: {error:#}");
+                failures.push(format!("run {n}: {error:#}"));
+            }
+        }
+    }
+    let table = coldstart::markdown(&spec, &done, &failures);
+    println!("\n{table}");
+    if let Some(out) = out {
+        std::fs::write(out.with_extension("md"), &table)?;
+        std::fs::write(
+            out.with_extension("json"),
+            serde_json::to_string_pretty(&done)?,
+        )?;
+    }
+    Ok(failures.is_empty())
 }
 
 async fn demo(

@@ -506,6 +506,12 @@ impl<C: Copy + Eq + Debug> State<C> {
         self.kademlia == Kademlia::Bootstrapping
     }
 
+    /// Whether a connected peer has not told us (identify) which protocols it speaks yet: until
+    /// it has, "no peer serves our DHT" may only mean "not yet".
+    pub fn awaits_identify(&self) -> bool {
+        self.connections.keys().any(|p| !self.peers.contains_key(p))
+    }
+
     /// The node's own relay reservation.
     pub fn relay(&self) -> &RelayState {
         &self.relay
@@ -810,7 +816,12 @@ impl<C: Copy + Eq + Debug> State<C> {
             }
             NatStatus::Public => {
                 self.assumed_private = false;
+                let had_slot = self.relay != RelayState::Idle;
                 self.release_reservation(out);
+                if had_slot && self.phase == Phase::Participating {
+                    // The record named the circuit address: publish the direct ones alone.
+                    out.push(Command::PublishServices);
+                }
             }
             // AutoNAT lost its confidence: a node that was private stays so (its reservation,
             // if it loses it, is replaced) until AutoNAT decides again.
@@ -830,6 +841,9 @@ impl<C: Copy + Eq + Debug> State<C> {
         self.relay_failures.remove(&relay);
         if self.phase == Phase::Participating {
             out.push(Command::PublishServices);
+        } else {
+            // Reachable through the relay: publish now, whatever AutoNAT will say.
+            self.maybe_participate(out);
         }
     }
 
@@ -880,11 +894,12 @@ impl<C: Copy + Eq + Debug> State<C> {
         }
     }
 
+    /// Participate (publish our record) once the DHT is ready and we know how peers reach us:
+    /// AutoNAT decided, or a relay holds a slot for us.
     fn maybe_participate(&mut self, out: &mut Vec<Command>) {
-        if self.phase == Phase::Discovering
-            && self.kademlia == Kademlia::Ready
-            && self.nat != NatStatus::Unknown
-        {
+        let reachable =
+            self.nat != NatStatus::Unknown || matches!(self.relay, RelayState::Reserved { .. });
+        if self.phase == Phase::Discovering && self.kademlia == Kademlia::Ready && reachable {
             self.participate(out);
         }
     }
@@ -974,9 +989,19 @@ impl<C: Copy + Eq + Debug> State<C> {
             .any(|peer| self.peers.get(peer).is_some_and(|known| known.kademlia))
     }
 
+    /// Whether the node wants a relay slot: when private (or assumed so), and while its NAT
+    /// status is still unknown unless a peer dialled it directly. A node that starts does not
+    /// wait for AutoNAT (seconds, and a whole discovery timeout when nobody can tell) to be
+    /// reachable: it reserves on the first relay it knows, in parallel, and releases the slot
+    /// if AutoNAT says public. A reservation costs a public node little; without one a private
+    /// node is unreachable.
+    pub fn wants_reservation(&self) -> bool {
+        self.acts_private() || (self.nat == NatStatus::Unknown && !self.inbound_direct)
+    }
+
     /// Ask the best relay candidate for a reservation, if we need one and may ask now.
     fn try_reserve(&mut self, out: &mut Vec<Command>) {
-        if !self.acts_private() || self.relay != RelayState::Idle {
+        if !self.wants_reservation() || self.relay != RelayState::Idle {
             return;
         }
         let retry_armed = self.relay_retry_armed;

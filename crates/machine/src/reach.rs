@@ -13,6 +13,18 @@ use multiaddr::{Multiaddr, Protocol};
 
 use crate::node::is_relayed;
 
+/// How long to wait before looking a peer up again after `failed` lookups found no usable
+/// address (only while a stream waits for the peer, so at most until its connect timeout).
+///
+/// Short and bounded, not exponential: a peer that is not in the DHT yet is usually one that
+/// started a moment ago and is about to publish (its relay slot and record take a round trip or
+/// two), and a lookup that backs off to seconds finds it seconds late. 250 ms, 500 ms, then
+/// every second: two DHT queries a second per peer being reached, at most.
+pub fn lookup_retry_delay(failed: u32) -> std::time::Duration {
+    let ms = 250u64 << failed.saturating_sub(1).min(2);
+    std::time::Duration::from_millis(ms)
+}
+
 /// One step of reaching a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReachStep {
@@ -98,6 +110,15 @@ mod tests {
     use libp2p_identity::Keypair;
 
     use super::*;
+
+    #[test]
+    fn lookups_retry_soon_and_never_less_often_than_every_second() {
+        let ms = |n| lookup_retry_delay(n).as_millis();
+        assert_eq!(
+            (ms(1), ms(2), ms(3), ms(4), ms(100)),
+            (250, 500, 1000, 1000, 1000)
+        );
+    }
 
     fn peer(i: u8) -> PeerId {
         Keypair::ed25519_from_bytes([i + 1; 32])

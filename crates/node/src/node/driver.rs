@@ -98,6 +98,8 @@ pub(super) struct Driver {
     record_seq: u64,
     /// The "no peer speaks our DHT" warning was logged (once per run is enough).
     warned_no_dht: bool,
+    /// A bootstrap of ours ended without a DHT server among our peers.
+    bootstrapped_without_dht: bool,
     /// Open connections' last round trip (the first one is logged).
     rtts: HashMap<ConnectionId, Duration>,
     /// Punchgate's metrics.
@@ -239,6 +241,7 @@ impl Driver {
             introductions_in_flight: 0,
             record_seq: 0,
             warned_no_dht: false,
+            bootstrapped_without_dht: false,
             private_ips_count: config.autonat_private_ips,
             peer_log: DenialLog::default(),
             introduction_gate: introductions::IntroductionGate::default(),
@@ -1273,7 +1276,13 @@ impl Driver {
         }
         reach.queries = 2;
         reach.lookup_started = Some(Instant::now());
-        tracing::info!(target_peer = %peer, attempt = reach.failed_lookups + 1, "starting DHT lookup for tunnel target");
+        // Lookups repeat every second while the peer cannot be found: one INFO line per ten.
+        let attempt = reach.failed_lookups + 1;
+        if attempt % 10 == 1 {
+            tracing::info!(target_peer = %peer, attempt, "starting DHT lookup for tunnel target");
+        } else {
+            tracing::debug!(target_peer = %peer, attempt, "starting DHT lookup for tunnel target");
+        }
         let kademlia = &mut self.swarm.behaviour_mut().kademlia;
         let by_record = kademlia.get_record(RecordKey::new(&protocol::peer_record_key(&peer)));
         let by_routing = kademlia.get_closest_peers(peer);
@@ -1336,6 +1345,25 @@ impl Driver {
                 );
             }
             NatStatus::Unknown => {}
+        }
+    }
+
+    /// Says (once) that no connected peer serves our DHT, when a bootstrap found none and each
+    /// connected peer has told us what it speaks: a peer still to be identified may yet be a
+    /// DHT server (the machine bootstraps again when it is).
+    fn warn_if_no_dht(&mut self) {
+        let machine = self.machine();
+        if self.bootstrapped_without_dht
+            && !machine.kademlia_ready()
+            && !machine.kademlia_bootstrapping()
+            && !machine.awaits_identify()
+            && !std::mem::replace(&mut self.warned_no_dht, true)
+        {
+            tracing::warn!(
+                protocol = %protocol::KADEMLIA,
+                hint = "add a --bootstrap peer that runs Punchgate and is public; the node bootstraps again when one connects",
+                "no connected peer serves Punchgate's DHT (a stock libp2p peer, or a node that is not public yet): this node can neither publish its record nor look others up until one does"
+            );
         }
     }
 
@@ -1712,6 +1740,7 @@ impl Driver {
                     relay_capable,
                     kademlia,
                 });
+                self.warn_if_no_dht();
             }
             BehaviourEvent::Identify(identify::Event::Error { peer_id, error, .. }) => {
                 tracing::debug!(peer = %peer_id, %error, "identify failed");
@@ -1871,14 +1900,11 @@ impl Driver {
                 self.step(Event::KademliaBootstrapSucceeded);
                 if self.machine().kademlia_ready() {
                     tracing::debug!("kademlia bootstrap succeeded");
-                } else if ours && !std::mem::replace(&mut self.warned_no_dht, true) {
+                } else if ours {
                     // Our bootstrap query found no DHT server among the peers we are connected
                     // to (Kademlia's own periodic bootstraps do not count).
-                    tracing::warn!(
-                        protocol = %protocol::KADEMLIA,
-                        hint = "add a --bootstrap peer that runs Punchgate and is public; the node bootstraps again when one connects",
-                        "no connected peer serves Punchgate's DHT (a stock libp2p peer, or a node that is not public yet): this node can neither publish its record nor look others up until one does"
-                    );
+                    self.bootstrapped_without_dht = true;
+                    self.warn_if_no_dht();
                 }
             }
             QueryResult::Bootstrap(Err(error)) => {
@@ -2009,7 +2035,7 @@ impl Driver {
         }
         if reach.queries == 0 && !reach.dialing && !connected {
             reach.failed_lookups += 1;
-            let delay = Duration::from_secs(1 << (reach.failed_lookups - 1).min(3));
+            let delay = reach::lookup_retry_delay(reach.failed_lookups);
             reach.retry_at = Some(Instant::now() + delay);
             tracing::debug!(target_peer = %peer, ?delay, "peer not found yet; looking up again later");
         }
