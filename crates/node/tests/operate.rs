@@ -218,6 +218,19 @@ async fn metrics_and_status_show_connections_tunnels_and_bytes() {
         ),
         150_005.0
     );
+    // Bytes the client sent before the tunnel was accepted (sent with the request) count too.
+    assert_eq!(
+        value(
+            &samples,
+            "punchgate_tunnel_bytes_total",
+            &[
+                ("service", "echo"),
+                ("side", "carried"),
+                ("direction", "to_service")
+            ]
+        ),
+        150_005.0
+    );
 
     let (status, content_type, json) = get(b_http, "/status").await;
     assert_eq!(status, 200);
