@@ -1,7 +1,8 @@
 //! What an [`Entry`] means: the node's own log lines, recognised by their message (and, for a
 //! few, its first words: several refusals share a prefix), with the fields each report needs.
 //! The messages and field names are those in `crates/node/src` (`node/driver.rs`,
-//! `node/mod.rs`, `tunnel/server.rs`, `tunnel/client.rs`); anything else is [`Event::Other`],
+//! `node/mod.rs`, `tunnel/server.rs`, `tunnel/client.rs`, `cli.rs`); anything else is
+//! [`Event::Other`],
 //! which reports count but do not interpret, so a new log line never breaks a report.
 
 use crate::parse::Entry;
@@ -187,6 +188,8 @@ pub enum Event<'a> {
         service: &'a str,
         /// The remote peer (`peer_id`).
         peer: Option<&'a str>,
+        /// Direct or relayed (newer nodes log it here too).
+        path: Option<Path>,
     },
     /// Server side, `tunnel closed`: bytes when it ended cleanly.
     ServerClosed {
@@ -221,8 +224,126 @@ pub enum Event<'a> {
         /// The error.
         reason: &'a str,
     },
+    /// Where peers can reach the node: `reachable directly at addrs; …` (or `reachable
+    /// directly (public); …`), `behind NAT: not reachable directly; …`, `reachable through a
+    /// relay: …`.
+    Reachable(Reach<'a>),
+    /// Client side, `tunnel ready over a direct connection` / `tunnel ready through a relay;
+    /// …`: a `--tunnel` reached its peer.
+    TunnelReady {
+        /// The tunnel.
+        tunnel: TunnelId<'a>,
+        /// Direct or relayed.
+        path: Option<Path>,
+        /// The relay, when relayed.
+        relay: Option<&'a str>,
+        /// The peer's address, when direct.
+        remote_addr: Option<&'a str>,
+    },
+    /// Client side, `tunnel now direct`: a relayed `--tunnel` got its direct connection.
+    TunnelNowDirect {
+        /// The tunnel.
+        tunnel: TunnelId<'a>,
+        /// Since the relayed connection, in ms (`after_ms`).
+        after_ms: Option<f64>,
+        /// The peer's direct address.
+        remote_addr: Option<&'a str>,
+    },
+    /// Client side, `tunnel stays relayed: …`: the hole punch failed.
+    TunnelStaysRelayed {
+        /// The tunnel.
+        tunnel: TunnelId<'a>,
+        /// Why (`reason`).
+        reason: Option<&'a str>,
+    },
+    /// Client side, `tunnel not ready yet: …` (WARN): the peer could not be reached; tried
+    /// again after `retry_in`.
+    TunnelNotReady {
+        /// The tunnel.
+        tunnel: TunnelId<'a>,
+        /// Why.
+        error: &'a str,
+        /// The wait before the next attempt, as logged (`1s`, `2s`, …).
+        retry_in: Option<&'a str>,
+    },
+    /// Client side, `tunnel port closed by a reload …`: a `--tunnel` the reloaded
+    /// configuration no longer has.
+    TunnelPortClosed {
+        /// The tunnel.
+        tunnel: TunnelId<'a>,
+    },
+    /// `SIGHUP: reloading the configuration`.
+    ReloadStarted,
+    /// `configuration reloaded: …`.
+    Reloaded {
+        /// Services exposed now (`services`).
+        services: Option<u64>,
+        /// `--tunnel` ports opened.
+        tunnels_added: Option<u64>,
+        /// `--tunnel` ports closed.
+        tunnels_removed: Option<u64>,
+        /// Served tunnels closed because the new `--allow` rules no longer admit their peer.
+        tunnels_closed: Option<u64>,
+    },
+    /// `reload failed, the configuration in use is unchanged`.
+    ReloadFailed {
+        /// Why.
+        error: &'a str,
+    },
+    /// Server side, `closing a tunnel: the reloaded --allow rules no longer admit …`.
+    ServerClosedByReload {
+        /// The service.
+        service: &'a str,
+        /// The remote peer (`peer_id`).
+        peer: Option<&'a str>,
+    },
+    /// `serving metrics on http://{addr}/metrics …`.
+    MetricsServing {
+        /// The metrics server's address (`addr`).
+        addr: &'a str,
+    },
     /// A line the reports do not interpret.
     Other,
+}
+
+/// Which `--tunnel` a client-side line is about: its service, peer and local port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelId<'a> {
+    /// The service.
+    pub service: &'a str,
+    /// The peer exposing it.
+    pub peer: Option<&'a str>,
+    /// The local address (`bind`).
+    pub bind: Option<&'a str>,
+}
+
+impl<'a> TunnelId<'a> {
+    fn of(e: &'a Entry) -> Option<Self> {
+        Some(Self {
+            service: e.str("service")?,
+            peer: e.str("peer"),
+            bind: e.str("bind"),
+        })
+    }
+}
+
+/// How peers can reach the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach<'a> {
+    /// Directly: public, at these addresses (space-separated; `None` when it logged none).
+    Direct {
+        /// `addrs`.
+        addrs: Option<&'a str>,
+    },
+    /// Not yet: behind NAT, reserving a relay slot.
+    BehindNat,
+    /// Through a relay's circuit.
+    Relay {
+        /// The relay.
+        relay: &'a str,
+        /// The circuit address peers dial.
+        addr: Option<&'a str>,
+    },
 }
 
 /// What happened to a relay reservation.
@@ -356,6 +477,7 @@ impl<'a> Event<'a> {
             "tunnel accepted" => Self::ServerAccepted {
                 service: e.str("service")?,
                 peer: peer_of(e),
+                path: Path::parse(e.str("path")),
             },
             "tunnel closed" => Self::ServerClosed {
                 service: e.str("service")?,
@@ -374,6 +496,66 @@ impl<'a> Event<'a> {
             "tunnel error" => Self::ServerError {
                 service: service_of(e),
                 reason: reason_of(e),
+            },
+            _ if message.starts_with("reachable directly") => Self::Reachable(Reach::Direct {
+                addrs: e.str("addrs").filter(|a| !a.trim().is_empty()),
+            }),
+            _ if message.starts_with("behind NAT") => Self::Reachable(Reach::BehindNat),
+            _ if message.starts_with("reachable through a relay") => {
+                Self::Reachable(Reach::Relay {
+                    relay: e.str("relay")?,
+                    addr: e.first_str(&["addr", "address"]),
+                })
+            }
+            _ if message.starts_with("tunnel ready") => Self::TunnelReady {
+                tunnel: TunnelId::of(e)?,
+                path: Path::parse(e.str("path")).or_else(|| {
+                    if message.contains("direct connection") {
+                        Some(Path::Direct)
+                    } else if message.contains("relay") {
+                        Some(Path::Relayed)
+                    } else {
+                        None
+                    }
+                }),
+                relay: e.str("relay"),
+                remote_addr: e.str("remote_addr"),
+            },
+            "tunnel now direct" => Self::TunnelNowDirect {
+                tunnel: TunnelId::of(e)?,
+                after_ms: e.f64("after_ms"),
+                remote_addr: e.str("remote_addr"),
+            },
+            _ if message.starts_with("tunnel stays relayed") => Self::TunnelStaysRelayed {
+                tunnel: TunnelId::of(e)?,
+                reason: e.first_str(&["reason", "error"]),
+            },
+            _ if message.starts_with("tunnel not ready yet") => Self::TunnelNotReady {
+                tunnel: TunnelId::of(e)?,
+                error: reason_of(e),
+                retry_in: e.str("retry_in"),
+            },
+            _ if message.starts_with("tunnel port closed by a reload") => Self::TunnelPortClosed {
+                tunnel: TunnelId::of(e)?,
+            },
+            _ if message.starts_with("SIGHUP: reloading") => Self::ReloadStarted,
+            _ if message.starts_with("configuration reloaded") => Self::Reloaded {
+                services: e.u64("services"),
+                tunnels_added: e.u64("tunnels_added"),
+                tunnels_removed: e.u64("tunnels_removed"),
+                tunnels_closed: e.u64("tunnels_closed"),
+            },
+            _ if message.starts_with("reload failed") => Self::ReloadFailed {
+                error: reason_of(e),
+            },
+            _ if message.starts_with("closing a tunnel: the reloaded") => {
+                Self::ServerClosedByReload {
+                    service: e.str("service")?,
+                    peer: peer_of(e),
+                }
+            }
+            _ if message.starts_with("serving metrics on ") => Self::MetricsServing {
+                addr: e.first_str(&["addr", "address"])?,
             },
             _ => return None,
         };
@@ -467,6 +649,157 @@ mod tests {
             Event::ClientRejected {
                 service: "ssh",
                 reason: "client tunnel rejected: the peer does not expose 'ssh'"
+            }
+        );
+    }
+
+    #[test]
+    fn recognises_where_the_node_is_reachable() {
+        assert_eq!(
+            event(
+                r#"{"message":"reachable directly at addrs; relaying for peers behind NAT","addrs":"/ip4/1.2.3.4/tcp/4001 /ip4/1.2.3.4/udp/4001/quic-v1"}"#
+            ),
+            Event::Reachable(Reach::Direct {
+                addrs: Some("/ip4/1.2.3.4/tcp/4001 /ip4/1.2.3.4/udp/4001/quic-v1")
+            })
+        );
+        assert_eq!(
+            event(r#"{"message":"reachable directly (public); relaying for peers behind NAT"}"#),
+            Event::Reachable(Reach::Direct { addrs: None })
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"behind NAT: not reachable directly; reserving a relay slot so peers can reach this node"}"#
+            ),
+            Event::Reachable(Reach::BehindNat)
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"reachable through a relay: peers can reach this node at addr","relay":"R","addr":"/ip4/1.2.3.4/tcp/4001/p2p/R/p2p-circuit/p2p/P"}"#
+            ),
+            Event::Reachable(Reach::Relay {
+                relay: "R",
+                addr: Some("/ip4/1.2.3.4/tcp/4001/p2p/R/p2p-circuit/p2p/P")
+            })
+        );
+    }
+
+    #[test]
+    fn recognises_tunnel_readiness() {
+        let id = TunnelId {
+            service: "echo",
+            peer: Some("B"),
+            bind: Some("127.0.0.1:7000"),
+        };
+        assert_eq!(
+            event(
+                r#"{"message":"tunnel ready over a direct connection","service":"echo","peer":"B","bind":"127.0.0.1:7000","path":"direct","remote_addr":"/ip4/1.2.3.4/tcp/9"}"#
+            ),
+            Event::TunnelReady {
+                tunnel: id,
+                path: Some(Path::Direct),
+                relay: None,
+                remote_addr: Some("/ip4/1.2.3.4/tcp/9")
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"tunnel ready through a relay; trying for a direct connection","service":"echo","peer":"B","bind":"127.0.0.1:7000","path":"relayed","relay":"R"}"#
+            ),
+            Event::TunnelReady {
+                tunnel: id,
+                path: Some(Path::Relayed),
+                relay: Some("R"),
+                remote_addr: None
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"tunnel now direct","service":"echo","peer":"B","bind":"127.0.0.1:7000","path":"direct","remote_addr":"/x","after_ms":412}"#
+            ),
+            Event::TunnelNowDirect {
+                tunnel: id,
+                after_ms: Some(412.0),
+                remote_addr: Some("/x")
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"tunnel stays relayed: no direct connection could be made","service":"echo","peer":"B","bind":"127.0.0.1:7000","path":"relayed","reason":"punch failed"}"#
+            ),
+            Event::TunnelStaysRelayed {
+                tunnel: id,
+                reason: Some("punch failed")
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"level":"WARN","message":"tunnel not ready yet: cannot reach the peer; trying again","service":"echo","peer":"B","bind":"127.0.0.1:7000","error":"no route","retry_in":"2s"}"#
+            ),
+            Event::TunnelNotReady {
+                tunnel: id,
+                error: "no route",
+                retry_in: Some("2s")
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"tunnel port closed by a reload (its connections carry on)","bind":"127.0.0.1:7000","peer":"B","service":"echo"}"#
+            ),
+            Event::TunnelPortClosed { tunnel: id }
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"tunnel accepted","peer_id":"A","service":"echo","local_addr":"127.0.0.1:7","path":"relayed"}"#
+            ),
+            Event::ServerAccepted {
+                service: "echo",
+                peer: Some("A"),
+                path: Some(Path::Relayed)
+            }
+        );
+    }
+
+    #[test]
+    fn recognises_reloads_and_the_metrics_server() {
+        assert_eq!(
+            event(r#"{"message":"SIGHUP: reloading the configuration"}"#),
+            Event::ReloadStarted
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"configuration reloaded: services, --allow rules and --tunnel ports (other settings take effect at the next start)","services":2,"tunnels_added":1,"tunnels_removed":0,"tunnels_closed":3}"#
+            ),
+            Event::Reloaded {
+                services: Some(2),
+                tunnels_added: Some(1),
+                tunnels_removed: Some(0),
+                tunnels_closed: Some(3)
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"level":"WARN","message":"reload failed, the configuration in use is unchanged","error":"bad --allow"}"#
+            ),
+            Event::ReloadFailed {
+                error: "bad --allow"
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"closing a tunnel: the reloaded --allow rules no longer admit this peer to the service","service":"ssh","peer_id":"C"}"#
+            ),
+            Event::ServerClosedByReload {
+                service: "ssh",
+                peer: Some("C")
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"serving metrics on http://127.0.0.1:9090/metrics and status on http://127.0.0.1:9090/status","addr":"127.0.0.1:9090"}"#
+            ),
+            Event::MetricsServing {
+                addr: "127.0.0.1:9090"
             }
         );
     }

@@ -327,3 +327,149 @@ fn json_and_csv_are_mutually_exclusive() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
+
+#[test]
+fn coldstart_summary_says_where_and_when_reachable_and_when_tunnels_were_ready() {
+    let dir = fixtures().join("coldstart");
+    let text = ok(&run(&["summary", path(&dir)]));
+    for expected in [
+        // A's log holds two runs: started with B, then restarted.
+        "2 runs (the node was restarted)",
+        "Reachable:\n    through relay (…88v4F4) at +161 ms (run 1, +161 ms after its start)\n    through relay (…88v4F4) at +750 ms (run 2, +161 ms after its start)",
+        "--tunnel echo to peer-b (…PonVSA), run 1: ready +522 ms (direct)",
+        "--tunnel echo to peer-b (…PonVSA), run 2: ready +265 ms (direct)",
+        "Reachable: through relay (…88v4F4) at +145 ms",
+        "Tunnels in (server): 2 opened (2 direct, 0 relayed)",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(!text.contains("Reloads:"), "no reload in this run: {text}");
+
+    let doc = json(&["summary", path(&dir)]);
+    let a = source(&doc, "peer-a.log");
+    assert_eq!(a["runs"], 2);
+    let reachable = a["reachable"].as_array().expect("reachable");
+    assert_eq!(reachable.len(), 2);
+    assert_eq!(reachable[0]["how"], "relay");
+    assert_eq!(reachable[0]["relay"], source(&doc, "relay.log")["peer_id"]);
+    assert_eq!(reachable[1]["run"], 2);
+    let ready = a["tunnels_client"]["readiness"]
+        .as_array()
+        .expect("readiness");
+    assert_eq!(ready.len(), 2);
+    for (r, run, ms) in [(&ready[0], 1, 522.106), (&ready[1], 2, 265.481)] {
+        assert_eq!(r["service"], "echo");
+        assert_eq!(r["run"], run);
+        assert_eq!(r["path"], "direct");
+        assert_eq!(
+            r["bind"].as_str().map(|b| b.starts_with("127.0.0.1:")),
+            Some(true)
+        );
+        let got = r["ready_ms"].as_f64().expect("ready_ms");
+        assert!((got - ms).abs() < 0.01, "{r}");
+        assert!(
+            r["direct_ms"].is_null(),
+            "ready over a direct connection: {r}"
+        );
+        assert_eq!(r["retries"], 0);
+    }
+    assert_eq!(a["reloads"]["requested"], 0);
+    let b = source(&doc, "peer-b.log");
+    assert_eq!(b["runs"], 1);
+    assert_eq!(b["tunnels_server"]["direct"], 2);
+    assert!((b["reachable"][0]["offset_ms"].as_f64().expect("offset") - 144.664).abs() < 0.01);
+    // The relay is public from the start: it never says where it is reachable.
+    assert_eq!(source(&doc, "relay.log")["reachable"], Value::Array(vec![]));
+
+    let csv = ok(&run(&["summary", "--csv", path(&dir)]));
+    let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let a_row: Vec<&str> = csv
+        .lines()
+        .find(|l| l.contains("peer-a.log"))
+        .expect("A's row")
+        .split(',')
+        .collect();
+    assert_eq!(a_row[col("reachable_ms")], "161.011");
+    assert_eq!(a_row[col("reachable_how")], "relay");
+    assert_eq!(a_row[col("tunnels_ready")], "2");
+    assert_eq!(a_row[col("tunnels_not_ready")], "0");
+}
+
+#[test]
+fn coldstart_tunnels_time_readiness_from_each_run_start() {
+    let dir = fixtures().join("coldstart");
+    let text = ok(&run(&["tunnels", path(&dir)]));
+    assert!(
+        text.contains("Readiness of each --tunnel, from the node's start (per run):"),
+        "{text}"
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("echo ") && l.contains("peer-b (…"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].contains("+522 ms") && rows[0].contains("direct"),
+        "{text}"
+    );
+    assert!(rows[1].contains("+265 ms"), "{text}");
+
+    let doc = json(&["tunnels", path(&dir)]);
+    let client = &source(&doc, "peer-a.log")["services"][0];
+    assert_eq!(client["side"], "client");
+    assert_eq!(client["readiness"].as_array().map(Vec::len), Some(2));
+    let server = &source(&doc, "peer-b.log")["services"][0];
+    assert_eq!(server["side"], "server");
+    // `tunnel accepted` carries the path now.
+    assert_eq!(
+        (server["direct"].clone(), server["relayed"].clone()),
+        (2.into(), 0.into())
+    );
+    assert_eq!(server["closed_by_reload"], 0);
+
+    let csv = ok(&run(&["tunnels", "--csv", path(&dir)]));
+    let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let a_row: Vec<&str> = csv
+        .lines()
+        .find(|l| l.contains("peer-a.log"))
+        .expect("A's row")
+        .split(',')
+        .collect();
+    assert_eq!(a_row.len(), header.len());
+    assert_eq!(a_row[col("ready_ms")], "522.106;265.481");
+    assert_eq!(a_row[col("direct_ms")], ";");
+    assert_eq!(a_row[col("not_ready_retries")], "0");
+}
+
+#[test]
+fn coldstart_phases_put_the_reachable_moment_in_the_timeline() {
+    let log = fixtures().join("coldstart/peer-b.log");
+    let text = ok(&run(&["phases", path(&log)]));
+    let timeline: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("Transitions:"))
+        .skip(1)
+        .take(3)
+        .collect();
+    assert!(
+        timeline[0].contains("Initializing -> Discovering"),
+        "{text}"
+    );
+    assert!(
+        timeline[1].contains("+145 ms") && timeline[1].contains("reachable through relay"),
+        "{text}"
+    );
+    assert!(
+        timeline[2].contains("Discovering -> Participating"),
+        "{text}"
+    );
+    let csv = ok(&run(&["phases", "--csv", path(&log)]));
+    assert!(
+        csv.lines()
+            .nth(2)
+            .is_some_and(|l| l.contains(",,reachable,relay 12D3KooW")),
+        "{csv}"
+    );
+}

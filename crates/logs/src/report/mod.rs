@@ -63,6 +63,9 @@ pub fn heading(meta: &Meta, out: &mut String) {
         ));
     }
     about.push(format!("{} events", meta.entries));
+    if meta.runs > 1 {
+        about.push(format!("{} runs (the node was restarted)", meta.runs));
+    }
     if meta.skipped_lines > 0 {
         about.push(format!(
             "{} lines skipped (not JSON log events)",
@@ -87,6 +90,9 @@ pub struct Meta {
     pub entries: u64,
     /// Lines skipped: not JSON, JSON but not a log event, or longer than 1 MiB.
     pub skipped_lines: u64,
+    /// Runs of the node in this log (a log a restarted node appended to has several; see
+    /// [`Runs`]).
+    pub runs: u32,
     /// A short name for the peer (the file name without extension), for other reports.
     #[serde(skip)]
     pub label: Option<String>,
@@ -123,6 +129,7 @@ pub fn analyze_reader<C: Collector>(
     label: Option<String>,
 ) -> Result<SourceReport<C::Report>, InputError> {
     let mut collector = C::default();
+    let mut runs = Runs::default();
     let mut meta = Meta {
         source: name,
         label,
@@ -153,8 +160,10 @@ pub fn analyze_reader<C: Collector>(
         if let Event::LocalPeerId { peer } = event {
             meta.peer_id.get_or_insert_with(|| peer.to_owned());
         }
+        runs.observe(&entry, &event);
         collector.observe(&entry, &event);
     });
+    meta.runs = runs.run();
     result.map_err(|source| InputError::Read {
         name: meta.source.clone(),
         source,
@@ -163,6 +172,56 @@ pub fn analyze_reader<C: Collector>(
         meta,
         report: collector.finish(),
     })
+}
+
+/// The node's runs in one log: a node restarted with its log appended to writes its start-up
+/// lines again. A run starts at the log's first line, and again at the first start-up line
+/// (`open-file limit`, `loaded identity`, `generated new identity`, `local peer id`) after a
+/// run that already logged its `local peer id`. Reports time a run's events from its start
+/// (the first line of that run).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Runs {
+    run: u32,
+    start: Option<Timestamp>,
+    identified: bool,
+}
+
+impl Runs {
+    /// Takes in one entry; call before the collector looks at it.
+    pub fn observe(&mut self, entry: &Entry, event: &Event<'_>) {
+        let peer_line = matches!(event, Event::LocalPeerId { .. });
+        let startup = peer_line
+            || matches!(
+                entry.message.as_str(),
+                "open-file limit" | "loaded identity" | "generated new identity"
+            );
+        if self.run == 0 || (startup && self.identified) {
+            self.run += 1;
+            self.start = entry.timestamp;
+            self.identified = false;
+        }
+        if self.start.is_none() {
+            self.start = entry.timestamp;
+        }
+        if peer_line {
+            self.identified = true;
+        }
+    }
+
+    /// The current run, from 1 (0 before the first line).
+    pub fn run(&self) -> u32 {
+        self.run
+    }
+
+    /// The current run's first timestamp.
+    pub fn start(&self) -> Option<Timestamp> {
+        self.start
+    }
+
+    /// Ms from the current run's start to `at`.
+    pub fn since_start(&self, at: Option<Timestamp>) -> Option<f64> {
+        Some(ms_between(self.start?, at?))
+    }
 }
 
 /// Short names for peers in text output: a peer whose own log is among the sources goes by
@@ -399,6 +458,40 @@ mod tests {
         assert_eq!(names.show(id), "relay (…CVe2Xo)");
         assert_eq!(Names::default().show(id), "12D3KooW…CVe2Xo");
         assert_eq!(Names::default().show("short"), "short");
+    }
+
+    #[test]
+    fn runs_start_again_at_a_restart() {
+        let lines = [
+            r#"{"timestamp":"2026-01-01T00:00:00Z","message":"open-file limit","limit":1024}"#,
+            r#"{"timestamp":"2026-01-01T00:00:00.1Z","message":"loaded identity","peer_id":"P"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:00.2Z","message":"local peer id","peer_id":"P"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:01Z","message":"node stopped"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:05Z","message":"loaded identity","peer_id":"P"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:05.1Z","message":"local peer id","peer_id":"P"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:06Z","message":"ping","peer":"R","rtt_ms":1}"#,
+        ];
+        let mut runs = Runs::default();
+        let seen: Vec<(u32, Option<f64>)> = lines
+            .iter()
+            .map(|line| {
+                let entry = Entry::parse(line).expect("an event");
+                runs.observe(&entry, &Event::of(&entry));
+                (runs.run(), runs.since_start(entry.timestamp))
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, Some(0.0)),
+                (1, Some(100.0)),
+                (1, Some(200.0)),
+                (1, Some(1000.0)),
+                (2, Some(0.0)),
+                (2, Some(100.0)),
+                (2, Some(1000.0)),
+            ]
+        );
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! the peers it connected to (direct, relayed, hole punches), round trips, tunnel totals on
 //! both sides, and how many warnings and errors it logged, with the most frequent. Lines the
 //! reports do not interpret (new or rare messages) are counted as other events.
+//!
+//! From newer nodes also: where peers can reach it and when (`reachable …`), when each
+//! `--tunnel` was ready (and turned direct, or why not yet), configuration reloads (SIGHUP),
+//! and where it serves metrics.
 
 use serde::Serialize;
 
@@ -12,7 +16,8 @@ use super::{
     heading,
     latency::{Latency, PeerLatency},
     num,
-    phases::{Phases, PhasesReport},
+    phases::{Phases, PhasesReport, ReachKind, Reachability},
+    shorten,
     tunnels::{Side, SideTunnels, Tunnels, one_line},
 };
 use crate::{
@@ -22,6 +27,8 @@ use crate::{
 
 /// The most addresses or relays listed.
 const MAX_ADDRS: usize = 32;
+/// The most reachability moments and `--tunnel` readiness lines in the text.
+const MAX_LINES: usize = 4;
 
 /// Collects everything the summary shows.
 #[derive(Debug, Default)]
@@ -38,7 +45,29 @@ pub struct Summary {
     autonat: Option<String>,
     reservations_lost: u64,
     reservations_failed: u64,
+    reloads: Reloads,
+    closed_by_reload_field: u64,
+    metrics_addr: Option<String>,
     other_events: u64,
+}
+
+/// Configuration reloads (SIGHUP).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Reloads {
+    /// `SIGHUP: reloading the configuration`.
+    pub requested: u64,
+    /// `configuration reloaded: …`.
+    pub applied: u64,
+    /// `reload failed, the configuration in use is unchanged`.
+    pub failed: u64,
+    /// The last failure's error.
+    pub last_error: Option<String>,
+    /// Served tunnels closed because the reloaded `--allow` rules no longer admit the peer.
+    pub tunnels_closed: u64,
+    /// `--tunnel` ports opened by reloads.
+    pub ports_added: u64,
+    /// `--tunnel` ports closed by reloads.
+    pub ports_removed: u64,
 }
 
 /// Events per level.
@@ -69,6 +98,10 @@ pub struct SummaryReport {
     pub reservations_lost: u64,
     /// Reservations that failed.
     pub reservations_failed: u64,
+    /// Where (and when) the node said peers can reach it, in log order.
+    pub reachable: Vec<Reachability>,
+    /// The metrics server's address (`serving metrics on …`).
+    pub metrics_addr: Option<String>,
     /// `time from -> to (cause)`, per phase change.
     pub phases: Vec<String>,
     /// The last phase entered.
@@ -97,6 +130,8 @@ pub struct SummaryReport {
     pub tunnels_client: SideTunnels,
     /// Tunnels to this node's services.
     pub tunnels_server: SideTunnels,
+    /// Configuration reloads.
+    pub reloads: Reloads,
     /// Events per level.
     pub levels: Levels,
     /// The most frequent WARN and ERROR messages.
@@ -143,6 +178,23 @@ impl Collector for Summary {
                 let status = new.split('(').next().unwrap_or(new);
                 self.autonat = Some(status.to_owned());
             }
+            Event::ReloadStarted => self.reloads.requested += 1,
+            Event::Reloaded {
+                tunnels_added,
+                tunnels_removed,
+                tunnels_closed,
+                ..
+            } => {
+                self.reloads.applied += 1;
+                self.reloads.ports_added += tunnels_added.unwrap_or(0);
+                self.reloads.ports_removed += tunnels_removed.unwrap_or(0);
+                self.closed_by_reload_field += tunnels_closed.unwrap_or(0);
+            }
+            Event::ReloadFailed { error } => {
+                self.reloads.failed += 1;
+                self.reloads.last_error = Some(error.to_owned());
+            }
+            Event::MetricsServing { addr } => self.metrics_addr = Some(addr.to_owned()),
             Event::Other => self.other_events += 1,
             _ => {}
         }
@@ -152,6 +204,12 @@ impl Collector for Summary {
         let connections: ConnectionsReport = self.connections.finish();
         let phases: PhasesReport = self.phases.finish();
         let tunnels = self.tunnels.finish();
+        let tunnels_server = tunnels.total(Side::Server);
+        let mut reloads = self.reloads;
+        // Each closed tunnel has its line; the reload's own count covers a log without them.
+        reloads.tunnels_closed = tunnels_server
+            .closed_by_reload
+            .max(self.closed_by_reload_field);
         let sum = |f: fn(&super::connections::PeerConnections) -> u64| -> u64 {
             connections.peers.iter().map(f).sum()
         };
@@ -161,6 +219,8 @@ impl Collector for Summary {
             relays: self.relays,
             reservations_lost: self.reservations_lost,
             reservations_failed: self.reservations_failed,
+            reachable: phases.reachable.clone(),
+            metrics_addr: self.metrics_addr,
             phases: phases.progression(),
             final_phase: phases.transitions.last().map(|t| t.to.clone()),
             nat_status: phases.nat_changes.last().map(|n| n.to.clone()),
@@ -174,12 +234,41 @@ impl Collector for Summary {
             punches_failed: sum(|p| p.punches_failed),
             pings: self.latency.finish().overall(),
             tunnels_client: tunnels.total(Side::Client),
-            tunnels_server: tunnels.total(Side::Server),
+            tunnels_server,
+            reloads,
             levels: self.levels,
             top_warnings: self.warnings.top(5),
             other_events: self.other_events,
         }
     }
+}
+
+impl SummaryReport {
+    /// The first moment the node said it was reachable (directly or through a relay).
+    pub fn first_reachable(&self) -> Option<&Reachability> {
+        self.reachable
+            .iter()
+            .find(|r| r.how != ReachKind::BehindNat)
+    }
+}
+
+/// `through relay (…a1b2c3) at +159 ms`, with the run when the log has several.
+fn reach_line(r: &Reachability, meta: &Meta, names: &Names) -> String {
+    let mut text = format!(
+        "{} at +{}",
+        r.how_text(names),
+        r.offset_ms
+            .map_or_else(|| "?".to_owned(), crate::time::human_ms)
+    );
+    if meta.runs > 1 {
+        text.push_str(&format!(
+            " (run {}, +{} after its start)",
+            r.run,
+            r.run_offset_ms
+                .map_or_else(|| "?".to_owned(), crate::time::human_ms)
+        ));
+    }
+    text
 }
 
 impl Render for SummaryReport {
@@ -212,6 +301,13 @@ impl Render for SummaryReport {
         "warnings",
         "errors",
         "other_events",
+        "reachable_ms",
+        "reachable_how",
+        "tunnels_ready",
+        "tunnels_not_ready",
+        "reloads",
+        "reload_failures",
+        "tunnels_closed_by_reload",
     ];
 
     fn text(&self, meta: &Meta, out: &mut String, names: &Names) {
@@ -229,6 +325,9 @@ impl Render for SummaryReport {
             }
         };
         line(format!("Listening on:\n    {}", list(&self.listen_addrs)));
+        if let Some(addr) = &self.metrics_addr {
+            line(format!("Metrics: http://{addr}/metrics (status: /status)"));
+        }
         if !self.external_addrs.is_empty() {
             line(format!(
                 "External addresses confirmed:\n    {}",
@@ -257,6 +356,33 @@ impl Render for SummaryReport {
             self.nat_status.as_deref().unwrap_or("no change logged"),
             self.autonat_status.as_deref().unwrap_or("no change logged")
         ));
+        let reached: Vec<&Reachability> = self
+            .reachable
+            .iter()
+            .filter(|r| r.how != ReachKind::BehindNat)
+            .collect();
+        match reached.as_slice() {
+            [] => {
+                if let Some(r) = self.reachable.last() {
+                    line(format!(
+                        "Reachable: not yet: behind NAT since +{}, no relay slot reserved",
+                        r.offset_ms
+                            .map_or_else(|| "?".to_owned(), crate::time::human_ms)
+                    ));
+                }
+            }
+            [one] => line(format!("Reachable: {}", reach_line(one, meta, names))),
+            many => {
+                let mut text = "Reachable:".to_owned();
+                for r in many.iter().take(MAX_LINES) {
+                    text.push_str(&format!("\n    {}", reach_line(r, meta, names)));
+                }
+                if many.len() > MAX_LINES {
+                    text.push_str(&format!("\n    ({} more)", many.len() - MAX_LINES));
+                }
+                line(text);
+            }
+        }
         line(format!(
             "Peers connected: {} ({} connections: {} direct, {} relayed; at most {} at once)",
             self.peers_seen,
@@ -282,10 +408,48 @@ impl Render for SummaryReport {
             "Tunnels out (client): {}",
             one_line(&self.tunnels_client)
         ));
+        let ready = &self.tunnels_client.readiness;
+        for r in ready.iter().take(MAX_LINES) {
+            let run = if meta.runs > 1 {
+                format!(", run {}", r.run)
+            } else {
+                String::new()
+            };
+            line(format!(
+                "  --tunnel {} to {}{run}: {}",
+                r.service,
+                r.peer
+                    .as_deref()
+                    .map_or_else(|| "?".to_owned(), |p| names.show(p)),
+                r.describe()
+            ));
+        }
+        if ready.len() > MAX_LINES {
+            line(format!(
+                "  ({} more --tunnel runs)",
+                ready.len() - MAX_LINES
+            ));
+        }
         line(format!(
             "Tunnels in (server): {}",
             one_line(&self.tunnels_server)
         ));
+        let r = &self.reloads;
+        if r.requested + r.applied + r.failed + r.tunnels_closed > 0 {
+            let mut text = format!(
+                "Reloads: {} ({} applied, {} failed); tunnels closed by reloads: {}; --tunnel ports: {} added, {} removed",
+                r.requested.max(r.applied + r.failed),
+                r.applied,
+                r.failed,
+                r.tunnels_closed,
+                r.ports_added,
+                r.ports_removed
+            );
+            if let Some(error) = &r.last_error {
+                text.push_str(&format!("\n    last failure: {}", shorten(error)));
+            }
+            line(text);
+        }
         line(format!(
             "Warnings: {}, errors: {} (info {}, debug {}); other events: {}",
             self.levels.warn,
@@ -332,6 +496,27 @@ impl Render for SummaryReport {
             self.levels.warn.to_string(),
             self.levels.error.to_string(),
             self.other_events.to_string(),
+            cell(self.first_reachable().and_then(|r| r.offset_ms)),
+            self.first_reachable()
+                .map_or("", |r| match r.how {
+                    ReachKind::Direct => "direct",
+                    ReachKind::Relay => "relay",
+                    ReachKind::BehindNat => "",
+                })
+                .to_owned(),
+            c.readiness
+                .iter()
+                .filter(|r| r.ready_ms.is_some())
+                .count()
+                .to_string(),
+            c.readiness
+                .iter()
+                .filter(|r| r.ready_ms.is_none())
+                .count()
+                .to_string(),
+            self.reloads.requested.to_string(),
+            self.reloads.failed.to_string(),
+            self.reloads.tunnels_closed.to_string(),
         ]]
     }
 }
@@ -372,5 +557,54 @@ mod tests {
         );
         // "reachable" and "dial failed" ×2 and "boom": no report interprets them.
         assert_eq!(s.other_events, 4);
+    }
+
+    #[test]
+    fn reachability_readiness_reloads_and_metrics() {
+        let log = [
+            r#"{"timestamp":"2026-01-01T00:00:00Z","level":"INFO","message":"local peer id","peer_id":"P"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:00.5Z","level":"INFO","message":"serving metrics on http://127.0.0.1:9090/metrics and status on http://127.0.0.1:9090/status","addr":"127.0.0.1:9090"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:01Z","level":"INFO","message":"tunnel listening","service":"echo","peer":"B","bind":"127.0.0.1:7000"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:02Z","level":"INFO","message":"reachable directly at addrs; relaying for peers behind NAT","addrs":"/ip4/1.2.3.4/tcp/4001 /ip4/1.2.3.4/udp/4001/quic-v1"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:02.5Z","level":"INFO","message":"tunnel ready over a direct connection","service":"echo","peer":"B","bind":"127.0.0.1:7000","path":"direct","remote_addr":"/x"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:05Z","level":"INFO","message":"SIGHUP: reloading the configuration"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:05Z","level":"INFO","message":"closing a tunnel: the reloaded --allow rules no longer admit this peer to the service","service":"ssh","peer_id":"C"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:05Z","level":"INFO","message":"configuration reloaded: services, --allow rules and --tunnel ports (other settings take effect at the next start)","services":1,"tunnels_added":0,"tunnels_removed":1,"tunnels_closed":1}"#,
+            r#"{"timestamp":"2026-01-01T00:00:06Z","level":"INFO","message":"SIGHUP: reloading the configuration"}"#,
+            r#"{"timestamp":"2026-01-01T00:00:06Z","level":"WARN","message":"reload failed, the configuration in use is unchanged","error":"--allow: bad peer id"}"#,
+        ]
+        .join("\n");
+        let r = analyze_reader::<Summary>(log.as_bytes(), "t".into(), None).expect("in memory");
+        let s = &r.report;
+        assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:9090"));
+        let reach = s.first_reachable().expect("reachable");
+        assert_eq!(reach.how, ReachKind::Direct);
+        assert_eq!(reach.offset_ms, Some(2000.0));
+        assert_eq!(reach.addrs.len(), 2);
+        assert_eq!(s.tunnels_client.readiness[0].ready_ms, Some(2500.0));
+        assert_eq!(
+            s.reloads,
+            Reloads {
+                requested: 2,
+                applied: 1,
+                failed: 1,
+                last_error: Some("--allow: bad peer id".into()),
+                tunnels_closed: 1,
+                ports_added: 0,
+                ports_removed: 1,
+            }
+        );
+        assert_eq!(s.other_events, 0);
+        let mut text = String::new();
+        s.text(&r.meta, &mut text, &Names::default());
+        for expected in [
+            "Metrics: http://127.0.0.1:9090/metrics",
+            "Reachable: directly at /ip4/1.2.3.4/tcp/4001, /ip4/1.2.3.4/udp/4001/quic-v1 at +2.0 s",
+            "--tunnel echo to B: ready +2.5 s (direct)",
+            "Reloads: 2 (1 applied, 1 failed); tunnels closed by reloads: 1; --tunnel ports: 0 added, 1 removed",
+            "last failure: --allow: bad peer id",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
     }
 }
