@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    cell::{Transport, echo_from, print_peer_id, start_echo},
+    cell::{Transport, print_peer_id, start_echo},
     nat::NatKind,
     peer::{Peer, field, matches},
     report::percentile,
@@ -187,7 +187,7 @@ async fn first_echo(device: &patchbay::Device, a: &Peer) -> Result<()> {
     let addr = *a.tunnel_addrs.first().context("peer-a has no tunnel")?;
     let deadline = Instant::now() + ECHO_DEADLINE;
     loop {
-        let attempt = tokio::time::timeout(ECHO_DEADLINE, echo_from(device, addr, vec![7])).await;
+        let attempt = tokio::time::timeout(ECHO_DEADLINE, first_byte_from(device, addr)).await;
         match attempt {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(error)) if Instant::now() > deadline => {
@@ -197,6 +197,28 @@ async fn first_echo(device: &patchbay::Device, a: &Peer) -> Result<()> {
             Ok(Err(_)) => tokio::time::sleep(ECHO_RETRY).await,
         }
     }
+}
+
+/// Connects to `addr` from `device`'s namespace, sends one byte and waits for it to come back:
+/// the first echoed byte, as a user of an interactive protocol sees it (the connection is
+/// closed afterwards, untimed).
+async fn first_byte_from(device: &patchbay::Device, addr: std::net::SocketAddr) -> Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let task = device.spawn(async move |_| -> Result<()> {
+        let mut socket = tokio::net::TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        socket.write_all(&[7]).await?;
+        let mut back = [0u8; 1];
+        socket
+            .read_exact(&mut back)
+            .await
+            .context("read the echo")?;
+        if back != [7] {
+            bail!("echo mismatch: got {back:?}");
+        }
+        Ok(())
+    })?;
+    task.await.context("client task")?
 }
 
 /// From `since` (B's start) to the moment B was reachable: its reservation accepted (or
