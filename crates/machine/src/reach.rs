@@ -17,13 +17,17 @@ use crate::node::is_relayed;
 /// address (only while a stream waits for the peer, so at most until its connect timeout).
 ///
 /// Short and bounded, not exponential: a peer that is not in the DHT yet is usually one that
-/// started a moment ago and is about to publish (its relay slot and record take a round trip or
-/// two), and a lookup that backs off to seconds finds it seconds late. 250 ms, 500 ms, then
-/// every second: two DHT queries a second per peer being reached, at most.
+/// started a moment ago and is about to publish (its relay slot and record take a few round
+/// trips), and a lookup that backs off to seconds finds it seconds late. Every 200 ms for the
+/// first two seconds, then every second: at most ten lookups (two DHT queries each) in the
+/// first two seconds per peer being reached, one a second after that.
 pub fn lookup_retry_delay(failed: u32) -> std::time::Duration {
-    let ms = 250u64 << failed.saturating_sub(1).min(2);
+    let ms = if failed <= FAST_LOOKUPS { 200 } else { 1000 };
     std::time::Duration::from_millis(ms)
 }
+
+/// Lookups retried at the fast cadence of [`lookup_retry_delay`].
+const FAST_LOOKUPS: u32 = 10;
 
 /// One step of reaching a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,10 +118,7 @@ mod tests {
     #[test]
     fn lookups_retry_soon_and_never_less_often_than_every_second() {
         let ms = |n| lookup_retry_delay(n).as_millis();
-        assert_eq!(
-            (ms(1), ms(2), ms(3), ms(4), ms(100)),
-            (250, 500, 1000, 1000, 1000)
-        );
+        assert_eq!((ms(1), ms(10), ms(11), ms(100)), (200, 200, 1000, 1000));
     }
 
     fn peer(i: u8) -> PeerId {
