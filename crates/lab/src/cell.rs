@@ -7,7 +7,9 @@
 //!    `--allow echo=<A>`) and A (`--tunnel` to B's echo) together. Neither is told its NAT
 //!    status: AutoNAT decides.
 //! 3. Wait until B is reachable (relay reservation accepted, or AutoNAT says public) and both
-//!    participate (Kademlia bootstrapped, NAT status known).
+//!    participate (Kademlia bootstrapped, and reachable: a relay slot held or the NAT status
+//!    known). Nodes no longer wait for AutoNAT to reserve, so this is well before AutoNAT's
+//!    verdict; the tests that check the verdict wait for it.
 //! 4. Send bytes through A's tunnel port from inside A's namespace; verify the echo.
 //! 5. Let the outcome settle: a direct A–B connection, or DCUtR giving up (B's side counts the
 //!    attempts). Send bytes again: that connection's path is the cell's verdict.

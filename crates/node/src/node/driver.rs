@@ -1251,10 +1251,24 @@ impl Driver {
             .into_iter()
             .partition(|a| a.iter().any(|p| p == Protocol::QuicV1));
         if !tcp.is_empty() {
+            // Two dials. From our listening port, as the listener of the upgrade: the requester
+            // dials us at the same moment, the SYNs cross and TCP's simultaneous open gives both
+            // sides a connection that both call outbound, so one must take the other role. But
+            // where the requester's NAT lets our SYN through to its listening socket (an open
+            // NAT, a public node that does not know it yet), it accepts as the listener too,
+            // and that connection hangs until the upgrade times out. So also from a new port,
+            // as the dialer: that one reaches a requester whose NAT lets it in; behind any
+            // other NAT its SYN is dropped, costing one packet.
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::Always)
+                .addresses(tcp.clone())
+                .override_role()
+                .build();
+            let _ = self.dial(peer, opts, true);
             let opts = DialOpts::peer_id(peer)
                 .condition(PeerCondition::Always)
                 .addresses(tcp)
-                .override_role()
+                .allocate_new_port()
                 .build();
             let _ = self.dial(peer, opts, true);
         }

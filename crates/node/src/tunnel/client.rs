@@ -172,7 +172,9 @@ async fn carry(
         books.metrics.tunnel_refused(service, Side::carried, reason);
     };
     let opened = tokio::select! {
-        opened = node.open_stream(spec.peer, protocol::TUNNEL) => opened,
+        opened = said_while_waiting(node.open_stream(spec.peer, protocol::TUNNEL), |waited| {
+            tracing::info!(%service, peer = %spec.peer, client = %from, waited = ?waited, "tunnel connection waiting for a path to the peer");
+        }) => opened,
         () = node.stopped() => return,
     };
     let (stream, info) = match opened {
@@ -261,6 +263,26 @@ async fn carry(
     }
 }
 
+/// How often a wait for a path to a peer is said to be still going on.
+const STILL_WAITING: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `work`, calling `say(waited)` every [`STILL_WAITING`] while it is not done: nobody
+/// waits in silence.
+async fn said_while_waiting<T>(
+    work: impl std::future::Future<Output = T>,
+    mut say: impl FnMut(std::time::Duration),
+) -> T {
+    tokio::pin!(work);
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval_at(started + STILL_WAITING, STILL_WAITING);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = ticks.tick() => say(started.elapsed()),
+        }
+    }
+}
+
 /// How long [`announce`] waits between attempts to reach a tunnel's peer, at most.
 const ANNOUNCE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long [`announce`] watches for the direct connection after a relayed one.
@@ -283,7 +305,9 @@ pub async fn announce(
     let mut delay = std::time::Duration::from_secs(1);
     let info = loop {
         let result = tokio::select! {
-            result = node.connect(peer) => result,
+            result = said_while_waiting(node.connect(peer), |waited| {
+                tracing::info!(%service, %peer, %bind, waited = ?waited, "tunnel not ready yet: still reaching the peer");
+            }) => result,
             () = stop.cancelled() => return,
         };
         match result {
