@@ -259,17 +259,12 @@ impl Cell {
         let a_id = print_peer_id(bin, &dir, "peer-a")?;
         let b_id = print_peer_id(bin, &dir, "peer-b")?;
 
-        let mut relay_args = vec![
-            "--listen".into(),
-            t.multiaddr("0.0.0.0", 4001),
-            "--external-address".into(),
-            t.multiaddr(&relay_ip, 4001),
-            "--no-mdns".into(),
-            "--autonat-private-ips".into(),
-        ];
-        if spec.relay_trusts_peers {
-            relay_args.extend(["--trust".into(), a_id.clone(), "--trust".into(), b_id]);
-        }
+        let trusted = if spec.relay_trusts_peers {
+            vec![a_id.clone(), b_id]
+        } else {
+            Vec::new()
+        };
+        let relay_args = relay_args(t, &relay_ip, &trusted);
         let relay = Peer::start(&net.relay, bin, "relay", &dir, relay_args).await?;
         let bootstrap = format!("{}/p2p/{}", t.multiaddr(&relay_ip, 4001), relay.peer_id);
         let common = |extra: Vec<String>| {
@@ -590,6 +585,23 @@ impl Cell {
 /// Runs one cell from start to finish.
 pub async fn run(spec: CellSpec, bin: &Path, logs: &Path) -> Result<CellResult> {
     Cell::start(spec, bin, logs).await?.run().await
+}
+
+/// The public relay's flags: listen on port 4001 of `transport`, known to be reachable at
+/// `ip` (so it relays and serves the DHT from the start), long circuits for `trusted` peers.
+pub fn relay_args(transport: Transport, ip: &str, trusted: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "--listen".into(),
+        transport.multiaddr("0.0.0.0", 4001),
+        "--external-address".into(),
+        transport.multiaddr(ip, 4001),
+        "--no-mdns".into(),
+        "--autonat-private-ips".into(),
+    ];
+    for peer in trusted {
+        args.extend(["--trust".into(), peer.clone()]);
+    }
+    args
 }
 
 /// A TCP echo server on 127.0.0.1 inside `device`'s namespace; returns its port.

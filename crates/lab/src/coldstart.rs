@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    cell::{Transport, print_peer_id, start_echo},
+    cell::{Transport, print_peer_id, relay_args, start_echo},
     nat::NatKind,
     peer::{Peer, field, matches},
     report::percentile,
@@ -90,18 +90,7 @@ pub async fn run_once(spec: Spec, bin: &Path, logs: &Path, n: usize) -> Result<R
         bin,
         "relay",
         &dir,
-        vec![
-            "--listen".into(),
-            t.multiaddr("0.0.0.0", 4001),
-            "--external-address".into(),
-            t.multiaddr(&relay_ip, 4001),
-            "--no-mdns".into(),
-            "--autonat-private-ips".into(),
-            "--trust".into(),
-            a_id.clone(),
-            "--trust".into(),
-            b_id.clone(),
-        ],
+        relay_args(t, &relay_ip, &[a_id.clone(), b_id.clone()]),
     )
     .await?;
     let bootstrap = format!("{}/p2p/{}", t.multiaddr(&relay_ip, 4001), relay.peer_id);
@@ -263,26 +252,9 @@ pub fn reachable_at(events: &[Value]) -> Option<f64> {
         .and_then(unix_ms)
 }
 
-/// `2026-12-06T03:58:49.474782Z` as milliseconds since the Unix epoch (UTC only).
+/// A log timestamp (`2026-12-06T03:58:49.474782Z`) as milliseconds since the Unix epoch.
 pub fn unix_ms(timestamp: &str) -> Option<f64> {
-    let (date, time) = timestamp.strip_suffix('Z')?.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (h, min) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let sec: f64 = t.next()?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + h * 3600 + min * 60) as f64 + sec) * 1000.0)
+    punchgate_logs::time::Timestamp::parse(timestamp).map(|t| t.micros() as f64 / 1000.0)
 }
 
 fn ms(d: Duration) -> f64 {
