@@ -506,6 +506,11 @@ impl<C: Copy + Eq + Debug> State<C> {
         self.kademlia == Kademlia::Bootstrapping
     }
 
+    /// Whether `peer` told us (identify) what it speaks, or mDNS found it.
+    pub fn knows(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
     /// Whether a connected peer has not told us (identify) which protocols it speaks yet: until
     /// it has, "no peer serves our DHT" may only mean "not yet".
     pub fn awaits_identify(&self) -> bool {

@@ -14,7 +14,8 @@ use multiaddr::{Multiaddr, Protocol};
 use crate::node::is_relayed;
 
 /// How long to wait before looking a peer up again after `failed` lookups found no usable
-/// address (only while a stream waits for the peer, so at most until its connect timeout).
+/// address, while something waits for the peer (a connection to a `--tunnel` port, a stream,
+/// or a `--tunnel`'s reach at start-up): at most until the connect timeout.
 ///
 /// Short and bounded, not exponential: a peer that is not in the DHT yet is usually one that
 /// started a moment ago and is about to publish (its relay slot and record take a few round

@@ -408,6 +408,7 @@ async fn reload(node: &mut Node, identity_path: &std::path::Path) {
             tunnels_added = report.tunnels_added.len(),
             tunnels_removed = report.tunnels_removed.len(),
             tunnels_closed = report.tunnels_closed.len(),
+            tunnel_errors = report.tunnel_errors.len(),
             "configuration reloaded: services, --allow rules and --tunnel ports (other settings take effect at the next start)"
         ),
         Err(error) => {

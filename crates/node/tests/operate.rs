@@ -267,8 +267,18 @@ async fn metrics_and_status_show_connections_tunnels_and_bytes() {
     .await;
     assert!((0.0..1000.0).contains(&rtt), "loopback round trip {rtt} ms");
 
-    // Anything else is a clear 404 or 405.
+    // Anything else is a clear 404.
     assert_eq!(get(b_http, "/nope").await.0, 404);
+    // A DNS name that points at loopback (a rebinding web page) gets nothing.
+    let (status, _, body) = common::http::get_as(b_http, "/status", "evil.example:9090").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains(&b.peer_id().to_string()));
+    assert_eq!(
+        common::http::get_as(b_http, "/metrics", "localhost:9090")
+            .await
+            .0,
+        200
+    );
 
     drop(open);
     a.shutdown().await;
@@ -451,16 +461,25 @@ async fn a_reload_opens_and_closes_tunnel_ports_and_established_connections_carr
     assert_eq!(&back, b"two");
     echo_round_trip(free, &payload(20_000, 4)).await;
 
-    // A reload that cannot bind its port changes nothing.
+    // A port that cannot be bound is reported; the rest applies and the node goes on.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
     let mut bad = config.clone();
     bad.tunnels.push(
-        format!("{}:echo@{}", b.peer_id(), taken.local_addr().expect("addr"))
+        format!("{}:echo@{taken_addr}", b.peer_id())
             .parse::<TunnelSpec>()
             .expect("tunnel"),
     );
-    assert!(a.reload(&bad).await.is_err());
+    let report = a.reload(&bad).await.expect("reload");
+    assert_eq!(report.tunnel_errors.len(), 1, "{report:?}");
+    assert_eq!(report.tunnel_errors[0].0, taken_addr);
+    assert!(
+        report.tunnel_errors[0]
+            .1
+            .contains("cannot bind tunnel port")
+    );
     assert_eq!(a.tunnel_addrs(), vec![free]);
+    echo_round_trip(free, &payload(1_000, 5)).await;
 
     drop(open);
     a.shutdown().await;

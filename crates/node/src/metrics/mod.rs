@@ -40,8 +40,9 @@ impl Path {
     }
 }
 
-/// The transport under a connection: QUIC or TCP (for a relayed connection, the transport to
-/// its relay).
+/// The transport under a connection, from its remote address: QUIC or TCP. A relayed
+/// connection we dialled has its relay's transport; one dialled to us through a relay has no
+/// transport in its address (`/p2p/<peer>`) and counts as `other`.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types, reason = "label values are lowercase")]
 pub enum Transport {
@@ -137,6 +138,8 @@ pub enum Refusal {
     unreachable,
     /// Carried: the peer refused (any reason).
     refused_by_peer,
+    /// Carried: no answer to the request in time, a malformed one, or a peer without tunnels.
+    negotiation_failed,
 }
 
 /// Labels of a refused tunnel.
@@ -157,13 +160,11 @@ pub struct ServiceLabels {
     pub service: String,
 }
 
-/// How a hole punch ended.
+/// How a hole punch or a lookup ended.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types, reason = "label values are lowercase")]
 pub enum Outcome {
-    /// Started.
-    attempted,
-    /// A direct connection came of it.
+    /// A direct connection (a punch) or an address (a lookup) came of it.
     succeeded,
     /// It failed.
     failed,
@@ -183,7 +184,7 @@ pub struct Metrics {
     pub connections: Family<ConnectionLabels, Gauge>,
     /// Connections opened, by path and transport.
     pub connections_opened: Family<ConnectionLabels, Counter>,
-    /// DCUtR hole punches: attempted, succeeded, failed.
+    /// DCUtR hole punches: succeeded, failed.
     pub hole_punches: Family<OutcomeLabels, Counter>,
     /// From a peer's first relayed connection to its first direct one, in seconds.
     pub time_to_direct: Histogram,
@@ -369,8 +370,8 @@ impl Metrics {
     }
 
     /// Counters for one tunnel of `service` on `side`: opened now, closed when the returned
-    /// [`TunnelMeter`] drops.
-    pub fn tunnel_opened(&self, service: &str, side: Side) -> TunnelMeter {
+    /// [`TunnelMeter`] drops; its bytes so far go to `live` too.
+    pub fn tunnel_opened(&self, service: &str, side: Side, live: Arc<LiveBytes>) -> TunnelMeter {
         let labels = TunnelLabels {
             service: service.to_owned(),
             side,
@@ -391,7 +392,7 @@ impl Metrics {
             open,
             to_service: bytes(Direction::to_service),
             from_service: bytes(Direction::from_service),
-            live: Arc::default(),
+            live,
         }
     }
 }

@@ -6,8 +6,11 @@
 //!   peers with their path and round trip, the exposed services and the open tunnels.
 //!
 //! It is for the operator: bind it to loopback (or a management network), since the status
-//! names the services and the peers. It is bounded like the rest of the node: at most
-//! [`MAX_CONNECTIONS`] clients at once, each with [`HEADER_TIMEOUT`] to send its request.
+//! names the services and the peers; a bind elsewhere is a WARN. On loopback it answers only
+//! requests whose `Host` is an IP address or `localhost`, so a web page in the operator's
+//! browser cannot read it through a DNS name rebound to 127.0.0.1. It is bounded like the rest
+//! of the node: at most [`MAX_CONNECTIONS`] clients at once, each with [`HEADER_TIMEOUT`] to
+//! send a request and [`CONNECTION_LIFETIME`] in all.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -36,6 +39,9 @@ use crate::{
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long a client may take to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one client connection may last (a client that does not read its answer lets go
+/// of its slot then).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// The OpenMetrics content type prometheus-client's text encoder writes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -63,6 +69,13 @@ pub async fn run(
     tasks: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if !loopback {
+        tracing::warn!(
+            addr = ?listener.local_addr().ok(),
+            "--metrics is not on a loopback address: anyone who can reach it can read the status (services, allow rules, peers); keep it on 127.0.0.1 or a management network"
+        );
+    }
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -87,7 +100,7 @@ pub async fn run(
         tasks.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let sources = sources.clone();
-                async move { Ok::<_, Infallible>(respond(request, &sources).await) }
+                async move { Ok::<_, Infallible>(respond(request, &sources, loopback).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -95,8 +108,10 @@ pub async fn run(
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tcp), service);
             tokio::select! {
-                result = connection => if let Err(error) = result {
-                    tracing::debug!(%error, "metrics: connection ended");
+                result = tokio::time::timeout(CONNECTION_LIFETIME, connection) => match result {
+                    Ok(Err(error)) => tracing::debug!(%error, "metrics: connection ended"),
+                    Err(_) => tracing::debug!("metrics: connection closed after its lifetime"),
+                    Ok(Ok(())) => {}
                 },
                 () = shutdown.cancelled() => {}
             }
@@ -110,9 +125,19 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn respond(request: Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
+async fn respond(
+    request: Request<Incoming>,
+    sources: &Sources,
+    loopback: bool,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    if loopback && !local_host(&request) {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "forbidden: on loopback, the Host header must be an IP address or localhost\n",
+        );
     }
     match request.uri().path() {
         "/metrics" => {
@@ -146,6 +171,24 @@ async fn respond(request: Request<Incoming>, sources: &Sources) -> Response<Full
     }
 }
 
+/// Whether the request's `Host` names this machine without DNS: an IP address or `localhost`
+/// (with or without a port).
+fn local_host(request: &Request<Incoming>) -> bool {
+    let Some(host) = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // [v6]:port or [v6]
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -177,7 +220,7 @@ pub struct Status {
     /// Reservations this node serves for others, as a relay.
     pub reservations_served: i64,
     /// Circuits this node relays now.
-    pub circuits_relayed: i64,
+    pub circuits: i64,
     /// Open connections.
     pub connections: Vec<Connection>,
     /// Exposed services.
@@ -267,7 +310,7 @@ async fn status(sources: &Sources) -> Option<Status> {
             .collect(),
         reservation: Reservation { state, relay, addr },
         reservations_served: metrics.reservations_served.get(),
-        circuits_relayed: metrics.circuits.get(),
+        circuits: metrics.circuits.get(),
         connections: node.connections.iter().map(connection).collect(),
         services,
         tunnels: sources.tunnels.snapshot(),

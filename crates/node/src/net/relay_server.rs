@@ -131,6 +131,12 @@ impl RelayServer {
         self.short.set_status(Some(status));
     }
 
+    /// Peers trusted with long circuits from now on (a reload): a connection's handler keeps
+    /// the limits it was built with, so this applies to connections opened after it.
+    pub fn set_trusted(&mut self, trusted: HashSet<PeerId>) {
+        self.trusted = trusted;
+    }
+
     /// Whether circuits from (or to) `peer` get the long limits.
     pub fn trusts(&self, peer: &PeerId) -> bool {
         match self.mode {

@@ -106,6 +106,8 @@ pub(super) struct Driver {
     metrics: crate::metrics::Metrics,
     /// libp2p's metrics, recorded from the swarm's and the behaviours' events.
     libp2p_metrics: libp2p::metrics::Metrics,
+    /// What we serve as a relay (for the metrics).
+    relay_served: RelayServed,
     /// One line per 10 s about connections refused over a limit, with the count since the last.
     limit_log: punchgate_machine::limit::Every,
     /// Introductions acted on in the current minute.
@@ -247,6 +249,7 @@ impl Driver {
             introduction_gate: introductions::IntroductionGate::default(),
             limit_log: punchgate_machine::limit::Every::new(crate::access::DENIAL_LOG_INTERVAL),
             rtts: HashMap::new(),
+            relay_served: RelayServed::new(metrics.clone()),
             metrics,
             libp2p_metrics,
             own_dials: HashMap::new(),
@@ -824,6 +827,10 @@ impl Driver {
                 self.introductions_in_flight = self.introductions_in_flight.saturating_sub(1);
                 self.on_introduce_result(peer, via, result);
             }
+            Request::SetTrusted { trusted } => {
+                tracing::debug!(trusted = trusted.len(), "relay trust set replaced");
+                self.swarm.behaviour_mut().relay.set_trusted(trusted);
+            }
             Request::Status { reply } => {
                 let machine = self.machine();
                 let _ = reply.send(NodeStatus {
@@ -1270,7 +1277,8 @@ impl Driver {
                 .addresses(tcp)
                 .allocate_new_port()
                 .build();
-            let _ = self.dial(peer, opts, true);
+            // One attempt with the dial above, for the hole-punch timings.
+            let _ = self.dial(peer, opts, false);
         }
         if !quic.is_empty() {
             let opts = DialOpts::peer_id(peer)
@@ -1355,7 +1363,7 @@ impl Driver {
             }
             NatStatus::Private => {
                 tracing::info!(
-                    "behind NAT: not reachable directly; reserving a relay slot so peers can reach this node"
+                    "behind NAT: not reachable directly; peers reach this node through its relay slot"
                 );
             }
             NatStatus::Unknown => {}
@@ -1493,6 +1501,7 @@ impl Driver {
                 });
                 if num_established == 0 {
                     self.contacts.remove(&peer_id);
+                    self.relay_served.disconnected(&peer_id);
                 }
                 self.answer_waiting(peer_id);
             }
@@ -1758,6 +1767,18 @@ impl Driver {
             }
             BehaviourEvent::Identify(identify::Event::Error { peer_id, error, .. }) => {
                 tracing::debug!(peer = %peer_id, %error, "identify failed");
+                if !self.machine().knows(&peer_id) {
+                    // A peer that cannot tell us what it speaks is taken to speak nothing we
+                    // need (no relay, no DHT), so "no peer serves our DHT" is not held back
+                    // waiting for it.
+                    self.step(Event::PeerIdentified {
+                        peer: peer_id,
+                        listen_addrs: Vec::new(),
+                        relay_capable: false,
+                        kademlia: false,
+                    });
+                    self.warn_if_no_dht();
+                }
             }
             BehaviourEvent::Identify(_) => {}
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
@@ -1801,7 +1822,7 @@ impl Driver {
                 &self.swarm.behaviour().relay,
                 event,
                 &mut self.peer_log,
-                &self.metrics,
+                &mut self.relay_served,
             ),
             BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
@@ -2062,28 +2083,10 @@ fn on_relay_server_event(
     server: &crate::net::relay_server::RelayServer,
     event: relay::Event,
     log: &mut DenialLog,
-    metrics: &crate::metrics::Metrics,
+    served: &mut RelayServed,
 ) {
     let now = std::time::Instant::now();
-    match &event {
-        relay::Event::ReservationReqAccepted { renewed: false, .. } => {
-            metrics.reservations_served.inc();
-        }
-        relay::Event::ReservationTimedOut { .. } | relay::Event::ReservationClosed { .. } => {
-            metrics.reservations_served.dec();
-        }
-        relay::Event::CircuitReqAccepted { .. } => {
-            metrics.circuits.inc();
-            metrics.circuits_relayed.inc();
-        }
-        relay::Event::CircuitReqDenied { .. } => {
-            metrics.circuits_denied.inc();
-        }
-        relay::Event::CircuitClosed { .. } => {
-            metrics.circuits.dec();
-        }
-        _ => {}
-    }
+    served.count(&event);
     match event {
         // libp2p's relay rate-limits what it accepts (per peer and per IP address): those
         // lines are bounded already. What it denies is not.
@@ -2129,6 +2132,87 @@ fn on_relay_server_event(
             tracing::info!(src = %src_peer_id, dst = %dst_peer_id, error = ?error.map(|e| e.to_string()), "relay circuit closed")
         }
         event => tracing::debug!(?event, "relay server"),
+    }
+}
+
+/// What this node serves as a relay, for the metrics and `/status`. libp2p-relay 0.22's events
+/// do not pair up: it reports `ReservationClosed` for every connection that closes (reserved or
+/// not) and `CircuitClosed` twice when a circuit's destination goes first. So the gauges are
+/// set from sets kept here, bounded by the relay's own limits (`--relay-max-reservations`,
+/// `--relay-max-circuits`).
+struct RelayServed {
+    /// Peers we hold a reservation for.
+    reservations: HashSet<PeerId>,
+    /// Circuits open, per (source, destination).
+    circuits: HashMap<(PeerId, PeerId), usize>,
+    metrics: crate::metrics::Metrics,
+}
+
+impl RelayServed {
+    fn new(metrics: crate::metrics::Metrics) -> Self {
+        Self {
+            reservations: HashSet::new(),
+            circuits: HashMap::new(),
+            metrics,
+        }
+    }
+
+    fn count(&mut self, event: &relay::Event) {
+        let metrics = &self.metrics;
+        match event {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                self.reservations.insert(*src_peer_id);
+            }
+            relay::Event::ReservationTimedOut { src_peer_id } => {
+                self.reservations.remove(src_peer_id);
+            }
+            relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            } => {
+                *self
+                    .circuits
+                    .entry((*src_peer_id, *dst_peer_id))
+                    .or_default() += 1;
+                metrics.circuits_relayed.inc();
+            }
+            relay::Event::CircuitReqDenied { .. } => {
+                metrics.circuits_denied.inc();
+            }
+            relay::Event::CircuitClosed {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            } => {
+                let key = (*src_peer_id, *dst_peer_id);
+                if let Some(open) = self.circuits.get_mut(&key) {
+                    *open -= 1;
+                    if *open == 0 {
+                        self.circuits.remove(&key);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.update();
+    }
+
+    /// `peer`'s last connection closed: its reservation (and its circuits) went with it.
+    fn disconnected(&mut self, peer: &PeerId) {
+        self.reservations.remove(peer);
+        self.circuits
+            .retain(|(src, dst), _| src != peer && dst != peer);
+        self.update();
+    }
+
+    fn update(&self) {
+        let metrics = &self.metrics;
+        metrics
+            .reservations_served
+            .set(self.reservations.len() as i64);
+        metrics
+            .circuits
+            .set(self.circuits.values().sum::<usize>() as i64);
     }
 }
 
@@ -2198,4 +2282,52 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     // One log line per event: libp2p lists several dial errors on lines of their own.
     message.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libp2p-relay reports `ReservationClosed` for every connection that closes and
+    /// `CircuitClosed` twice when the destination goes first: the gauges stay true.
+    #[test]
+    fn relay_gauges_follow_what_is_served_not_how_often_upstream_says_so() {
+        let metrics = crate::metrics::Metrics::unregistered();
+        let mut served = RelayServed::new(metrics.clone());
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        served.count(&relay::Event::ReservationReqAccepted {
+            src_peer_id: a,
+            renewed: false,
+        });
+        served.count(&relay::Event::ReservationReqAccepted {
+            src_peer_id: a,
+            renewed: true,
+        });
+        // A connection of a peer without a reservation closes.
+        served.count(&relay::Event::ReservationClosed { src_peer_id: c });
+        assert_eq!(metrics.reservations_served.get(), 1);
+        served.count(&relay::Event::CircuitReqAccepted {
+            src_peer_id: c,
+            dst_peer_id: a,
+        });
+        assert_eq!(metrics.circuits.get(), 1);
+        // The destination's connection closes: upstream says so twice.
+        for _ in 0..2 {
+            served.count(&relay::Event::CircuitClosed {
+                src_peer_id: c,
+                dst_peer_id: a,
+                error: None,
+            });
+        }
+        assert_eq!(metrics.circuits.get(), 0);
+        assert_eq!(metrics.circuits_relayed.get(), 1);
+        served.count(&relay::Event::CircuitReqAccepted {
+            src_peer_id: b,
+            dst_peer_id: a,
+        });
+        // A's last connection closes: its reservation and circuits go with it.
+        served.disconnected(&a);
+        assert_eq!(metrics.reservations_served.get(), 0);
+        assert_eq!(metrics.circuits.get(), 0);
+    }
 }

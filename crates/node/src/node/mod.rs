@@ -254,6 +254,10 @@ enum Request {
     },
     /// Report the state machine's view.
     Status { reply: oneshot::Sender<NodeStatus> },
+    /// The peers the relay server trusts with long circuits changed (a reload).
+    SetTrusted {
+        trusted: std::collections::HashSet<PeerId>,
+    },
     /// Peer `from` (our relay, if we are to act on it) says `peer` wants a direct connection
     /// and is observed at `addrs`: dial it now.
     Introduced {
@@ -379,6 +383,12 @@ impl NodeHandle {
             .await;
     }
 
+    /// Lend long relay circuits to `trusted` (and, as before, by `--relay`), for connections
+    /// from now on.
+    pub(crate) async fn set_trusted(&self, trusted: std::collections::HashSet<PeerId>) {
+        let _ = self.requests.send(Request::SetTrusted { trusted }).await;
+    }
+
     /// A snapshot of the node's state.
     pub async fn status(&self) -> Result<NodeStatus, ConnectError> {
         let (reply, response) = oneshot::channel();
@@ -457,6 +467,8 @@ pub struct ReloadReport {
     /// Served tunnels closed because the new rules no longer admit their peer: (service,
     /// peer).
     pub tunnels_closed: Vec<(String, PeerId)>,
+    /// New `--tunnel` ports that could not be opened, with why.
+    pub tunnel_errors: Vec<(std::net::SocketAddr, String)>,
 }
 
 impl Node {
@@ -632,75 +644,65 @@ impl Node {
         Ok(addr)
     }
 
-    /// Applies a new configuration's services, `--allow` rules and `--tunnel` ports (SIGHUP),
-    /// without dropping established tunnel connections, with one exception: a served tunnel
-    /// whose peer the new rules no longer admit to its service is closed (access taken away
-    /// is taken away now, not when the peer next reconnects). Tunnels carried from a removed
-    /// `--tunnel` port carry on until they end; the port itself closes. Every other setting
-    /// takes effect at the next start.
+    /// Applies a new configuration's services, `--allow` rules (and the relay trust they
+    /// give) and `--tunnel` ports (SIGHUP), without dropping established tunnel connections,
+    /// with one exception: a served tunnel whose peer the new rules no longer admit to its
+    /// service is closed (access taken away is taken away now, not when the peer next
+    /// reconnects). Tunnels carried from a removed `--tunnel` port carry on until they end; the
+    /// port itself closes. Every other setting takes effect at the next start.
     ///
-    /// On an error (a new port that cannot be bound) nothing changed, unless the port was one
-    /// a removed `--tunnel` had: that one is closed first.
+    /// Rules that do not fit together are an error, and nothing changes. Otherwise the rules
+    /// apply first; then removed ports close and new ones open, and a port that cannot be bound
+    /// is reported in [`ReloadReport::tunnel_errors`] (the rest still applies).
     pub async fn reload(&mut self, config: &NodeConfig) -> Result<ReloadReport, StartError> {
         let rules = rules(config)?;
         let mut report = ReloadReport {
             services: (rules.services.len(), self.exposed.rules().services.len()),
             ..ReloadReport::default()
         };
-        // Bind the new ports first, so an error changes nothing.
-        let removed: Vec<usize> = (0..self.tunnel_ports.len())
-            .filter(|i| !config.tunnels.contains(&self.tunnel_ports[*i].spec))
-            .collect();
-        let mut added = Vec::new();
-        for spec in &config.tunnels {
-            if self.tunnel_ports.iter().any(|p| p.spec == *spec) {
+
+        // The rules, and the tunnels they no longer admit.
+        self.exposed.replace(rules);
+        let now = self.exposed.rules();
+        report.tunnels_closed = self.books.active.close_served_unless(|service, peer| {
+            crate::config::ServiceName::from_str(service).is_ok_and(|name| now.admits(&name, peer))
+        });
+        for (service, peer) in &report.tunnels_closed {
+            tracing::info!(%service, peer_id = %peer, "closing a tunnel: the reloaded --allow rules no longer admit this peer to the service");
+        }
+        // Whom the relay lends long circuits (peers named in --allow are trusted): for
+        // connections from now on.
+        self.handle.set_trusted(config.trusted_peers()).await;
+
+        // Ports: the removed ones close first (a new one may take the same address).
+        let mut i = 0;
+        while i < self.tunnel_ports.len() {
+            if config.tunnels.contains(&self.tunnel_ports[i].spec) {
+                i += 1;
                 continue;
             }
-            // A port a removed tunnel holds is freed first.
-            let frees = removed.iter().any(|i| {
-                let port = &self.tunnel_ports[*i];
-                port.addr.port() == spec.bind.port() && spec.bind.port() != 0
-            });
-            let listener = if frees {
-                None
-            } else {
-                Some(
-                    TcpListener::bind(spec.bind)
-                        .await
-                        .map_err(|source| tunnel_bind_error(spec, source))?,
-                )
-            };
-            added.push((spec.clone(), listener));
-        }
-        for i in removed.into_iter().rev() {
             let port = self.tunnel_ports.remove(i);
             port.stop.cancel();
             let _ = port.task.await;
             tracing::info!(bind = %port.addr, peer = %port.spec.peer, service = %port.spec.service, "tunnel port closed by a reload (its connections carry on)");
             report.tunnels_removed.push(port.addr);
         }
-        for (spec, listener) in added {
-            let listener = match listener {
-                Some(listener) => listener,
-                None => TcpListener::bind(spec.bind)
-                    .await
-                    .map_err(|source| tunnel_bind_error(&spec, source))?,
+        for spec in &config.tunnels {
+            if self.tunnel_ports.iter().any(|p| p.spec == *spec) {
+                continue;
+            }
+            let opened = match TcpListener::bind(spec.bind).await {
+                Ok(listener) => self.open_tunnel_port(spec.clone(), listener),
+                Err(error) => Err(error),
             };
-            let addr = self
-                .open_tunnel_port(spec.clone(), listener)
-                .map_err(|source| tunnel_bind_error(&spec, source))?;
-            report.tunnels_added.push(addr);
-        }
-
-        self.exposed.replace(rules);
-        let now = self.exposed.rules();
-        report.tunnels_closed = self.books.active.close_served_unless(|service, peer| {
-            crate::config::ServiceName::from_str(service).is_ok_and(|name| {
-                now.services.contains_key(&name) && now.access.admits(&name, peer)
-            })
-        });
-        for (service, peer) in &report.tunnels_closed {
-            tracing::info!(%service, peer_id = %peer, "closing a tunnel: the reloaded --allow rules no longer admit this peer to the service");
+            match opened {
+                Ok(addr) => report.tunnels_added.push(addr),
+                Err(source) => {
+                    let error = tunnel_bind_error(spec, source);
+                    tracing::warn!(%error, "reload: a new --tunnel port could not be opened (the rest of the configuration applies)");
+                    report.tunnel_errors.push((spec.bind, error.to_string()));
+                }
+            }
         }
         Ok(report)
     }

@@ -227,13 +227,15 @@ async fn carry(
             return;
         }
         Err(error) => {
-            refused(Refusal::refused_by_peer);
+            refused(Refusal::negotiation_failed);
             tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error");
             return;
         }
     }
 
-    let meter = books.metrics.tunnel_opened(service, Side::carried);
+    let meter = books
+        .metrics
+        .tunnel_opened(service, Side::carried, Default::default());
     let _registration = books.active.register(
         Side::carried,
         service,
@@ -283,16 +285,20 @@ async fn said_while_waiting<T>(
     }
 }
 
-/// How long [`announce`] waits between attempts to reach a tunnel's peer, at most.
-const ANNOUNCE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long [`announce`] waits after a failed attempt to reach a tunnel's peer, at first and
+/// at most: an offline peer costs its bootstrap nodes a burst of lookups (one attempt, up to
+/// the connect timeout) every ten minutes, not a steady stream.
+const ANNOUNCE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+const ANNOUNCE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 /// How long [`announce`] watches for the direct connection after a relayed one.
 const ANNOUNCE_DIRECT_WATCH: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Progress people can see for a `--tunnel`: reaches its peer at once (so the first connection
 /// to the port does not wait for the dial), then says in plain words when the tunnel is ready
 /// and over which path, and again when a relayed one turns direct. A peer that cannot be
-/// reached yet is a WARN with the reason, and is tried again (1 s, 2 s, ... up to a minute
-/// apart) until it is reached or `stop`.
+/// reached yet is a WARN with the reason, and is tried again (5 s, 10 s, ... up to ten minutes
+/// apart) until it is reached or `stop`. (A connection to the port does not wait for these:
+/// it reaches the peer itself.)
 pub async fn announce(
     spec: TunnelSpec,
     bind: SocketAddr,
@@ -302,7 +308,7 @@ pub async fn announce(
     let service = spec.service.as_str();
     let peer = spec.peer;
     let mut events = node.subscribe();
-    let mut delay = std::time::Duration::from_secs(1);
+    let mut delay = ANNOUNCE_RETRY_FIRST;
     let info = loop {
         let result = tokio::select! {
             result = said_while_waiting(node.connect(peer), |waited| {

@@ -49,6 +49,13 @@ pub struct Rules {
     pub access: Access,
 }
 
+impl Rules {
+    /// Whether `peer` may use service `name`, and the node has it.
+    pub fn admits(&self, name: &ServiceName, peer: &libp2p::PeerId) -> bool {
+        self.services.contains_key(name) && self.access.admits(name, peer)
+    }
+}
+
 /// What the tunnel server serves, and to whom.
 #[derive(Debug)]
 pub struct Exposed {
@@ -357,10 +364,40 @@ async fn serve(
     };
     tracing::info!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request admitted");
 
-    let connect = TcpStream::connect((target.host.as_str(), target.port));
+    // In the table from here on, so a reload from now on sees it (and can close it). A reload
+    // that came between our look at the rules and this did not: look again.
+    let live = Arc::<crate::metrics::LiveBytes>::default();
+    let registration = books.active.register(
+        Side::served,
+        service,
+        peer,
+        Path::of(info.relayed),
+        live.clone(),
+        shutdown.child_token(),
+    );
+    let now = exposed.rules();
+    let still_admitted =
+        Arc::ptr_eq(&now, &rules) || name.as_ref().is_some_and(|name| now.admits(name, &peer));
+    if !still_admitted {
+        refuse(&mut stream, unknown_service(service)).await;
+        return;
+    }
+
+    let connect = async {
+        tokio::select! {
+            connected = TcpStream::connect((target.host.as_str(), target.port)) => Some(connected),
+            () = registration.close.cancelled() => None,
+        }
+    };
     let mut tcp = match timeout(limits.service_connect_timeout, connect).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(error)) => {
+        // Closed (a reload took the peer's access away, or the node is stopping) while
+        // connecting.
+        Ok(None) => {
+            refuse(&mut stream, unknown_service(service)).await;
+            return;
+        }
+        Ok(Some(Ok(tcp))) => tcp,
+        Ok(Some(Err(error))) => {
             refused(label, Refusal::service_unreachable);
             let reason = format!("service '{service}' is unreachable: {error}");
             tracing::warn!(peer_id = %peer, %service, %reason, target = %target, "tunnel rejected");
@@ -389,15 +426,7 @@ async fn serve(
     }
     tracing::info!(peer_id = %peer, %service, %local_addr, path = %path_kind(&info), "tunnel accepted");
 
-    let meter = books.metrics.tunnel_opened(label, Side::served);
-    let registration = books.active.register(
-        Side::served,
-        service,
-        peer,
-        Path::of(info.relayed),
-        meter.live.clone(),
-        shutdown.child_token(),
-    );
+    let meter = books.metrics.tunnel_opened(label, Side::served, live);
     let result = tokio::select! {
         result = splice_counted(&mut stream, &mut tcp, limits.idle_timeout, |to, from| meter.progress(to, from)) => result,
         () = registration.close.cancelled() => Err(std::io::Error::other(if shutdown.is_cancelled() {

@@ -7,6 +7,11 @@ use tokio::net::TcpStream;
 
 /// GET `path` from `addr` with hyper's HTTP/1.1 client: (status, content type, body).
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    get_as(addr, path, &addr.to_string()).await
+}
+
+/// [`get`] with `host` in the `Host` header.
+pub async fn get_as(addr: SocketAddr, path: &str, host: &str) -> (u16, String, String) {
     let tcp = TcpStream::connect(addr)
         .await
         .expect("connect to --metrics");
@@ -16,7 +21,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
             .expect("HTTP handshake");
     tokio::spawn(connection);
     let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::HOST, host)
         .body(http_body_util::Empty::<hyper::body::Bytes>::new())
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
