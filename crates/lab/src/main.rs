@@ -278,7 +278,9 @@ async fn demo(
     println!(
         "Lab: a public relay; peer A behind a {a} NAT; peer B behind a {b} NAT; {delay_ms} ms one-way delay at each site; {transport}."
     );
-    println!("Starting the nodes (they learn their own NAT status with AutoNAT)...");
+    println!(
+        "Starting the nodes (each reserves a slot on the relay at once, and learns its NAT status with AutoNAT meanwhile)..."
+    );
     let mut cell = Cell::start(spec, bin, logs).await?;
     let relay_ip = cell.net.relay_ip()?;
     println!("  relay  {}  at {relay_ip} (public)", cell.relay.peer_id);
@@ -288,7 +290,7 @@ async fn demo(
             .rev()
             .find(|e| matches(e, "nat status changed", &[]))
             .and_then(|e| field(e, "to"))
-            .unwrap_or_else(|| "Unknown".into())
+            .unwrap_or_else(|| "not known yet".into())
     };
     let reservation = cell
         .b
