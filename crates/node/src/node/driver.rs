@@ -156,6 +156,10 @@ struct RelayListener {
     relay: PeerId,
     /// The relay accepted: a close now means the reservation was lost, not refused.
     accepted: bool,
+    /// Released while the request was still unanswered: removed once it is answered.
+    /// (libp2p-relay 0.22's client panics, "Relay connection exist", when a reservation is
+    /// accepted for a listener removed while its request was in flight.)
+    released: bool,
 }
 
 struct Waiting {
@@ -447,6 +451,7 @@ impl Driver {
                             RelayListener {
                                 relay,
                                 accepted: false,
+                                released: false,
                             },
                         );
                     }
@@ -464,8 +469,14 @@ impl Driver {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in ids {
-                    self.relay_listeners.remove(&id);
-                    self.swarm.remove_listener(id);
+                    match self.relay_listeners.get_mut(&id) {
+                        // Still waiting for the relay's answer: remove it once answered.
+                        Some(listener) if !listener.accepted => listener.released = true,
+                        _ => {
+                            self.relay_listeners.remove(&id);
+                            self.swarm.remove_listener(id);
+                        }
+                    }
                 }
                 self.count_reservations();
                 tracing::info!(%relay, "released relay reservation");
@@ -1413,7 +1424,17 @@ impl Driver {
                 listener_id,
                 address,
             } => {
-                if let Some(listener) = self.relay_listeners.get_mut(&listener_id) {
+                if self
+                    .relay_listeners
+                    .get(&listener_id)
+                    .is_some_and(|l| l.released)
+                {
+                    // A reservation released while it was requested: now that the relay has
+                    // answered, let it go.
+                    tracing::debug!(addr = %address, "released relay reservation answered; removing it");
+                    self.relay_listeners.remove(&listener_id);
+                    self.swarm.remove_listener(listener_id);
+                } else if let Some(listener) = self.relay_listeners.get_mut(&listener_id) {
                     let first = !std::mem::replace(&mut listener.accepted, true);
                     let relay = listener.relay;
                     tracing::info!(%relay, addr = %address, "relay reservation accepted");
@@ -1446,7 +1467,9 @@ impl Driver {
                 if let Some(listener) = self.relay_listeners.remove(&listener_id) {
                     self.count_reservations();
                     let relay = listener.relay;
-                    if listener.accepted {
+                    if listener.released {
+                        tracing::debug!(%relay, "released relay reservation closed");
+                    } else if listener.accepted {
                         tracing::warn!(%relay, "relay reservation lost");
                         self.step(Event::RelayReservationLost { relay });
                     } else {
