@@ -12,7 +12,7 @@
 //! of the node: at most [`MAX_CONNECTIONS`] clients at once, each with [`HEADER_TIMEOUT`] to
 //! send a request and [`CONNECTION_LIFETIME`] in all.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -118,11 +118,6 @@ pub async fn run(
             drop(permit);
         });
     }
-}
-
-/// Binds `addr` for [`run`].
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 async fn respond(

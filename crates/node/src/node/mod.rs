@@ -478,7 +478,7 @@ impl Node {
         let rules = rules(&config)?;
         let metrics_listener = match config.metrics {
             Some(addr) => Some(
-                crate::metrics::server::bind(addr)
+                TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartError::MetricsBind { addr, source })?,
             ),

@@ -153,16 +153,6 @@ impl ActiveTunnels {
         }
         closed
     }
-
-    /// How many tunnels are open.
-    pub fn len(&self) -> usize {
-        lock(&self.table).open.len()
-    }
-
-    /// Whether no tunnel is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn round_ms(d: Duration) -> f64 {
