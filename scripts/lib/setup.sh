@@ -8,6 +8,7 @@ lab_tools=(
   "iptables  iptables   the lab's one-way delay (NFQUEUE)"
   "conntrack conntrack  flushing NAT mappings between lab runs"
   "ip        iproute2   the lab's links and routes"
+  "miniupnpd miniupnpd-nftables  the UPnP router of the lab's port-mapping cells"
   "python3   python3    the echo server of the end-to-end test and the README's demo"
 )
 
@@ -61,7 +62,7 @@ ensure_lab_tools() {
       || { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "${missing[@]}"; } \
       || { echo "Installing failed: run \`sudo apt-get update && sudo apt-get install -y ${missing[*]}\` and try again." >&2; exit 1; }
   else
-    echo "This system has no apt-get: install the packages that provide ${missing[*]} with its package manager (Fedora: sudo dnf install -y nftables iptables conntrack-tools iproute python3 nodejs npm systemd), then run $0 again." >&2
+    echo "This system has no apt-get: install the packages that provide ${missing[*]} with its package manager (Fedora: sudo dnf install -y nftables iptables conntrack-tools iproute python3 miniupnpd nodejs npm systemd), then run $0 again." >&2
     exit 1
   fi
 }

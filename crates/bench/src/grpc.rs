@@ -114,6 +114,7 @@ fn node_config() -> NodeConfig {
     let mut c = NodeConfig::new(Keypair::generate_ed25519());
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
     c.mdns = false;
+    c.upnp = false;
     c
 }
 

@@ -84,6 +84,7 @@ fn node_config(listen: &str) -> Result<NodeConfig> {
     let mut config = NodeConfig::new(Keypair::generate_ed25519());
     config.listen = vec![listen.parse()?];
     config.mdns = false;
+    config.upnp = false;
     Ok(config)
 }
 

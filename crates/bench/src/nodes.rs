@@ -78,7 +78,7 @@ impl Process {
             .arg("node")
             .arg("--identity")
             .arg(dir.join(format!("{name}.key")))
-            .args(["--no-mdns", "--log-format", "json"])
+            .args(["--no-mdns", "--no-upnp", "--log-format", "json"])
             .args(args)
             .env("RUST_LOG", "warn");
         Self::start(command, dir, name, |lines| {

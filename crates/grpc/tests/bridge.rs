@@ -31,6 +31,7 @@ fn config_with(keypair: Keypair) -> NodeConfig {
     let mut config = NodeConfig::new(keypair);
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
     config.mdns = false;
+    config.upnp = false;
     config.autonat_private_ips = true;
     config
 }

@@ -91,6 +91,9 @@ pub struct Args {
     /// Turn off mDNS.
     #[arg(long, global = true)]
     pub no_mdns: bool,
+    /// Do not ask the router to forward our ports (UPnP IGD).
+    #[arg(long, global = true)]
+    pub no_upnp: bool,
     /// Log format on stderr.
     #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -251,6 +254,7 @@ fn node_config(
     });
     config.autonat_private_ips = args.autonat_private_ips;
     config.mdns = !args.no_mdns;
+    config.upnp = !args.no_upnp;
     if let Some(wait) = direct_wait {
         config.timing.direct_wait = wait;
     }

@@ -74,7 +74,14 @@ fn server(network: &str, allowed: &Identity) -> Server {
 fn server_with(network: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(BIN)
-        .args(["server", "--once", "--no-mdns", "--network", network])
+        .args([
+            "server",
+            "--once",
+            "--no-mdns",
+            "--no-upnp",
+            "--network",
+            network,
+        ])
         .args(args)
         .envs(env.iter().copied())
         .env("LIBP2P_LISTEN_MULTIADDRS", "/ip4/127.0.0.1/tcp/0")
@@ -106,7 +113,7 @@ fn server_with(network: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
 
 fn client(id: &Identity, server: &Server, network: &str, addrs: &str) -> (Option<i32>, String) {
     let out = Command::new(BIN)
-        .args(["client", "--no-mdns", "--network", network])
+        .args(["client", "--no-mdns", "--no-upnp", "--network", network])
         .env("LIBP2P_LISTEN_MULTIADDRS", "/ip4/127.0.0.1/tcp/0")
         .env("LIBP2P_REMOTE_PEER_ID", &server.peer_id)
         .env("LIBP2P_REMOTE_MULTIADDRS", addrs)
@@ -186,7 +193,7 @@ fn no_reachable_address_exits_1_with_a_message() {
 fn a_bad_variable_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(BIN)
-        .args(["server", "--no-mdns", "--allow", "any"])
+        .args(["server", "--no-mdns", "--no-upnp", "--allow", "any"])
         .env("LIBP2P_LISTEN_MULTIADDRS", "0.0.0.0:4012")
         .env("KASPA_P2P_IDENTITY", dir.path().join("k"))
         .output()
@@ -204,7 +211,7 @@ fn a_server_without_allow_exits_2_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("k");
     let out = Command::new(BIN)
-        .args(["server", "--no-mdns"])
+        .args(["server", "--no-mdns", "--no-upnp"])
         .env_remove("LIBP2P_ALLOW_PEERS")
         .env("KASPA_P2P_IDENTITY", &key)
         .output()
@@ -220,7 +227,7 @@ fn a_server_without_allow_exits_2_naming_it() {
 fn a_bad_allow_value_exits_2_naming_the_flag_the_value_and_the_form() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(BIN)
-        .args(["server", "--no-mdns", "--allow", "nobody"])
+        .args(["server", "--no-mdns", "--no-upnp", "--allow", "nobody"])
         .env("KASPA_P2P_IDENTITY", dir.path().join("k"))
         .output()
         .expect("run");

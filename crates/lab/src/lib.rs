@@ -27,3 +27,4 @@ pub mod preflight;
 pub mod report;
 pub mod stock;
 pub mod topology;
+pub mod upnp;

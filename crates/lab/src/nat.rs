@@ -151,8 +151,14 @@ table ip punchgate_forward {{
 "#
         ),
     )?;
-    // patchbay's filter (port-restricted and symmetric NATs) drops new inbound flows; let the
-    // forwarded one through. `Open` routers have no filter table.
+    accept_forwarded(router)
+}
+
+/// patchbay's filter (port-restricted and symmetric NATs) drops new inbound flows: let those
+/// a port forward (ours, or a UPnP daemon's) translated through. `Open` routers have no
+/// filter table.
+pub fn accept_forwarded(router: &Router) -> Result<()> {
+    let wan = wan_interface(router)?;
     let filtered = run_in(
         router,
         "nft",
@@ -177,6 +183,27 @@ table ip punchgate_forward {{
 /// Applies nftables rules in the router's namespace.
 pub fn nft(router: &Router, rules: &str) -> Result<()> {
     run_in(router, "nft", &["-f", "-"], Some(rules))
+}
+
+/// Runs a command in the router's namespace and returns what it printed; fails with its stderr.
+pub fn output_in(router: &Router, program: &str, args: &[&str]) -> Result<String> {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = router
+        .spawn_command_sync(cmd)
+        .with_context(|| format!("cannot run {program} in router {}", router.name()))?
+        .wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} failed in router {}: {}",
+            router.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs a command in the router's namespace, feeding `stdin`; fails with its stderr.

@@ -13,6 +13,11 @@ pub const TOOLS: &[(&str, &str, &str)] = &[
     ("iptables", "iptables", "the NFQUEUE delay on the routers"),
     ("conntrack", "conntrack", "flushing NAT mappings"),
     ("ip", "iproute2", "links and routes"),
+    (
+        "miniupnpd",
+        "miniupnpd-nftables",
+        "UPnP port mapping on the routers of the port-mapping cells",
+    ),
 ];
 
 /// What keeps the lab from running here.

@@ -41,6 +41,27 @@ pub enum Scenario {
     DoubleNat,
     /// A and B behind the same home NAT.
     SameNat,
+    /// A and B behind separate NATs of the given kinds, and the router of the peer `mapped`
+    /// names runs a UPnP IGD daemon ([miniupnpd](crate::upnp)) that its peer asks for port
+    /// mappings.
+    Upnp {
+        /// A's NAT.
+        a: NatKind,
+        /// B's NAT.
+        b: NatKind,
+        /// Whose router maps ports.
+        mapped: Side,
+    },
+}
+
+/// One of the two peers of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Peer A, the tunnel client.
+    A,
+    /// Peer B, the service.
+    B,
 }
 
 impl Scenario {
@@ -48,7 +69,8 @@ impl Scenario {
     pub fn expect_direct(self) -> bool {
         match self {
             Scenario::Pair { a, b } => nat::expect_direct(a, b),
-            Scenario::DoubleNat | Scenario::SameNat => true,
+            // A peer the router forwards to is dialled directly from behind any NAT.
+            Scenario::DoubleNat | Scenario::SameNat | Scenario::Upnp { .. } => true,
         }
     }
 
@@ -62,7 +84,26 @@ impl Scenario {
         }
         all.push(Scenario::DoubleNat);
         all.push(Scenario::SameNat);
+        all.extend(Self::upnp());
         all
+    }
+
+    /// The port-mapping cells: a Moderate router that maps ports (UPnP) against a Strict NAT
+    /// that no punch gets through, both ways round.
+    pub fn upnp() -> [Scenario; 2] {
+        use NatKind::{Moderate, Strict};
+        [
+            Scenario::Upnp {
+                a: Moderate,
+                b: Strict,
+                mapped: Side::A,
+            },
+            Scenario::Upnp {
+                a: Strict,
+                b: Moderate,
+                mapped: Side::B,
+            },
+        ]
     }
 }
 
@@ -72,6 +113,10 @@ impl fmt::Display for Scenario {
             Scenario::Pair { a, b } => write!(f, "{a} x {b}"),
             Scenario::DoubleNat => f.write_str("double NAT"),
             Scenario::SameNat => f.write_str("same NAT"),
+            Scenario::Upnp { a, b, mapped } => match mapped {
+                Side::A => write!(f, "{a}+UPnP x {b}"),
+                Side::B => write!(f, "{a} x {b}+UPnP"),
+            },
         }
     }
 }
@@ -90,6 +135,8 @@ pub struct Network {
     pub routers: Vec<Router>,
     /// Delay threads; stopped on drop (before the lab).
     delays: Vec<Delay>,
+    /// UPnP daemons on routers; stopped on drop (before the lab).
+    upnp: Vec<crate::upnp::Daemon>,
 }
 
 impl std::fmt::Debug for Network {
@@ -118,6 +165,7 @@ impl Network {
 impl Drop for Network {
     fn drop(&mut self) {
         self.delays.clear();
+        self.upnp.clear();
     }
 }
 
@@ -135,8 +183,12 @@ pub async fn build(scenario: Scenario, one_way: Option<Duration>) -> Result<Netw
 
     let mut sites = Vec::new();
     let mut routers = vec![dc];
+    let mut upnp = Vec::new();
     let (a, b) = match scenario {
-        Scenario::Pair { a: nat_a, b: nat_b } => {
+        Scenario::Pair { a: nat_a, b: nat_b }
+        | Scenario::Upnp {
+            a: nat_a, b: nat_b, ..
+        } => {
             let site_a = router(&lab, "site-a", Some(nat_a), None).await?;
             let site_b = router(&lab, "site-b", Some(nat_b), None).await?;
             let a = lab
@@ -149,6 +201,13 @@ pub async fn build(scenario: Scenario, one_way: Option<Duration>) -> Result<Netw
                 .iface("eth0", site_b.id())
                 .build()
                 .await?;
+            if let Scenario::Upnp { mapped, .. } = scenario {
+                let (router, other) = match mapped {
+                    Side::A => (&site_a, &site_b),
+                    Side::B => (&site_b, &site_a),
+                };
+                upnp.push(crate::upnp::Daemon::start(router, &[&routers[0], other])?);
+            }
             sites.extend([site_a.clone(), site_b.clone()]);
             routers.extend([site_a, site_b]);
             (a, b)
@@ -202,6 +261,7 @@ pub async fn build(scenario: Scenario, one_way: Option<Duration>) -> Result<Netw
         b,
         routers,
         delays,
+        upnp,
     })
 }
 

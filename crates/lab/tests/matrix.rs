@@ -1,14 +1,15 @@
 //! The NAT matrix: every pairing of Open, Moderate and Strict NATs over TCP and over QUIC, a
 //! double NAT and a shared NAT, each with real `punchgate` processes in network namespaces.
 //! Each cell asserts the outcome the matrix expects: a direct connection wherever one side is
-//! Open or both map endpoint-independently, the relay (with every byte delivered) otherwise.
+//! Open or both map endpoint-independently, or one side's router maps ports (UPnP); the relay
+//! (with every byte delivered) otherwise.
 
 use std::{path::PathBuf, time::Duration};
 
 use punchgate_lab::{
     cell::{self, CellResult, CellSpec, Transport},
     nat::NatKind::{Moderate, Open, Strict},
-    topology::Scenario,
+    topology::{Scenario, Side},
 };
 
 // Before `main`: the lab's preflight and patchbay's user namespace (see the function).
@@ -87,6 +88,53 @@ cells! {
     strict_x_strict_quic: pair(Strict, Strict), Transport::Quic;
     double_nat_tcp: Scenario::DoubleNat, Transport::Tcp;
     double_nat_quic: Scenario::DoubleNat, Transport::Quic;
+}
+
+/// A Moderate router that maps ports (a real miniupnpd in its namespace) against a Strict NAT
+/// that no punch gets through: the mapped peer becomes public at the router's address, the
+/// other peer dials it there, and the node removes its mappings when it stops.
+async fn upnp(mapped: Side, transport: Transport) {
+    let scenario = Scenario::upnp()
+        .into_iter()
+        .find(|s| matches!(s, Scenario::Upnp { mapped: m, .. } if *m == mapped))
+        .expect("a UPnP cell");
+    let r = check(scenario, transport).await;
+    let (log, nat) = match mapped {
+        Side::A => ("peer-a.log", &r.nat_a),
+        Side::B => ("peer-b.log", &r.nat_b),
+    };
+    assert_eq!(nat.as_deref(), Some("Public"), "the mapped peer is public");
+    let text = std::fs::read_to_string(r.log_dir.join(log)).expect("the mapped peer's log");
+    for line in [
+        "the router forwards a port to us (UPnP)",
+        "removed our port mappings from the router",
+    ] {
+        assert!(text.contains(line), "{log} should say \"{line}\"");
+    }
+    if mapped == Side::B {
+        // A simply dials B at the router's mapped port: no relay, no punch.
+        assert_eq!(r.direct_via, Some(punchgate_lab::cell::DirectVia::Dial));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderate_upnp_x_strict_tcp() {
+    upnp(Side::A, Transport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderate_upnp_x_strict_quic() {
+    upnp(Side::A, Transport::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_x_moderate_upnp_tcp() {
+    upnp(Side::B, Transport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_x_moderate_upnp_quic() {
+    upnp(Side::B, Transport::Quic).await;
 }
 
 /// Moderate × Moderate: both nodes learn they are private from AutoNAT (nothing is forced; they

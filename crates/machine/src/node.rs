@@ -240,6 +240,13 @@ pub enum Event<C> {
         /// The new verdict.
         status: NatStatus,
     },
+    /// The router in front of us forwards one of our listen ports (UPnP IGD): peers can dial
+    /// us at `addr` from behind any NAT. Taken as a verdict of `Public` (AutoNAT may still
+    /// find otherwise, and then wins).
+    PortMapped {
+        /// The mapped address (the router's public address and port).
+        addr: Multiaddr,
+    },
     /// A relay accepted (or renewed) our reservation.
     RelayReservationAccepted {
         /// The relay.
@@ -303,6 +310,7 @@ impl<C> Event<C> {
             Event::MdnsExpired { .. } => "MdnsExpired",
             Event::PeerIdentified { .. } => "PeerIdentified",
             Event::NatStatusChanged { .. } => "NatStatusChanged",
+            Event::PortMapped { .. } => "PortMapped",
             Event::RelayReservationAccepted { .. } => "RelayReservationAccepted",
             Event::RelayReservationFailed { .. } => "RelayReservationFailed",
             Event::RelayReservationLost { .. } => "RelayReservationLost",
@@ -629,6 +637,15 @@ impl<C: Copy + Eq + Debug> State<C> {
                 kademlia,
             } => self.on_peer_identified(peer, listen_addrs, relay_capable, kademlia, out),
             Event::NatStatusChanged { status } => self.on_nat_status(status, out),
+            Event::PortMapped { .. } => {
+                self.on_nat_status(NatStatus::Public, out);
+                let publishes = out.contains(&Command::PublishServices);
+                if self.nat == NatStatus::Public && self.phase == Phase::Participating && !publishes
+                {
+                    // The record should name the mapped address (and no circuit any more).
+                    out.push(Command::PublishServices);
+                }
+            }
             Event::RelayReservationAccepted { relay, addr } => {
                 self.on_reservation_accepted(relay, addr, out)
             }

@@ -95,6 +95,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_mdns: bool,
 
+    /// Do not ask the router to forward our ports (UPnP IGD). With it on (the default), a
+    /// router that offers mapping makes this node reachable directly from behind any NAT.
+    #[arg(long)]
+    pub no_upnp: bool,
+
     /// Let AutoNAT probe and serve peers at private (non-global) addresses: for private
     /// networks and labs. Off on the internet, where such answers would be wrong.
     #[arg(long)]
@@ -545,6 +550,7 @@ impl Cli {
         });
         config.external_addresses = self.external_address;
         config.mdns = cfg!(feature = "mdns") && !self.no_mdns;
+        config.upnp = !self.no_upnp;
         config.autonat_private_ips = self.autonat_private_ips;
         config.relay = RelayLimits {
             max_reservations: self.relay_max_reservations,

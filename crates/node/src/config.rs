@@ -319,6 +319,9 @@ pub struct NodeConfig {
     pub external_addresses: Vec<Multiaddr>,
     /// Discover peers on the local network with mDNS (needs the `mdns` feature).
     pub mdns: bool,
+    /// Ask the router to forward our listen ports (UPnP IGD), so peers behind any NAT can dial
+    /// us; the mappings are removed when the node stops.
+    pub upnp: bool,
     /// Let AutoNAT probe and serve peers seen at private or otherwise non-global addresses.
     /// Needed on private networks and in labs; off on the internet.
     pub autonat_private_ips: bool,
@@ -368,6 +371,7 @@ impl NodeConfig {
             nat_override: None,
             external_addresses: Vec::new(),
             mdns: cfg!(feature = "mdns"),
+            upnp: true,
             autonat_private_ips: false,
             relay: RelayLimits::default(),
             timing: Timing::default(),
@@ -427,6 +431,7 @@ impl fmt::Debug for NodeConfig {
             .field("nat_override", &self.nat_override)
             .field("external_addresses", &self.external_addresses)
             .field("mdns", &self.mdns)
+            .field("upnp", &self.upnp)
             .field("autonat_private_ips", &self.autonat_private_ips)
             .field("relay", &self.relay)
             .field("timing", &self.timing)

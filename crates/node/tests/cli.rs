@@ -64,6 +64,7 @@ fn corrupt_identity_file_is_an_error_and_is_kept() {
             "--identity",
             key.to_str().expect("utf-8"),
             "--no-mdns",
+            "--no-upnp",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
         ])
@@ -83,6 +84,7 @@ fn a_port_in_use_is_reported_with_the_tunnel_it_belongs_to() {
     let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
     let (code, stderr) = run(&[
         "--no-mdns",
+        "--no-upnp",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
         "--tunnel",
@@ -102,6 +104,7 @@ fn starts_prints_its_addresses_and_exits_0_on_sigterm() {
     let mut child = Command::new(BIN)
         .args([
             "--no-mdns",
+            "--no-upnp",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--listen",
@@ -167,7 +170,7 @@ fn terminate_and_expect_0(child: &mut std::process::Child) {
 
 #[test]
 fn an_exposed_service_without_an_allow_rule_exits_2_naming_allow() {
-    let (code, stderr) = run(&["--no-mdns", "--expose", "ssh=127.0.0.1:22"]);
+    let (code, stderr) = run(&["--no-mdns", "--no-upnp", "--expose", "ssh=127.0.0.1:22"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("'ssh'"), "{stderr}");
     assert!(stderr.contains("--allow ssh="), "{stderr}");
@@ -179,6 +182,7 @@ fn an_allow_rule_for_a_service_that_is_not_exposed_exits_2() {
     let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
     let (code, stderr) = run(&[
         "--no-mdns",
+        "--no-upnp",
         "--expose",
         "ssh=127.0.0.1:22",
         "--allow",
@@ -221,6 +225,7 @@ fn print_peer_id_prints_the_id_the_node_then_runs_with() {
             "--identity",
             key.to_str().expect("utf-8"),
             "--no-mdns",
+            "--no-upnp",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
         ])
@@ -280,7 +285,7 @@ fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("punchgate.toml");
     let a = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
-    let base = "no-mdns = true\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmetrics = \"127.0.0.1:0\"\n";
+    let base = "no-mdns = true\nno-upnp = true\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmetrics = \"127.0.0.1:0\"\n";
     let one = format!("{base}expose = [\"echo=127.0.0.1:7\"]\nallow = [\"echo={a}\"]\n");
     std::fs::write(&file, &one).expect("write config");
     let mut child = Command::new(BIN)

@@ -195,6 +195,7 @@ async fn a_bootstrap_peer_that_cannot_be_reached_is_a_warning_that_says_why() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_punchgate"))
         .args([
             "--no-mdns",
+            "--no-upnp",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--bootstrap",

@@ -1083,3 +1083,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_mapped_port_makes_a_private_node_public_and_republishes() {
+    // Private, holding a slot on the bootstrap relay, participating.
+    let (s, _) = run(
+        discovering(),
+        [
+            Event::KademliaBootstrapSucceeded,
+            Event::NatStatusChanged {
+                status: NatStatus::Private,
+            },
+            Event::RelayReservationAccepted {
+                relay: peer(BOOTSTRAP),
+                addr: circuit(BOOTSTRAP, 7),
+            },
+        ],
+    );
+    assert_eq!(s.phase(), Phase::Participating);
+    let (s, cmds) = s.step(Event::PortMapped { addr: addr(7) });
+    assert_eq!(s.nat(), NatStatus::Public);
+    assert!(cmds.contains(&Command::SetPublic { public: true }));
+    assert!(cmds.contains(&Command::ReleaseRelayReservation {
+        relay: peer(BOOTSTRAP)
+    }));
+    assert_eq!(
+        cmds.iter()
+            .filter(|c| **c == Command::PublishServices)
+            .count(),
+        1
+    );
+    // A second mapping (the QUIC port) republishes with both addresses, and AutoNAT can still
+    // overrule the router.
+    let (s, cmds) = s.step(Event::PortMapped { addr: addr(8) });
+    assert_eq!(cmds, vec![Command::PublishServices]);
+    let (s, _) = s.step(Event::NatStatusChanged {
+        status: NatStatus::Private,
+    });
+    assert_eq!(s.nat(), NatStatus::Private);
+}
+
+#[test]
+fn a_mapped_port_does_not_overrule_the_operator() {
+    let s = S::new(Config {
+        nat_override: Some(NatStatus::Private),
+        ..config()
+    });
+    let (s, _) = s.step(Event::Started);
+    let (s, cmds) = s.step(Event::PortMapped { addr: addr(7) });
+    assert_eq!(s.nat(), NatStatus::Private);
+    assert!(!cmds.contains(&Command::SetPublic { public: true }));
+}

@@ -10,7 +10,7 @@ use libp2p::{
     swarm::NetworkBehaviour,
 };
 
-use super::{relay_server::RelayServer, stream};
+use super::{port_map, relay_server::RelayServer, stream};
 use crate::{
     config::{MAX_DURATION, NodeConfig},
     protocol,
@@ -47,6 +47,8 @@ pub struct Behaviour {
     pub kademlia: kad::Behaviour<MemoryStore>,
     /// Zero-configuration discovery on the local network.
     pub mdns: Mdns,
+    /// Ask the router to forward our listen ports (UPnP IGD; `--no-upnp` turns it off).
+    pub port_map: port_map::Behaviour,
     /// Liveness and round-trip times.
     pub ping: ping::Behaviour,
     /// Tunnel and gRPC streams on the connection we choose.
@@ -138,6 +140,7 @@ impl Behaviour {
             autonat,
             kademlia,
             mdns: mdns(peer_id, config.mdns)?,
+            port_map: port_map::Behaviour::new(config.upnp, config.autonat_private_ips),
             ping: ping::Behaviour::default(),
             streams: stream::Behaviour::with_max_inbound_streams(config.max_streams_per_connection),
         })

@@ -11,12 +11,15 @@
 //! - [`relay_server`]: libp2p's relay server, with long circuits for trusted peers only, kept
 //!   from addressing relayed connections' handlers (an upstream bug that panics their
 //!   connection tasks).
+//! - [`port_map`]: asks the router to forward our listen ports (UPnP IGD), and removes the
+//!   mappings at shutdown.
 //! - [`behaviour`]: the composed `NetworkBehaviour` every node runs.
 //! - [`stream`]: raw byte-stream protocols on a chosen connection, with backpressure.
 
 pub mod behaviour;
 pub mod coalesce;
 pub mod mux;
+pub mod port_map;
 pub mod relay_server;
 pub mod security;
 pub mod stream;

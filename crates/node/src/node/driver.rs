@@ -49,6 +49,8 @@ use crate::{
     protocol,
 };
 
+mod port_map;
+
 /// Stream requests that may wait for a path at once.
 const MAX_WAITING: usize = 4096;
 /// Exact dials ([`Request::DialExact`]) in flight at once.
@@ -365,6 +367,7 @@ impl Driver {
         for w in self.waiting.drain(..) {
             let _ = w.reply.send(Err(ConnectError::Stopped));
         }
+        self.release_port_mappings().await;
         tracing::info!("node stopped");
     }
 
@@ -1840,6 +1843,7 @@ impl Driver {
             }
             #[cfg(not(feature = "mdns"))]
             BehaviourEvent::Mdns(never) => match never {},
+            BehaviourEvent::PortMap(event) => self.on_port_map_event(event),
             BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
             BehaviourEvent::Relay(event) => on_relay_server_event(
                 &self.swarm.behaviour().relay,

@@ -39,6 +39,7 @@ pub fn config(listen: &[&str]) -> NodeConfig {
         .map(|a| a.parse().expect("multiaddr"))
         .collect();
     config.mdns = false;
+    config.upnp = false;
     config.autonat_private_ips = true;
     config.timing.discovery_timeout = Duration::from_secs(5);
     config

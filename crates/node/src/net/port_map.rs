@@ -1,0 +1,506 @@
+//! Router port mapping (UPnP IGD): ask the router in front of us to forward our TCP and QUIC
+//! listen ports, so that peers dial us directly, even peers behind a symmetric NAT that no
+//! hole punch gets through.
+//!
+//! A task finds the gateway (SSDP), asks for its external address, maps each listen port
+//! (the same port outside if it is free, any port otherwise), renews the mappings at half
+//! their lease, and removes them when the node stops ([`Behaviour::release`]). A mapping
+//! confirms its external address to the swarm and is reported as [`Event::Mapped`]; the
+//! machine then has AutoNAT check it, so a router that maps but is itself behind another NAT
+//! does not make us claim to be public.
+//!
+//! Why not libp2p-upnp (0.7), which is also built on igd-next: it refuses every gateway whose
+//! external address is not globally routable, with no way to say otherwise (our NAT lab's
+//! internet is 198.18.0.0/15, as `--autonat-private-ips` allows for AutoNAT); it maps every
+//! address a wildcard listener expands to, loopback included; it insists on the same port
+//! outside, so two nodes behind one router collide; and it cannot remove its mappings at
+//! shutdown and say when it is done.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use igd_next::{PortMappingProtocol, SearchOptions};
+use libp2p::{
+    Multiaddr, PeerId,
+    core::{Endpoint, multiaddr::Protocol, transport::PortUse},
+    swarm::{
+        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NewListenAddr, THandler,
+        THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+    },
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long the router keeps a mapping we do not renew: an hour, renewed every half hour. A
+/// node that dies without removing its mappings leaves them for at most this long.
+pub const LEASE: Duration = Duration::from_secs(3600);
+
+/// How long the gateway search waits for an answer to its SSDP multicast.
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long one request to the router (a SOAP call over HTTP) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long [`Behaviour::release`] waits for the router to remove our mappings.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Requests waiting for the task: one per listen port, and the release.
+const REQUEST_QUEUE: usize = 16;
+
+/// What the mapping task reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The router forwards `external` to `internal`: peers can dial `address`.
+    Mapped {
+        /// TCP or UDP.
+        protocol: &'static str,
+        /// Our listen socket.
+        internal: SocketAddrV4,
+        /// The router's address and port outside.
+        external: SocketAddr,
+        /// The multiaddr peers dial (confirmed to the swarm as an external address).
+        address: Multiaddr,
+    },
+    /// A mapping the router held could not be renewed: `address` no longer reaches us.
+    Expired {
+        /// The multiaddr that was confirmed.
+        address: Multiaddr,
+        /// The router's answer.
+        error: String,
+    },
+    /// The router refused to map a port, or did not answer.
+    Failed {
+        /// TCP or UDP.
+        protocol: &'static str,
+        /// Our listen port.
+        port: u16,
+        /// The router's answer.
+        error: String,
+    },
+    /// No router answered the search, or it answered but is not an IGD that works.
+    NoGateway {
+        /// What happened.
+        reason: String,
+    },
+    /// The router maps ports, but its own external address is not public (it sits behind
+    /// another NAT, such as a carrier's): a mapping would not make us reachable.
+    NotPublic {
+        /// The router's external address.
+        external_ip: IpAddr,
+    },
+}
+
+enum Request {
+    Map {
+        protocol: PortMappingProtocol,
+        port: u16,
+    },
+    Release(oneshot::Sender<usize>),
+}
+
+/// Maps our listen ports on the router, when enabled.
+pub struct Behaviour {
+    requests: Option<mpsc::Sender<Request>>,
+    events: Option<mpsc::Receiver<Event>>,
+    asked: HashSet<(&'static str, u16)>,
+    pending: VecDeque<ToSwarm<Event, std::convert::Infallible>>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortMap")
+            .field("enabled", &self.requests.is_some())
+            .field("asked", &self.asked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Behaviour {
+    /// Maps ports when `enabled`, starting the gateway search at once. `private_ok` accepts a
+    /// router whose external address is not globally routable (labs, as for AutoNAT).
+    pub fn new(enabled: bool, private_ok: bool) -> Self {
+        if !enabled {
+            return Self {
+                requests: None,
+                events: None,
+                asked: HashSet::new(),
+                pending: VecDeque::new(),
+            };
+        }
+        let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (event_tx, events) = mpsc::channel(REQUEST_QUEUE);
+        tokio::spawn(run(request_rx, event_tx, private_ok));
+        Self {
+            requests: Some(requests),
+            events: Some(events),
+            asked: HashSet::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Removes every mapping from the router. The future ends when the router has answered
+    /// (with the number removed) or after [`RELEASE_TIMEOUT`]; it need not be polled with the
+    /// swarm.
+    pub fn release(&mut self) -> impl Future<Output = Option<usize>> + use<> {
+        let (done, removed) = oneshot::channel();
+        let sent = self
+            .requests
+            .take()
+            .is_some_and(|r| r.try_send(Request::Release(done)).is_ok());
+        async move {
+            if !sent {
+                return None;
+            }
+            tokio::time::timeout(RELEASE_TIMEOUT, removed)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    }
+
+    fn on_new_listen_addr(&mut self, addr: &Multiaddr) {
+        let Some(requests) = &self.requests else {
+            return;
+        };
+        let Some((ip, protocol, port)) = mappable(addr) else {
+            return;
+        };
+        if ip.is_loopback() || !self.asked.insert((protocol_name(protocol), port)) {
+            return;
+        }
+        if requests.try_send(Request::Map { protocol, port }).is_err() {
+            tracing::debug!(%addr, "port mapping queue full: not mapping this listen address");
+        }
+    }
+}
+
+/// The IPv4 address, protocol and port of a TCP or QUIC listen address.
+fn mappable(addr: &Multiaddr) -> Option<(Ipv4Addr, PortMappingProtocol, u16)> {
+    let mut parts = addr.iter();
+    let Some(Protocol::Ip4(ip)) = parts.next() else {
+        return None;
+    };
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Protocol::Tcp(port)), None, _) => Some((ip, PortMappingProtocol::TCP, port)),
+        (Some(Protocol::Udp(port)), Some(Protocol::QuicV1), None) => {
+            Some((ip, PortMappingProtocol::UDP, port))
+        }
+        _ => None,
+    }
+}
+
+fn protocol_name(protocol: PortMappingProtocol) -> &'static str {
+    match protocol {
+        PortMappingProtocol::TCP => "TCP",
+        PortMappingProtocol::UDP => "UDP",
+    }
+}
+
+/// The multiaddr peers dial to reach a mapping.
+fn external_multiaddr(protocol: PortMappingProtocol, external: SocketAddr) -> Multiaddr {
+    let addr = Multiaddr::from(external.ip());
+    match protocol {
+        PortMappingProtocol::TCP => addr.with(Protocol::Tcp(external.port())),
+        PortMappingProtocol::UDP => addr
+            .with(Protocol::Udp(external.port()))
+            .with(Protocol::QuicV1),
+    }
+}
+
+/// Whether `ip` is reachable from the internet (not private, shared, loopback, link-local,
+/// documentation, benchmarking or reserved).
+fn is_global(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            let [a, b, ..] = ip.octets();
+            !(ip.is_unspecified()
+                || ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_documentation()
+                || ip.is_broadcast()
+                || ip.is_multicast()
+                || a == 0
+                || (a == 100 && (b & 0xc0) == 64)
+                || (a == 198 && (b & 0xfe) == 18)
+                || a >= 240)
+        }
+        IpAddr::V6(ip) => {
+            !(ip.is_unspecified() || ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00)
+        }
+    }
+}
+
+/// Our address on the interface that reaches the router.
+fn local_ip_towards(gateway: SocketAddr) -> std::io::Result<Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(gateway)?;
+    match socket.local_addr()?.ip() {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(ip) => Err(std::io::Error::other(format!(
+            "the router is reached over IPv6 ({ip}): IGD maps IPv4 ports"
+        ))),
+    }
+}
+
+/// Runs `request` against the router with [`REQUEST_TIMEOUT`].
+async fn ask<T, E: std::fmt::Display>(
+    request: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the router did not answer within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// One mapping the task holds.
+struct Held {
+    protocol: PortMappingProtocol,
+    internal: SocketAddrV4,
+    external_port: u16,
+}
+
+const DESCRIPTION: &str = "punchgate";
+
+/// The mapping task: finds the gateway, then serves requests and renews until released.
+async fn run(mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<Event>, private_ok: bool) {
+    let report = |event: Event| {
+        // The behaviour polls these; if it is gone, so is the node.
+        let _ = events.try_send(event);
+    };
+    let options = SearchOptions {
+        timeout: Some(SEARCH_TIMEOUT),
+        single_search_timeout: Some(SEARCH_TIMEOUT),
+        ..SearchOptions::default()
+    };
+    let found = match igd_next::aio::tokio::search_gateway(options).await {
+        Ok(gateway) => match ask(gateway.get_external_ip()).await {
+            Ok(ip) => Ok((gateway, ip)),
+            Err(e) => Err(format!(
+                "the router at {} answered the search but not for its external address: {e}",
+                gateway.addr
+            )),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let (gateway, external_ip, local_ip) = match found {
+        Ok((gateway, ip)) if is_global(ip) || private_ok => match local_ip_towards(gateway.addr) {
+            Ok(local) => (gateway, ip, local),
+            Err(e) => {
+                report(Event::NoGateway {
+                    reason: format!("cannot find our address towards the router: {e}"),
+                });
+                return serve_release_only(requests).await;
+            }
+        },
+        Ok((_, ip)) => {
+            report(Event::NotPublic { external_ip: ip });
+            return serve_release_only(requests).await;
+        }
+        Err(reason) => {
+            report(Event::NoGateway { reason });
+            return serve_release_only(requests).await;
+        }
+    };
+    tracing::debug!(router = %gateway.addr, %external_ip, %local_ip, "found a router that maps ports (UPnP IGD)");
+
+    let mut held: HashMap<(PortMappingProtocol, u16), Held> = HashMap::new();
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + LEASE / 2, LEASE / 2);
+    let lease_s = u32::try_from(LEASE.as_secs()).unwrap_or(u32::MAX);
+    loop {
+        tokio::select! {
+            request = requests.recv() => match request {
+                Some(Request::Map { protocol, port }) => {
+                    let internal = SocketAddrV4::new(local_ip, port);
+                    let same = ask(gateway.add_port(protocol, port, internal.into(), lease_s, DESCRIPTION)).await;
+                    let mapped = match same {
+                        Ok(()) => Ok(port),
+                        // Taken (another host behind the router holds it): any port will do.
+                        Err(first) => ask(gateway.add_any_port(protocol, internal.into(), lease_s, DESCRIPTION))
+                            .await
+                            .map_err(|e| format!("{first}; and for any other port: {e}")),
+                    };
+                    match mapped {
+                        Ok(external_port) => {
+                            let external = SocketAddr::new(external_ip, external_port);
+                            held.insert((protocol, port), Held { protocol, internal, external_port });
+                            report(Event::Mapped {
+                                protocol: protocol_name(protocol),
+                                internal,
+                                external,
+                                address: external_multiaddr(protocol, external),
+                            });
+                        }
+                        Err(error) => report(Event::Failed { protocol: protocol_name(protocol), port, error }),
+                    }
+                }
+                Some(Request::Release(done)) => {
+                    let mut removed = 0;
+                    for h in held.values() {
+                        match ask(gateway.remove_port(h.protocol, h.external_port)).await {
+                            Ok(()) => removed += 1,
+                            Err(error) => tracing::warn!(
+                                protocol = protocol_name(h.protocol),
+                                external_port = h.external_port,
+                                %error,
+                                lease_s = LEASE.as_secs(),
+                                "cannot remove a port mapping from the router: it stays until its lease runs out"
+                            ),
+                        }
+                    }
+                    let _ = done.send(removed);
+                    return;
+                }
+                None => return,
+            },
+            _ = renew.tick() => {
+                for h in held.values() {
+                    let renewed = ask(gateway.add_port(h.protocol, h.external_port, h.internal.into(), lease_s, DESCRIPTION)).await;
+                    if let Err(error) = renewed {
+                        report(Event::Expired {
+                            address: external_multiaddr(h.protocol, SocketAddr::new(external_ip, h.external_port)),
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Without a router to talk to, answers the release at once.
+async fn serve_release_only(mut requests: mpsc::Receiver<Request>) {
+    while let Some(request) = requests.recv().await {
+        if let Request::Release(done) = request {
+            let _ = done.send(0);
+            return;
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::NewListenAddr(NewListenAddr { addr, .. }) = event {
+            self.on_new_listen_addr(addr);
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        libp2p::core::util::unreachable(event)
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        if let Some(next) = self.pending.pop_front() {
+            return Poll::Ready(next.map_in(|never| match never {}));
+        }
+        let Some(events) = &mut self.events else {
+            return Poll::Pending;
+        };
+        match events.poll_recv(cx) {
+            Poll::Ready(Some(event)) => {
+                match &event {
+                    Event::Mapped { address, .. } => {
+                        self.pending
+                            .push_back(ToSwarm::ExternalAddrConfirmed(address.clone()));
+                    }
+                    Event::Expired { address, .. } => {
+                        self.pending
+                            .push_back(ToSwarm::ExternalAddrExpired(address.clone()));
+                    }
+                    _ => {}
+                }
+                Poll::Ready(ToSwarm::GenerateEvent(event))
+            }
+            Poll::Ready(None) => {
+                self.events = None;
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_tcp_and_quic_listen_addresses_only() {
+        let tcp: Multiaddr = "/ip4/10.0.0.2/tcp/4001".parse().expect("valid");
+        let quic: Multiaddr = "/ip4/10.0.0.2/udp/4001/quic-v1".parse().expect("valid");
+        let circuit: Multiaddr = "/ip4/1.2.3.4/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit".parse().expect("valid");
+        let v6: Multiaddr = "/ip6/::1/tcp/4001".parse().expect("valid");
+        assert_eq!(
+            mappable(&tcp),
+            Some(([10, 0, 0, 2].into(), PortMappingProtocol::TCP, 4001))
+        );
+        assert_eq!(
+            mappable(&quic),
+            Some(([10, 0, 0, 2].into(), PortMappingProtocol::UDP, 4001))
+        );
+        assert_eq!(mappable(&circuit), None);
+        assert_eq!(mappable(&v6), None);
+        assert_eq!(
+            external_multiaddr(PortMappingProtocol::UDP, "203.0.113.9:7".parse().expect("valid")),
+            "/ip4/203.0.113.9/udp/7/quic-v1"
+                .parse::<Multiaddr>()
+                .expect("valid")
+        );
+    }
+
+    #[test]
+    fn only_global_router_addresses_count() {
+        for private in [
+            "10.1.1.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "198.18.0.5",
+            "127.0.0.1",
+        ] {
+            assert!(!is_global(private.parse().expect("valid")), "{private}");
+        }
+        assert!(is_global("93.184.216.34".parse().expect("valid")));
+    }
+
+    #[tokio::test]
+    async fn a_disabled_mapper_releases_at_once() {
+        let mut behaviour = Behaviour::new(false, false);
+        assert_eq!(behaviour.release().await, None);
+    }
+}
