@@ -92,7 +92,7 @@ impl CellSpec {
             transport,
             one_way_delay: Duration::ZERO,
             payload: 1 << 20,
-            relay_trusts_peers: !scenario.expect_direct(),
+            relay_trusts_peers: !scenario.expect_direct(transport),
         }
     }
 
@@ -131,6 +131,8 @@ pub enum DirectVia {
     Introduction,
     /// DCUtR punched it after a relayed connection.
     HolePunch,
+    /// A birthday punch found a port of B's symmetric NAT (or A's), over QUIC.
+    Birthday,
     /// B dialled A after a relayed connection (connection reversal: A is public).
     Reversal,
     /// A dialled B directly (B is public, or on the same LAN).
@@ -143,6 +145,7 @@ impl std::fmt::Display for DirectVia {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DirectVia::Introduction => "introduction",
+            DirectVia::Birthday => "birthday punch",
             DirectVia::HolePunch => "DCUtR",
             DirectVia::Reversal => "reversal",
             DirectVia::Dial => "dial",
@@ -517,10 +520,26 @@ impl Cell {
             let introduced = b_events
                 .iter()
                 .any(|d| matches(d, "introduced: dialing", &[("peer", &self.a.peer_id)]));
+            // The first direct connection is the punched one if it runs to the address the
+            // punch found.
+            let addr = field(e, "addr").unwrap_or_default();
+            let birthday = a_events.iter().any(|d| {
+                matches(
+                    d,
+                    "birthday punch went direct: QUIC through the ports the probes found",
+                    &[("peer", &self.b.peer_id)],
+                ) && field(d, "remote")
+                    .and_then(|r| r.parse::<std::net::SocketAddr>().ok())
+                    .is_some_and(|r| {
+                        addr.starts_with(&format!("/ip4/{}/udp/{}/", r.ip(), r.port()))
+                    })
+            });
             let relayed_before = e.get("relayed_before").and_then(Value::as_bool) == Some(true);
             let outbound = e.get("outbound").and_then(Value::as_bool) == Some(true);
             if by_dcutr {
                 DirectVia::HolePunch
+            } else if birthday {
+                DirectVia::Birthday
             } else if introduced {
                 DirectVia::Introduction
             } else if outbound {
@@ -539,7 +558,7 @@ impl Cell {
             scenario: self.spec.scenario,
             transport: self.spec.transport,
             one_way_delay_ms: self.spec.one_way_delay.as_millis() as u64,
-            expected: if self.spec.scenario.expect_direct() {
+            expected: if self.spec.scenario.expect_direct(self.spec.transport) {
                 PathTaken::Direct
             } else {
                 PathTaken::Relayed

@@ -412,7 +412,7 @@ async fn demo(
             "No direct connection: the tunnel stays on the relay (expected for a symmetric NAT)."
         ),
     }
-    let expected = if scenario.expect_direct() {
+    let expected = if scenario.expect_direct(transport) {
         PathTaken::Direct
     } else {
         PathTaken::Relayed

@@ -84,6 +84,16 @@ pub fn expect_direct(a: NatKind, b: NatKind) -> bool {
         || (a.endpoint_independent() && b.endpoint_independent())
 }
 
+/// Whether a birthday punch (QUIC only) gets peers behind `a` and `b` a direct connection where
+/// a plain hole punch cannot: one side keeps its ports (Moderate), the other moves them
+/// (Strict). Two Strict sides would need about 170,000 probes and stay on the relay.
+pub fn birthday_fits(a: NatKind, b: NatKind) -> bool {
+    matches!(
+        (a, b),
+        (NatKind::Moderate, NatKind::Strict) | (NatKind::Strict, NatKind::Moderate)
+    )
+}
+
 /// The router's WAN interface (`ix` on the internet exchange, `wan` behind another router).
 pub fn wan_interface(router: &Router) -> Result<String> {
     router

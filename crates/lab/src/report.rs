@@ -56,7 +56,7 @@ pub fn rows(results: &[(Scenario, Transport, Result<CellResult, String>)]) -> Ve
                 rows.push(Row {
                     scenario: *scenario,
                     transport: *transport,
-                    expected: if scenario.expect_direct() {
+                    expected: if scenario.expect_direct(*transport) {
                         PathTaken::Direct
                     } else {
                         PathTaken::Relayed

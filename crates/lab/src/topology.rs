@@ -65,10 +65,13 @@ pub enum Side {
 }
 
 impl Scenario {
-    /// Whether A and B should end up with a direct connection.
-    pub fn expect_direct(self) -> bool {
+    /// Whether A and B should end up with a direct connection over `transport`.
+    pub fn expect_direct(self, transport: crate::cell::Transport) -> bool {
+        let quic = transport == crate::cell::Transport::Quic;
         match self {
-            Scenario::Pair { a, b } => nat::expect_direct(a, b),
+            Scenario::Pair { a, b } => {
+                nat::expect_direct(a, b) || (quic && nat::birthday_fits(a, b))
+            }
             // A peer the router forwards to is dialled directly from behind any NAT.
             Scenario::DoubleNat | Scenario::SameNat | Scenario::Upnp { .. } => true,
         }

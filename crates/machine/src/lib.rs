@@ -15,6 +15,8 @@
 //! - [`backoff`]: retry delays for relay reservations and reconnects.
 //! - [`introductions`]: which introductions a node acts on, and which addresses it dials.
 //! - [`records`]: which addresses go into the DHT (global only, unless the mesh is private).
+//! - [`mapping`]: what kind of NAT mapping we sit behind, from what observers report, and
+//!   which side of a birthday punch we take.
 //! - [`limit`]: rate limits (per period, per interval, per key) with the time passed in.
 
 #![forbid(unsafe_code)]
@@ -23,6 +25,7 @@ mod addr;
 pub mod backoff;
 pub mod introductions;
 pub mod limit;
+pub mod mapping;
 pub mod node;
 pub mod paths;
 pub mod reach;

@@ -322,6 +322,9 @@ pub struct NodeConfig {
     /// Ask the router to forward our listen ports (UPnP IGD), so peers behind any NAT can dial
     /// us; the mappings are removed when the node stops.
     pub upnp: bool,
+    /// Birthday punching towards a symmetric NAT (`--punch-sockets`, `--punch-probes`,
+    /// `--punch-rate`).
+    pub punch: crate::punch::PunchConfig,
     /// Let AutoNAT probe and serve peers seen at private or otherwise non-global addresses.
     /// Needed on private networks and in labs; off on the internet.
     pub autonat_private_ips: bool,
@@ -372,6 +375,7 @@ impl NodeConfig {
             external_addresses: Vec::new(),
             mdns: cfg!(feature = "mdns"),
             upnp: true,
+            punch: crate::punch::PunchConfig::default(),
             autonat_private_ips: false,
             relay: RelayLimits::default(),
             timing: Timing::default(),
@@ -432,6 +436,7 @@ impl fmt::Debug for NodeConfig {
             .field("external_addresses", &self.external_addresses)
             .field("mdns", &self.mdns)
             .field("upnp", &self.upnp)
+            .field("punch", &self.punch)
             .field("autonat_private_ips", &self.autonat_private_ips)
             .field("relay", &self.relay)
             .field("timing", &self.timing)

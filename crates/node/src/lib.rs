@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod protocol;
+pub mod punch;
 pub mod tunnel;
 
 pub use config::NodeConfig;

@@ -11,6 +11,10 @@ pub const INTRODUCE: StreamProtocol = StreamProtocol::new("/punchgate/introduce/
 /// Introductions, relay → target: "this peer, observed at these addresses, is dialling you".
 pub const INTRODUCTION: StreamProtocol = StreamProtocol::new("/punchgate/introduction/1.0.0");
 
+/// Birthday punching between an easy and a hard NAT ([`crate::punch`]), over the relayed
+/// connection.
+pub const BIRTHDAY: StreamProtocol = StreamProtocol::new("/punchgate/birthday/1.0.0");
+
 /// Punchgate's own Kademlia DHT, separate from the public IPFS one.
 pub const KADEMLIA: StreamProtocol = StreamProtocol::new("/punchgate/kad/1.0.0");
 

@@ -206,6 +206,11 @@ pub struct Status {
     pub phase: String,
     /// `public`, `private` or `unknown`.
     pub nat: &'static str,
+    /// How our NAT maps our listen ports, from what peers observe: `quic` and `tcp`, each
+    /// `unknown`, `port-preserving (one observer)`, `endpoint-independent, port-preserving`,
+    /// `endpoint-independent`, `endpoint-dependent (symmetric), random ports` (or `sequential
+    /// ports`), or `port changes (...)`.
+    pub nat_mapping: NatMapping,
     /// Where the node listens (circuit addresses included).
     pub listen_addrs: Vec<String>,
     /// Confirmed external addresses.
@@ -222,6 +227,15 @@ pub struct Status {
     pub services: Vec<Service>,
     /// Open tunnels.
     pub tunnels: Vec<TunnelStatus>,
+}
+
+/// How our NAT maps our listen ports.
+#[derive(Debug, Serialize)]
+pub struct NatMapping {
+    /// The QUIC (UDP) listen port's.
+    pub quic: &'static str,
+    /// The TCP listen port's.
+    pub tcp: &'static str,
 }
 
 /// Our relay reservation.
@@ -296,6 +310,10 @@ async fn status(sources: &Sources) -> Option<Status> {
             NatStatus::Public => "public",
             NatStatus::Private => "private",
             NatStatus::Unknown => "unknown",
+        },
+        nat_mapping: NatMapping {
+            quic: node.mapping_quic.as_str(),
+            tcp: node.mapping_tcp.as_str(),
         },
         listen_addrs: node.listen_addrs.iter().map(ToString::to_string).collect(),
         external_addrs: node

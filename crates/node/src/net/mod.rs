@@ -11,6 +11,7 @@
 //! - [`relay_server`]: libp2p's relay server, with long circuits for trusted peers only, kept
 //!   from addressing relayed connections' handlers (an upstream bug that panics their
 //!   connection tasks).
+//! - [`punched`]: QUIC on the ports a birthday punch opened, ahead of libp2p-quic.
 //! - [`port_map`]: asks the router to forward our listen ports (UPnP IGD), and removes the
 //!   mappings at shutdown.
 //! - [`behaviour`]: the composed `NetworkBehaviour` every node runs.
@@ -20,6 +21,7 @@ pub mod behaviour;
 pub mod coalesce;
 pub mod mux;
 pub mod port_map;
+pub mod punched;
 pub mod relay_server;
 pub mod security;
 pub mod stream;

@@ -477,7 +477,10 @@ mod tests {
         assert_eq!(mappable(&circuit), None);
         assert_eq!(mappable(&v6), None);
         assert_eq!(
-            external_multiaddr(PortMappingProtocol::UDP, "203.0.113.9:7".parse().expect("valid")),
+            external_multiaddr(
+                PortMappingProtocol::UDP,
+                "203.0.113.9:7".parse().expect("valid")
+            ),
             "/ip4/203.0.113.9/udp/7/quic-v1"
                 .parse::<Multiaddr>()
                 .expect("valid")

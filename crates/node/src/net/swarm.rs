@@ -13,7 +13,7 @@ use libp2p::{
 
 use super::{
     behaviour::{Behaviour, BehaviourError},
-    mux, security, tls,
+    mux, punched, security, tls,
 };
 use crate::config::NodeConfig;
 
@@ -86,11 +86,29 @@ fn relay_transport(
     TransportTimeout::with_ingoing_timeout(upgraded, UPGRADE_TIMEOUT).boxed()
 }
 
+/// QUIC: the ports a birthday punch [claimed](punched::Claims) first, then libp2p-quic for
+/// everything else, with room for [`MAX_STREAMS_PER_CONNECTION`] streams.
+fn quic_transport(
+    keypair: &libp2p::identity::Keypair,
+    claims: punched::Claims,
+) -> Boxed<(PeerId, StreamMuxerBox)> {
+    let mut config = libp2p::quic::Config::new(keypair);
+    config.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
+    let main = libp2p::quic::tokio::Transport::new(config.clone())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    punched::Transport::new(config, claims)
+        .or_transport(main)
+        .map(|either, _| either.into_inner())
+        .boxed()
+}
+
 /// Builds the node's swarm, counting every connection's bytes into `registry`
-/// (`libp2p_bandwidth_bytes_total`). Listening is left to the caller.
+/// (`libp2p_bandwidth_bytes_total`). Listening is left to the caller; `claims` hands punched
+/// ports to the QUIC transport.
 pub fn build(
     config: &NodeConfig,
     registry: &mut libp2p::metrics::Registry,
+    claims: punched::Claims,
 ) -> Result<Swarm<Behaviour>, BuildError> {
     let transport_err = |transport| {
         move |e: &dyn std::fmt::Display| BuildError::Transport {
@@ -113,10 +131,8 @@ pub fn build(
     let mut behaviour_error = None;
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_quic_config(|mut quic| {
-            quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
-            quic
-        })
+        .with_other_transport(|key| quic_transport(key, claims))
+        .map_err(|e| transport_err("QUIC")(&e))?
         .with_other_transport(|_| tcp_transport(security))
         .map_err(|e| transport_err("TCP")(&e))?
         .with_other_transport(|_| relay_transport(relayed, relay_security))

@@ -49,7 +49,20 @@ use crate::{
     protocol,
 };
 
+mod birthday;
 mod port_map;
+
+pub(super) use birthday::Birthday;
+
+/// The driver's birthday-punch state (see [`Birthday`]).
+pub(super) fn birthday_state(
+    punches: Option<std::sync::Arc<crate::punch::Punches>>,
+    claims: crate::net::punched::Claims,
+    mapping: tokio::sync::watch::Sender<crate::punch::MappingView>,
+    tunnel_peers: HashSet<PeerId>,
+) -> Birthday {
+    Birthday::new(punches, claims, mapping, tunnel_peers)
+}
 
 /// Stream requests that may wait for a path at once.
 const MAX_WAITING: usize = 4096;
@@ -110,6 +123,8 @@ pub(super) struct Driver {
     libp2p_metrics: libp2p::metrics::Metrics,
     /// What we serve as a relay (for the metrics).
     relay_served: RelayServed,
+    /// Birthday punching: our mapping, punched ports, the punch tasks.
+    birthday: Birthday,
     /// One line per 10 s about connections refused over a limit, with the count since the last.
     limit_log: punchgate_machine::limit::Every,
     /// Introductions acted on in the current minute.
@@ -152,6 +167,8 @@ pub(super) struct Outputs {
     pub(super) metrics: crate::metrics::Metrics,
     /// libp2p's metrics.
     pub(super) libp2p_metrics: libp2p::metrics::Metrics,
+    /// Birthday punching: the punch tasks' state, the punched ports, our mapping's channel.
+    pub(super) birthday: Birthday,
 }
 
 struct RelayListener {
@@ -216,6 +233,7 @@ impl Driver {
             events,
             metrics,
             libp2p_metrics,
+            birthday,
         }: Outputs,
     ) -> Self {
         let machine_config = MachineConfig {
@@ -256,6 +274,7 @@ impl Driver {
             limit_log: punchgate_machine::limit::Every::new(crate::access::DENIAL_LOG_INTERVAL),
             rtts: HashMap::new(),
             relay_served: RelayServed::new(metrics.clone()),
+            birthday,
             metrics,
             libp2p_metrics,
             own_dials: HashMap::new(),
@@ -837,6 +856,9 @@ impl Driver {
             ),
             Request::Introduced { from, peer, addrs } => self.on_introduced(from, peer, addrs),
             Request::DialExact { peer, addr, reply } => self.dial_exact(peer, addr, reply),
+            Request::ListenPunched { port, reply } => {
+                let _ = reply.send(self.listen_punched(port));
+            }
             Request::IntroduceResult { peer, via, result } => {
                 self.introductions_in_flight = self.introductions_in_flight.saturating_sub(1);
                 self.on_introduce_result(peer, via, result);
@@ -866,6 +888,8 @@ impl Driver {
                             info,
                         })
                         .collect(),
+                    mapping_quic: self.birthday.mappings().0,
+                    mapping_tcp: self.birthday.mappings().1,
                 });
             }
         }
@@ -1454,8 +1478,11 @@ impl Driver {
                         relay,
                         addr: address,
                     });
+                } else if self.birthday.listeners.contains(&listener_id) {
+                    tracing::debug!(%address, "QUIC listening on a punched port");
                 } else {
                     tracing::info!(%address, "listening on");
+                    self.birthday_listening(&address);
                     let _ = self.events.send(NodeEvent::Listening {
                         addr: address.clone(),
                     });
@@ -1467,6 +1494,7 @@ impl Driver {
                 reason,
                 ..
             } => {
+                self.birthday.listeners.remove(&listener_id);
                 if let Some(listener) = self.relay_listeners.remove(&listener_id) {
                     self.count_reservations();
                     let relay = listener.relay;
@@ -1506,6 +1534,7 @@ impl Driver {
                 cause,
             } => {
                 tracing::info!(peer = %peer_id, remaining = num_established, endpoint = %endpoint.get_remote_address(), cause = ?cause.map(|c| c.to_string()), "connection closed");
+                self.birthday_on_closed(connection_id);
                 let _ = self.events.send(NodeEvent::ConnectionClosed {
                     info: ConnectionInfo {
                         peer: peer_id,
@@ -1649,6 +1678,7 @@ impl Driver {
         let now = Instant::now();
         let had_direct = self.machine().connection_count(&peer, PathKind::Direct) > 0;
         let had_relayed = self.machine().connection_count(&peer, PathKind::Relayed) > 0;
+        self.birthday_on_connection(peer, connection, &endpoint, had_direct);
         let contact = self.contacts.entry(peer).or_insert_with(|| Contact {
             first: now,
             relayed_at: None,
@@ -1779,7 +1809,12 @@ impl Driver {
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            }) => {
+                self.birthday_observed(connection_id, &info.observed_addr);
                 let relay_capable = info.protocols.contains(&protocol::RELAY_HOP);
                 let kademlia = info.protocols.contains(&protocol::KADEMLIA);
                 tracing::debug!(peer = %peer_id, agent = %crate::frame::loggable(&info.agent_version), relay_capable, kademlia, addrs = ?info.listen_addrs, "peer identified");

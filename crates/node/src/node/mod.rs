@@ -38,6 +38,8 @@ const EVENT_BUFFER: usize = 1024;
 const TUNNEL_ACCEPT_QUEUE: usize = 128;
 /// Introduction streams waiting to be handled.
 const INTRODUCE_ACCEPT_QUEUE: usize = 32;
+/// Birthday punch requests waiting to be served.
+const BIRTHDAY_ACCEPT_QUEUE: usize = 8;
 /// How long [`Node::start`] waits for its listeners to report an address.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Node::shutdown`] waits for tunnels to wind down.
@@ -127,6 +129,10 @@ pub struct NodeStatus {
     pub external_addrs: Vec<Multiaddr>,
     /// Open connections, with their last round trip.
     pub connections: Vec<ConnectionStatus>,
+    /// Our NAT's mapping of the QUIC listen port, from what observers report.
+    pub mapping_quic: punchgate_machine::mapping::Mapping,
+    /// Our NAT's mapping of the TCP listen port.
+    pub mapping_tcp: punchgate_machine::mapping::Mapping,
 }
 
 /// An open connection, as [`NodeStatus`] shows it.
@@ -252,6 +258,11 @@ enum Request {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<ConnectionInfo, ConnectError>>,
     },
+    /// Bind QUIC to a port a birthday punch claimed.
+    ListenPunched {
+        port: u16,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Report the state machine's view.
     Status { reply: oneshot::Sender<NodeStatus> },
     /// The peers the relay server trusts with long circuits changed (a reload).
@@ -361,6 +372,21 @@ impl NodeHandle {
             .await
             .map_err(|_| ConnectError::Stopped)?;
         response.await.map_err(|_| ConnectError::Stopped)?
+    }
+
+    /// Binds QUIC to `port`, which a birthday punch claimed ([`crate::net::punched::Claims`]).
+    pub(crate) async fn listen_punched(&self, port: u16) -> Result<(), String> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::ListenPunched { port, reply })
+            .await
+            .map_err(|_| "the node stopped".to_owned())?;
+        response.await.map_err(|_| "the node stopped".to_owned())?
+    }
+
+    /// Opens and accepts streams.
+    pub(crate) fn control(&self) -> &Control {
+        &self.control
     }
 
     /// Tell the node where `peer` may be reached (for example a relay circuit address).
@@ -493,7 +519,8 @@ impl Node {
         }
 
         let mut registry = prometheus_client::registry::Registry::default();
-        let swarm = net::swarm::build(&config, &mut registry)?;
+        let claims = net::punched::Claims::default();
+        let swarm = net::swarm::build(&config, &mut registry, claims.clone())?;
         let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
         let metrics = crate::metrics::Metrics::new(&mut registry);
         let books = tunnel::Books::new(metrics.clone());
@@ -513,6 +540,21 @@ impl Node {
             shutdown: shutdown.clone(),
         };
 
+        let (mapping_tx, mapping_rx) =
+            tokio::sync::watch::channel(crate::punch::MappingView::default());
+        let punches = crate::punch::Punches::new(
+            handle.clone(),
+            claims.clone(),
+            mapping_rx,
+            config.punch,
+            config.trusted_peers(),
+        );
+        let birthday = driver::birthday_state(
+            Some(punches.clone()),
+            claims,
+            mapping_tx,
+            config.tunnels.iter().map(|t| t.peer).collect(),
+        );
         let mut driver = driver::Driver::new(
             swarm,
             &config,
@@ -524,6 +566,7 @@ impl Node {
                 events,
                 metrics: metrics.clone(),
                 libp2p_metrics,
+                birthday,
             },
         );
         let listen_addrs = driver.listen(&config.listen, LISTEN_TIMEOUT).await?;
@@ -537,6 +580,7 @@ impl Node {
         let incoming = accept(protocol::TUNNEL, TUNNEL_ACCEPT_QUEUE);
         let introduce_requests = accept(introduce::INTRODUCE, INTRODUCE_ACCEPT_QUEUE);
         let introductions = accept(introduce::INTRODUCTION, INTRODUCE_ACCEPT_QUEUE);
+        let birthday_requests = accept(crate::punch::BIRTHDAY, BIRTHDAY_ACCEPT_QUEUE);
         let limits = tunnel::Limits::new(&config);
         tasks.spawn(driver.run());
         tasks.spawn(introduce::serve(
@@ -555,6 +599,13 @@ impl Node {
             rules.access,
             peer_id,
             control.clone(),
+        ));
+        let named = exposed.clone();
+        tasks.spawn(crate::punch::serve(
+            birthday_requests,
+            punches,
+            move |peer| named.rules().access.names(peer),
+            tasks.clone(),
         ));
         tasks.spawn(tunnel::server::run(
             incoming,
