@@ -182,6 +182,10 @@ pub struct CellResult {
     pub relayed_to_direct_ms: Option<u64>,
     /// Direct dial attempts A made to B.
     pub attempts: Option<u32>,
+    /// Probes the easy side of a birthday punch sent before one got through (the punch that
+    /// went direct).
+    #[serde(default)]
+    pub birthday_probes: Option<u64>,
     /// Smallest ping round trip between A and B, ms.
     pub rtt_ms: Option<f64>,
     /// DCUtR gave up (B's side).
@@ -579,6 +583,17 @@ impl Cell {
                 .as_ref()
                 .and_then(|e| number(e, "attempts"))
                 .map(|n| n as u32),
+            birthday_probes: a_events
+                .iter()
+                .chain(b_events.iter())
+                .find(|e| {
+                    matches(
+                        e,
+                        "birthday punch went direct: QUIC through the ports the probes found",
+                        &[("role", "Easy")],
+                    )
+                })
+                .and_then(|e| number(e, "probes")),
             rtt_ms,
             hole_punch_failed: self.punch_failed(),
             nat_a: nat(&a_events),

@@ -39,6 +39,8 @@ pub struct Row {
     pub median_round_trips: Option<f64>,
     /// Median dial attempts.
     pub median_attempts: Option<f64>,
+    /// Probes of the birthday punches that went direct (easy side's count), one per run.
+    pub birthday_probes: Vec<u64>,
     /// Errors of runs that could not finish.
     pub errors: Vec<String>,
 }
@@ -71,6 +73,7 @@ pub fn rows(results: &[(Scenario, Transport, Result<CellResult, String>)]) -> Ve
                     median_relayed_to_direct_ms: None,
                     median_round_trips: None,
                     median_attempts: None,
+                    birthday_probes: Vec::new(),
                     errors: Vec::new(),
                 });
                 rows.last_mut().expect("just pushed")
@@ -125,6 +128,7 @@ pub fn rows(results: &[(Scenario, Transport, Result<CellResult, String>)]) -> Ve
             .map(f64::from)
             .collect();
         row.median_attempts = percentile(&attempts, 50.0);
+        row.birthday_probes = ok.iter().filter_map(|r| r.birthday_probes).collect();
     }
     rows
 }
@@ -168,6 +172,27 @@ pub fn markdown(rows: &[Row]) -> String {
             cell(r.median_round_trips, 1),
             cell(r.median_attempts, 0),
         );
+    }
+    let punched: Vec<&Row> = rows.iter().filter(|r| !r.birthday_probes.is_empty()).collect();
+    if !punched.is_empty() {
+        out.push_str(
+            "\nBirthday punches that went direct: probes the easy side sent before one got through.\n\n\
+             | A's NAT × B's NAT | transport | punches | median probes | p95 probes | most probes |\n\
+             | --- | --- | --- | --- | --- | --- |\n",
+        );
+        for r in punched {
+            let probes: Vec<f64> = r.birthday_probes.iter().map(|p| *p as f64).collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.scenario,
+                r.transport,
+                probes.len(),
+                cell(percentile(&probes, 50.0), 0),
+                cell(percentile(&probes, 95.0), 0),
+                cell(percentile(&probes, 100.0), 0),
+            );
+        }
     }
     out
 }

@@ -244,3 +244,42 @@ async fn moderate_x_moderate_with_latency() {
         );
     }
 }
+
+/// The punched connection holds: 40 s after the punch (past Linux's 30 s timeout for a UDP flow
+/// nothing answers, with QUIC's keep-alives the only traffic), A's tunnel still goes over the
+/// same direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birthday_punched_connection_holds() {
+    let spec = CellSpec::new(pair(Moderate, Strict), Transport::Quic);
+    let mut cell = cell::Cell::start(spec, &bin(), &logs().join("holds"))
+        .await
+        .expect("the cell starts");
+    cell.round_trip(64 << 10, 1).await.expect("first echo");
+    cell.settle().await.expect("settles");
+    cell.round_trip(64 << 10, 2).await.expect("second echo");
+    let first = cell.direct_event().expect("a direct connection");
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    cell.round_trip(64 << 10, 3).await.expect("echo after 40 s");
+    let r = cell.result().expect("result");
+    assert_eq!(
+        r.direct_via,
+        Some(punchgate_lab::cell::DirectVia::Birthday)
+    );
+    assert_eq!(
+        cell.tunnel_paths().last(),
+        Some(&punchgate_lab::cell::PathTaken::Direct),
+        "the tunnel still goes direct"
+    );
+    let connection = first.get("connection").cloned();
+    let closed = cell.a.events().into_iter().any(|e| {
+        e.get("message").and_then(|m| m.as_str()) == Some("connection closed")
+            && e.get("peer").and_then(|p| p.as_str()) == Some(cell.b.peer_id.as_str())
+            && e.get("endpoint").is_some_and(|a| Some(a) == first.get("addr"))
+    });
+    assert!(
+        !closed,
+        "the punched connection {connection:?} closed; logs in {}",
+        r.log_dir.display()
+    );
+    cell.stop();
+}
