@@ -173,7 +173,10 @@ pub fn markdown(rows: &[Row]) -> String {
             cell(r.median_attempts, 0),
         );
     }
-    let punched: Vec<&Row> = rows.iter().filter(|r| !r.birthday_probes.is_empty()).collect();
+    let punched: Vec<&Row> = rows
+        .iter()
+        .filter(|r| !r.birthday_probes.is_empty())
+        .collect();
     if !punched.is_empty() {
         out.push_str(
             "\nBirthday punches that went direct: probes the easy side sent before one got through.\n\n\

@@ -261,10 +261,7 @@ async fn a_birthday_punched_connection_holds() {
     tokio::time::sleep(Duration::from_secs(40)).await;
     cell.round_trip(64 << 10, 3).await.expect("echo after 40 s");
     let r = cell.result().expect("result");
-    assert_eq!(
-        r.direct_via,
-        Some(punchgate_lab::cell::DirectVia::Birthday)
-    );
+    assert_eq!(r.direct_via, Some(punchgate_lab::cell::DirectVia::Birthday));
     assert_eq!(
         cell.tunnel_paths().last(),
         Some(&punchgate_lab::cell::PathTaken::Direct),
@@ -274,7 +271,8 @@ async fn a_birthday_punched_connection_holds() {
     let closed = cell.a.events().into_iter().any(|e| {
         e.get("message").and_then(|m| m.as_str()) == Some("connection closed")
             && e.get("peer").and_then(|p| p.as_str()) == Some(cell.b.peer_id.as_str())
-            && e.get("endpoint").is_some_and(|a| Some(a) == first.get("addr"))
+            && e.get("endpoint")
+                .is_some_and(|a| Some(a) == first.get("addr"))
     });
     assert!(
         !closed,

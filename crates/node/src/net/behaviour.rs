@@ -76,6 +76,7 @@ impl Behaviour {
         key: &Keypair,
         relay_client: relay::client::Behaviour,
         config: &NodeConfig,
+        punched: super::punched::Claims,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
 
@@ -140,7 +141,7 @@ impl Behaviour {
             autonat,
             kademlia,
             mdns: mdns(peer_id, config.mdns)?,
-            port_map: port_map::Behaviour::new(config.upnp, config.autonat_private_ips),
+            port_map: port_map::Behaviour::new(config.upnp, config.autonat_private_ips, punched),
             ping: ping::Behaviour::default(),
             streams: stream::Behaviour::with_max_inbound_streams(config.max_streams_per_connection),
         })

@@ -103,6 +103,8 @@ enum Request {
 
 /// Maps our listen ports on the router, when enabled.
 pub struct Behaviour {
+    /// Punched ports are the punch's own, not ours to map.
+    punched: super::punched::Claims,
     requests: Option<mpsc::Sender<Request>>,
     events: Option<mpsc::Receiver<Event>>,
     asked: HashSet<(&'static str, u16)>,
@@ -121,9 +123,10 @@ impl std::fmt::Debug for Behaviour {
 impl Behaviour {
     /// Maps ports when `enabled`, starting the gateway search at once. `private_ok` accepts a
     /// router whose external address is not globally routable (labs, as for AutoNAT).
-    pub fn new(enabled: bool, private_ok: bool) -> Self {
+    pub fn new(enabled: bool, private_ok: bool, punched: super::punched::Claims) -> Self {
         if !enabled {
             return Self {
+                punched,
                 requests: None,
                 events: None,
                 asked: HashSet::new(),
@@ -134,6 +137,7 @@ impl Behaviour {
         let (event_tx, events) = mpsc::channel(REQUEST_QUEUE);
         tokio::spawn(run(request_rx, event_tx, private_ok));
         Self {
+            punched,
             requests: Some(requests),
             events: Some(events),
             asked: HashSet::new(),
@@ -168,7 +172,10 @@ impl Behaviour {
         let Some((ip, protocol, port)) = mappable(addr) else {
             return;
         };
-        if ip.is_loopback() || !self.asked.insert((protocol_name(protocol), port)) {
+        if ip.is_loopback()
+            || self.punched.is_punched_port(port)
+            || !self.asked.insert((protocol_name(protocol), port))
+        {
             return;
         }
         if requests.try_send(Request::Map { protocol, port }).is_err() {
@@ -503,7 +510,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_disabled_mapper_releases_at_once() {
-        let mut behaviour = Behaviour::new(false, false);
+        let mut behaviour = Behaviour::new(false, false, Default::default());
         assert_eq!(behaviour.release().await, None);
     }
 }

@@ -48,6 +48,8 @@ pub struct Claims(Arc<Mutex<ClaimsInner>>);
 struct ClaimsInner {
     /// Ports the next listen on is for.
     listen: HashSet<u16>,
+    /// Every port claimed or served (not ours to publish or map on the router).
+    ports: HashSet<u16>,
     /// Remote address → our punched port to dial it from.
     dial: HashMap<SocketAddr, u16>,
     /// Ports whose connections are gone (sent by the muxers' drop).
@@ -78,6 +80,7 @@ impl Claims {
         }
         inner.open += 1;
         inner.listen.insert(port);
+        inner.ports.insert(port);
         if let Some(remote) = remote {
             inner.dial.insert(remote, port);
         }
@@ -89,8 +92,14 @@ impl Claims {
         let mut inner = self.lock();
         if inner.listen.remove(&port) {
             inner.open = inner.open.saturating_sub(1);
+            inner.ports.remove(&port);
         }
         inner.dial.retain(|_, p| *p != port);
+    }
+
+    /// Whether `port` is a punched one.
+    pub fn is_punched_port(&self, port: u16) -> bool {
+        self.lock().ports.contains(&port)
     }
 
     /// Whether `remote` is dialled from a punched port.
@@ -309,6 +318,7 @@ impl libp2p::core::Transport for Transport {
             this.endpoints.remove(&port);
             let mut claims = this.claims.lock();
             claims.open = claims.open.saturating_sub(1);
+            claims.ports.remove(&port);
             claims.dial.retain(|_, p| *p != port);
         }
         match ready {

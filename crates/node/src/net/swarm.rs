@@ -131,7 +131,7 @@ pub fn build(
     let mut behaviour_error = None;
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_other_transport(|key| quic_transport(key, claims))
+        .with_other_transport(|key| quic_transport(key, claims.clone()))
         .map_err(|e| transport_err("QUIC")(&e))?
         .with_other_transport(|_| tcp_transport(security))
         .map_err(|e| transport_err("TCP")(&e))?
@@ -140,14 +140,16 @@ pub fn build(
         .with_dns()
         .map_err(|e| transport_err("DNS")(&e))?
         .with_bandwidth_metrics(registry)
-        .with_behaviour(|key| match Behaviour::new(key, relay_client, config) {
-            Ok(b) => Ok(b),
-            Err(e) => {
-                let message = e.to_string();
-                behaviour_error = Some(e);
-                Err(message.into())
-            }
-        });
+        .with_behaviour(
+            |key| match Behaviour::new(key, relay_client, config, claims) {
+                Ok(b) => Ok(b),
+                Err(e) => {
+                    let message = e.to_string();
+                    behaviour_error = Some(e);
+                    Err(message.into())
+                }
+            },
+        );
     let swarm = match swarm {
         Ok(builder) => builder,
         Err(e) => {

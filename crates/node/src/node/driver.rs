@@ -808,7 +808,7 @@ impl Driver {
             .external_addresses()
             .chain(self.swarm.listeners())
         {
-            if !addrs.contains(addr) {
+            if !addrs.contains(addr) && !self.birthday.is_punched(addr) {
                 addrs.push(addr.clone());
             }
         }
@@ -908,6 +908,7 @@ impl Driver {
             let _ = reply.send(Err(ConnectError::Busy));
             return;
         }
+        self.birthday_wanted(peer);
         let now = Instant::now();
         let waiting = Waiting {
             peer,

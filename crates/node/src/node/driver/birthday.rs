@@ -15,7 +15,10 @@ use libp2p::{
     multiaddr::Protocol,
     swarm::ConnectionId,
 };
-use punchgate_machine::mapping::{Mapping, Observation, Observations};
+use punchgate_machine::{
+    PathKind,
+    mapping::{Mapping, Observation, Observations},
+};
 use tokio::sync::watch;
 
 use super::Driver;
@@ -23,6 +26,9 @@ use crate::{
     net::punched::{Claims, quic_socket_addr},
     punch::{MappingView, Punches},
 };
+
+/// Peers remembered as ones we open streams to (the peers a punch is started for).
+const MAX_WANTED_PEERS: usize = 1024;
 
 /// What the driver keeps for birthday punching.
 pub(in crate::node) struct Birthday {
@@ -65,6 +71,11 @@ impl Birthday {
         }
     }
 
+    /// Whether `addr` is a punched port's listen address (not one to publish).
+    pub(in crate::node) fn is_punched(&self, addr: &Multiaddr) -> bool {
+        quic_socket_addr(addr).is_some_and(|a| self.claims.is_punched_port(a.port()))
+    }
+
     /// Our QUIC and TCP mappings, for status.
     pub(in crate::node) fn mappings(&self) -> (Mapping, Mapping) {
         (self.quic.mapping(), self.tcp.mapping())
@@ -105,6 +116,19 @@ impl Driver {
                 &mut self.birthday.tcp_port
             };
             slot.get_or_insert(port);
+        }
+    }
+
+    /// A stream to `peer` is wanted (a tunnel connection, a gRPC call): a punch is started for
+    /// it whenever only a relay reaches it (at most twice a minute, `punch::ATTEMPTS_PER_PEER`).
+    pub(super) fn birthday_wanted(&mut self, peer: PeerId) {
+        if self.birthday.tunnel_peers.len() < MAX_WANTED_PEERS {
+            self.birthday.tunnel_peers.insert(peer);
+        }
+        let relayed_only = self.machine().connection_count(&peer, PathKind::Relayed) > 0
+            && self.machine().connection_count(&peer, PathKind::Direct) == 0;
+        if relayed_only && let Some(punches) = self.birthday.punches.clone() {
+            self.tasks.spawn(crate::punch::initiate(punches, peer));
         }
     }
 
