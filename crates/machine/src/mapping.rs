@@ -148,6 +148,25 @@ impl Observations {
     }
 }
 
+/// Whether a punch may send packets to `ip`, which a peer named as its public address: IPv4
+/// (probe sockets are), unicast and not this host, and private only in a private mesh
+/// (`private_ok`).
+pub fn probe_target_ok(ip: IpAddr, private_ok: bool) -> bool {
+    ip.is_ipv4()
+        && match crate::addr::class(ip) {
+            crate::addr::Class::Global => true,
+            crate::addr::Class::Private => private_ok,
+            crate::addr::Class::Never => false,
+        }
+}
+
+/// Whether an observation counts: an IPv4 observer and observed address (the punch is IPv4)
+/// that are where a NAT's outside is (global, or private in a private mesh). An observer on our
+/// LAN sees our local port, which says nothing of the NAT.
+pub fn counts(observer: IpAddr, observed: IpAddr, private_ok: bool) -> bool {
+    probe_target_ok(observer, private_ok) && probe_target_ok(observed, private_ok)
+}
+
 /// A side of a birthday punch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -247,6 +266,30 @@ mod tests {
         assert_eq!(birthday_role(easy, easy), None);
         assert_eq!(birthday_role(hard, hard), None);
         assert_eq!(birthday_role(Mapping::Unknown, hard), None);
+    }
+
+    #[test]
+    fn only_addresses_outside_a_nat_count() {
+        let global: IpAddr = "81.2.69.1".parse().expect("ip");
+        let lab: IpAddr = "198.18.0.11".parse().expect("ip");
+        assert!(probe_target_ok(global, false));
+        assert!(!probe_target_ok(lab, false));
+        assert!(probe_target_ok(lab, true));
+        for never in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "169.254.1.1",
+        ] {
+            assert!(
+                !probe_target_ok(never.parse().expect("ip"), true),
+                "{never}"
+            );
+        }
+        assert!(!probe_target_ok("2001:db8::1".parse().expect("ip"), true));
+        assert!(counts(global, global, false));
+        assert!(!counts("192.168.1.1".parse().expect("ip"), global, false));
     }
 
     #[test]

@@ -198,6 +198,13 @@ impl Access {
         self.rules.values().any(|r| r.admits(peer))
     }
 
+    /// Whether some rule names `peer` itself (a rule open to every peer does not count).
+    pub fn names_explicitly(&self, peer: &PeerId) -> bool {
+        self.rules
+            .values()
+            .any(|r| matches!(r, Allow::Peers(peers) if peers.contains(peer)))
+    }
+
     /// The rule for `service`.
     pub fn rule(&self, service: &ServiceName) -> Option<&Allow> {
         self.rules.get(service)

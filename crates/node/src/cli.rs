@@ -112,8 +112,8 @@ pub struct Cli {
     pub direct_wait: Duration,
 
     /// Birthday punching (QUIC) towards a peer behind a symmetric NAT: sockets the hard side
-    /// opens. 0 turns birthday punching off. Punches run only with peers --allow names (or
-    /// --trust), and only for a --tunnel's peer that a relay alone reaches.
+    /// opens. 0 turns birthday punching off. Punches run only with peers --allow names by id
+    /// (or --trust), for a peer we open tunnel or gRPC streams to that a relay alone reaches.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub punch_sockets: u16,
 

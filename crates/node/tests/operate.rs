@@ -238,6 +238,13 @@ async fn metrics_and_status_show_connections_tunnels_and_bytes() {
     let status: serde_json::Value = serde_json::from_str(&json).expect("status is JSON");
     assert_eq!(status["peer_id"], b.peer_id().to_string());
     assert!(["public", "private", "unknown"].contains(&status["nat"].as_str().expect("nat")));
+    // B dialled nobody from its listen port: no observer has told it its mapping yet.
+    for transport in ["quic", "tcp"] {
+        let mapping = status["nat_mapping"][transport]
+            .as_str()
+            .expect("nat_mapping");
+        assert!(!mapping.is_empty(), "{transport}: {mapping}");
+    }
     assert_eq!(status["reservation"]["state"], "none");
     assert_eq!(status["services"][0]["name"], "echo");
     assert_eq!(status["services"][0]["allow"], a.peer_id().to_string());

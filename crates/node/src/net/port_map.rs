@@ -93,19 +93,20 @@ pub enum Event {
     },
 }
 
-enum Request {
-    Map {
-        protocol: PortMappingProtocol,
-        port: u16,
-    },
-    Release(oneshot::Sender<usize>),
+struct Request {
+    protocol: PortMappingProtocol,
+    port: u16,
 }
+
+/// Asks the task to remove every mapping and stop; answered with the number removed.
+type Release = oneshot::Sender<usize>;
 
 /// Maps our listen ports on the router, when enabled.
 pub struct Behaviour {
     /// Punched ports are the punch's own, not ours to map.
     punched: super::punched::Claims,
     requests: Option<mpsc::Sender<Request>>,
+    release: Option<oneshot::Sender<Release>>,
     events: Option<mpsc::Receiver<Event>>,
     asked: HashSet<(&'static str, u16)>,
     pending: VecDeque<ToSwarm<Event, std::convert::Infallible>>,
@@ -128,6 +129,7 @@ impl Behaviour {
             return Self {
                 punched,
                 requests: None,
+                release: None,
                 events: None,
                 asked: HashSet::new(),
                 pending: VecDeque::new(),
@@ -135,10 +137,12 @@ impl Behaviour {
         }
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
         let (event_tx, events) = mpsc::channel(REQUEST_QUEUE);
-        tokio::spawn(run(request_rx, event_tx, private_ok));
+        let (release, release_rx) = oneshot::channel();
+        tokio::spawn(run(request_rx, release_rx, event_tx, private_ok));
         Self {
             punched,
             requests: Some(requests),
+            release: Some(release),
             events: Some(events),
             asked: HashSet::new(),
             pending: VecDeque::new(),
@@ -150,10 +154,8 @@ impl Behaviour {
     /// swarm.
     pub fn release(&mut self) -> impl Future<Output = Option<usize>> + use<> {
         let (done, removed) = oneshot::channel();
-        let sent = self
-            .requests
-            .take()
-            .is_some_and(|r| r.try_send(Request::Release(done)).is_ok());
+        self.requests = None;
+        let sent = self.release.take().is_some_and(|r| r.send(done).is_ok());
         async move {
             if !sent {
                 return None;
@@ -178,7 +180,7 @@ impl Behaviour {
         {
             return;
         }
-        if requests.try_send(Request::Map { protocol, port }).is_err() {
+        if requests.try_send(Request { protocol, port }).is_err() {
             tracing::debug!(%addr, "port mapping queue full: not mapping this listen address");
         }
     }
@@ -276,8 +278,14 @@ struct Held {
 
 const DESCRIPTION: &str = "punchgate";
 
-/// The mapping task: finds the gateway, then serves requests and renews until released.
-async fn run(mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<Event>, private_ok: bool) {
+/// The mapping task: finds the gateway, then serves requests and renews until released. A
+/// release is served first, whatever else is waiting or under way.
+async fn run(
+    mut requests: mpsc::Receiver<Request>,
+    mut release: oneshot::Receiver<Release>,
+    events: mpsc::Sender<Event>,
+    private_ok: bool,
+) {
     let report = |event: Event| {
         // The behaviour polls these; if it is gone, so is the node.
         let _ = events.try_send(event);
@@ -287,15 +295,27 @@ async fn run(mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<Event>,
         single_search_timeout: Some(SEARCH_TIMEOUT),
         ..SearchOptions::default()
     };
-    let found = match igd_next::aio::tokio::search_gateway(options).await {
-        Ok(gateway) => match ask(gateway.get_external_ip()).await {
-            Ok(ip) => Ok((gateway, ip)),
-            Err(e) => Err(format!(
-                "the router at {} answered the search but not for its external address: {e}",
-                gateway.addr
-            )),
-        },
-        Err(e) => Err(e.to_string()),
+    let search = async {
+        match igd_next::aio::tokio::search_gateway(options).await {
+            Ok(gateway) => match ask(gateway.get_external_ip()).await {
+                Ok(ip) => Ok((gateway, ip)),
+                Err(e) => Err(format!(
+                    "the router at {} answered the search but not for its external address: {e}",
+                    gateway.addr
+                )),
+            },
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let found = tokio::select! {
+        biased;
+        done = &mut release => {
+            if let Ok(done) = done {
+                let _ = done.send(0);
+            }
+            return;
+        }
+        found = search => found,
     };
     let (gateway, external_ip, local_ip) = match found {
         Ok((gateway, ip)) if is_global(ip) || private_ok => match local_ip_towards(gateway.addr) {
@@ -304,16 +324,16 @@ async fn run(mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<Event>,
                 report(Event::NoGateway {
                     reason: format!("cannot find our address towards the router: {e}"),
                 });
-                return serve_release_only(requests).await;
+                return answer_release(release).await;
             }
         },
         Ok((_, ip)) => {
             report(Event::NotPublic { external_ip: ip });
-            return serve_release_only(requests).await;
+            return answer_release(release).await;
         }
         Err(reason) => {
             report(Event::NoGateway { reason });
-            return serve_release_only(requests).await;
+            return answer_release(release).await;
         }
     };
     tracing::debug!(router = %gateway.addr, %external_ip, %local_ip, "found a router that maps ports (UPnP IGD)");
@@ -321,61 +341,88 @@ async fn run(mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<Event>,
     let mut held: HashMap<(PortMappingProtocol, u16), Held> = HashMap::new();
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + LEASE / 2, LEASE / 2);
     let lease_s = u32::try_from(LEASE.as_secs()).unwrap_or(u32::MAX);
+    let remove_all = |held: HashMap<(PortMappingProtocol, u16), Held>, done: Release| {
+        let gateway = gateway.clone();
+        async move {
+            let mut removed = 0;
+            for h in held.values() {
+                match ask(gateway.remove_port(h.protocol, h.external_port)).await {
+                    Ok(()) => removed += 1,
+                    Err(error) => tracing::warn!(
+                        protocol = protocol_name(h.protocol),
+                        external_port = h.external_port,
+                        %error,
+                        lease_s = LEASE.as_secs(),
+                        "cannot remove a port mapping from the router: it stays until its lease runs out"
+                    ),
+                }
+            }
+            let _ = done.send(removed);
+        }
+    };
     loop {
         tokio::select! {
-            request = requests.recv() => match request {
-                Some(Request::Map { protocol, port }) => {
-                    let internal = SocketAddrV4::new(local_ip, port);
-                    let same = ask(gateway.add_port(protocol, port, internal.into(), lease_s, DESCRIPTION)).await;
-                    let mapped = match same {
+            biased;
+            done = &mut release => {
+                if let Ok(done) = done {
+                    remove_all(held, done).await;
+                }
+                return;
+            }
+            request = requests.recv() => {
+                let Some(Request { protocol, port }) = request else {
+                    return;
+                };
+                let internal = SocketAddrV4::new(local_ip, port);
+                let map = async {
+                    match ask(gateway.add_port(protocol, port, internal.into(), lease_s, DESCRIPTION)).await {
                         Ok(()) => Ok(port),
                         // Taken (another host behind the router holds it): any port will do.
                         Err(first) => ask(gateway.add_any_port(protocol, internal.into(), lease_s, DESCRIPTION))
                             .await
                             .map_err(|e| format!("{first}; and for any other port: {e}")),
-                    };
-                    match mapped {
-                        Ok(external_port) => {
-                            let external = SocketAddr::new(external_ip, external_port);
-                            held.insert((protocol, port), Held { protocol, internal, external_port });
-                            report(Event::Mapped {
-                                protocol: protocol_name(protocol),
-                                internal,
-                                external,
-                                address: external_multiaddr(protocol, external),
-                            });
-                        }
-                        Err(error) => report(Event::Failed { protocol: protocol_name(protocol), port, error }),
                     }
-                }
-                Some(Request::Release(done)) => {
-                    let mut removed = 0;
-                    for h in held.values() {
-                        match ask(gateway.remove_port(h.protocol, h.external_port)).await {
-                            Ok(()) => removed += 1,
-                            Err(error) => tracing::warn!(
-                                protocol = protocol_name(h.protocol),
-                                external_port = h.external_port,
-                                %error,
-                                lease_s = LEASE.as_secs(),
-                                "cannot remove a port mapping from the router: it stays until its lease runs out"
-                            ),
+                };
+                let mapped = tokio::select! {
+                    biased;
+                    done = &mut release => {
+                        // What the router may have mapped meanwhile is in `held` only if it
+                        // answered: the lease bounds the rest.
+                        if let Ok(done) = done {
+                            remove_all(held, done).await;
                         }
+                        return;
                     }
-                    let _ = done.send(removed);
-                    return;
+                    mapped = map => mapped,
+                };
+                match mapped {
+                    Ok(external_port) => {
+                        let external = SocketAddr::new(external_ip, external_port);
+                        held.insert((protocol, port), Held { protocol, internal, external_port });
+                        report(Event::Mapped {
+                            protocol: protocol_name(protocol),
+                            internal,
+                            external,
+                            address: external_multiaddr(protocol, external),
+                        });
+                    }
+                    Err(error) => report(Event::Failed { protocol: protocol_name(protocol), port, error }),
                 }
-                None => return,
-            },
+            }
             _ = renew.tick() => {
-                for h in held.values() {
+                let mut lost = Vec::new();
+                for (key, h) in &held {
                     let renewed = ask(gateway.add_port(h.protocol, h.external_port, h.internal.into(), lease_s, DESCRIPTION)).await;
                     if let Err(error) = renewed {
+                        lost.push(*key);
                         report(Event::Expired {
                             address: external_multiaddr(h.protocol, SocketAddr::new(external_ip, h.external_port)),
                             error,
                         });
                     }
+                }
+                for key in lost {
+                    held.remove(&key);
                 }
             }
         }
@@ -383,12 +430,9 @@ async fn run(mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<Event>,
 }
 
 /// Without a router to talk to, answers the release at once.
-async fn serve_release_only(mut requests: mpsc::Receiver<Request>) {
-    while let Some(request) = requests.recv().await {
-        if let Request::Release(done) = request {
-            let _ = done.send(0);
-            return;
-        }
+async fn answer_release(release: oneshot::Receiver<Release>) {
+    if let Ok(done) = release.await {
+        let _ = done.send(0);
     }
 }
 

@@ -185,14 +185,28 @@ impl libp2p::core::Transport for Transport {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
         let port = socket.port();
-        if !self.claims.lock().listen.remove(&port) || self.endpoints.contains_key(&port) {
+        if !self.claims.lock().listen.contains(&port) {
             return Err(TransportError::MultiaddrNotSupported(addr));
+        }
+        // A claimed port is ours whatever happens: never let it fall through to the main QUIC
+        // transport, which would keep it as an ordinary listener.
+        if self.endpoints.contains_key(&port) {
+            self.claims.unclaim(port);
+            return Err(TransportError::Other(quic::Error::Io(
+                std::io::Error::other("a punched QUIC endpoint holds this port already"),
+            )));
         }
         let mut transport = quic::tokio::Transport::new(self.config.clone());
         if let Err(e) = transport.listen_on(id, addr) {
             self.claims.unclaim(port);
-            return Err(e);
+            return Err(match e {
+                TransportError::MultiaddrNotSupported(a) => TransportError::Other(quic::Error::Io(
+                    std::io::Error::other(format!("cannot listen on {a}")),
+                )),
+                other => other,
+            });
         }
+        self.claims.lock().listen.remove(&port);
         self.endpoints.insert(
             port,
             Endpoint {
@@ -233,10 +247,10 @@ impl libp2p::core::Transport for Transport {
         let Some(endpoint) = self.endpoints.get_mut(&port) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
+        let dial = endpoint.transport.dial(addr, opts)?;
         endpoint.connections += 1;
         endpoint.unused_until = None;
-        let dial = endpoint.transport.dial(addr, opts)?;
-        Ok(track(dial, self.claims.clone(), port))
+        Ok(track(dial, Slot::new(self.claims.clone(), port)))
     }
 
     fn poll(
@@ -261,7 +275,8 @@ impl libp2p::core::Transport for Transport {
         let mut next_deadline: Option<Instant> = None;
         for e in this.endpoints.values_mut() {
             match e.unused_until {
-                Some(t) if t <= now && !e.closing => {
+                _ if e.closing => {}
+                Some(t) if t <= now => {
                     e.closing = true;
                     e.transport.remove_listener(e.id);
                 }
@@ -293,7 +308,7 @@ impl libp2p::core::Transport for Transport {
                         e.unused_until = None;
                         TransportEvent::Incoming {
                             listener_id,
-                            upgrade: track(upgrade, claims, port),
+                            upgrade: track(upgrade, Slot::new(claims, port)),
                             local_addr,
                             send_back_addr,
                         }
@@ -333,48 +348,49 @@ fn unreachable_upgrade() -> BoxFuture<'static, Result<Output, quic::Error>> {
     futures::future::pending().boxed()
 }
 
-/// Counts the connection against its endpoint until the muxer is dropped (or the upgrade
-/// fails).
-fn track<F>(
-    upgrade: F,
+/// One connection counted against a punched endpoint: released when dropped, whether the
+/// upgrade failed, was dropped unpolled (the swarm refused it), or the connection closed.
+struct Slot {
     claims: Claims,
     port: u16,
-) -> BoxFuture<'static, Result<Output, quic::Error>>
+}
+
+impl Slot {
+    fn new(claims: Claims, port: u16) -> Self {
+        Self { claims, port }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.claims.release(self.port);
+    }
+}
+
+/// Counts the connection against its endpoint until the muxer is dropped.
+fn track<F>(upgrade: F, slot: Slot) -> BoxFuture<'static, Result<Output, quic::Error>>
 where
     F: std::future::Future<Output = Result<(PeerId, quic::Connection), quic::Error>>
         + Send
         + 'static,
 {
     async move {
-        match upgrade.await {
-            Ok((peer, connection)) => Ok((
-                peer,
-                StreamMuxerBox::new(Tracked {
-                    inner: connection,
-                    claims,
-                    port,
-                }),
-            )),
-            Err(e) => {
-                claims.release(port);
-                Err(e)
-            }
-        }
+        let (peer, connection) = upgrade.await?;
+        Ok((
+            peer,
+            StreamMuxerBox::new(Tracked {
+                inner: connection,
+                _slot: slot,
+            }),
+        ))
     }
     .boxed()
 }
 
-/// A punched connection: tells the transport when it is gone.
+/// A punched connection: its slot is released when it is gone.
 struct Tracked {
     inner: quic::Connection,
-    claims: Claims,
-    port: u16,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.claims.release(self.port);
-    }
+    _slot: Slot,
 }
 
 impl StreamMuxer for Tracked {

@@ -60,8 +60,9 @@ pub(super) fn birthday_state(
     claims: crate::net::punched::Claims,
     mapping: tokio::sync::watch::Sender<crate::punch::MappingView>,
     tunnel_peers: HashSet<PeerId>,
+    private_ok: bool,
 ) -> Birthday {
-    Birthday::new(punches, claims, mapping, tunnel_peers)
+    Birthday::new(punches, claims, mapping, tunnel_peers, private_ok)
 }
 
 /// Stream requests that may wait for a path at once.
@@ -1649,7 +1650,10 @@ impl Driver {
             }
             SwarmEvent::NewExternalAddrCandidate { address } => {
                 tracing::debug!(%address, "external address candidate");
-                if !punchgate_machine::node::is_relayed(&address) {
+                // A punched port's address is the punch's, not one to publish.
+                if !punchgate_machine::node::is_relayed(&address)
+                    && !self.birthday.is_punched(&address)
+                {
                     let address = without_p2p(address);
                     self.observed_self.retain(|a| *a != address);
                     self.observed_self.push_front(address);

@@ -548,12 +548,14 @@ impl Node {
             mapping_rx,
             config.punch,
             config.trusted_peers(),
+            config.autonat_private_ips,
         );
         let birthday = driver::birthday_state(
             Some(punches.clone()),
             claims,
             mapping_tx,
             config.tunnels.iter().map(|t| t.peer).collect(),
+            config.autonat_private_ips,
         );
         let mut driver = driver::Driver::new(
             swarm,
@@ -604,7 +606,7 @@ impl Node {
         tasks.spawn(crate::punch::serve(
             birthday_requests,
             punches,
-            move |peer| named.rules().access.names(peer),
+            move |peer| named.rules().access.names_explicitly(peer),
             tasks.clone(),
         ));
         tasks.spawn(tunnel::server::run(

@@ -115,6 +115,37 @@ impl Default for MappingView {
     }
 }
 
+/// The sender's budget, so each side can time its waits on the other's pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct WireBudget {
+    sockets: u16,
+    probes: u32,
+    rate: u32,
+}
+
+impl WireBudget {
+    fn of(config: PunchConfig) -> Self {
+        Self {
+            sockets: config.sockets,
+            probes: config.probes,
+            rate: config.rate.max(1),
+        }
+    }
+
+    /// How long the hard side takes to open its sockets, at most [`MAX_WAIT`].
+    fn opening_time(self) -> Duration {
+        (Duration::from_secs(1) * u32::from(self.sockets) / self.rate.max(1)).min(MAX_WAIT)
+    }
+
+    /// How long the easy side probes, at most [`MAX_WAIT`].
+    fn probing_time(self) -> Duration {
+        (Duration::from_secs(1) * self.probes / self.rate.max(1)).min(MAX_WAIT)
+    }
+}
+
+/// The longest a side waits on the other's pace, whatever budget it announces.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 enum Msg {
@@ -123,12 +154,14 @@ enum Msg {
         public_ip: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         probe_port: Option<u16>,
+        budget: WireBudget,
     },
     Plan {
         role: String,
         public_ip: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         probe_port: Option<u16>,
+        budget: WireBudget,
     },
     Refused {
         reason: String,
@@ -191,6 +224,8 @@ pub(crate) struct Punches {
     permits: Arc<Semaphore>,
     peers: std::sync::Mutex<PerKey<PeerId>>,
     trusted: HashSet<PeerId>,
+    /// Private addresses may be probed (`--autonat-private-ips`: a lab, a LAN-only mesh).
+    private_ok: bool,
 }
 
 impl Punches {
@@ -200,6 +235,7 @@ impl Punches {
         mapping: tokio::sync::watch::Receiver<MappingView>,
         config: PunchConfig,
         trusted: HashSet<PeerId>,
+        private_ok: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             node,
@@ -213,7 +249,20 @@ impl Punches {
                 MAX_COUNTED_PEERS,
             )),
             trusted,
+            private_ok,
         })
+    }
+
+    /// A peer's claimed public address, if we may send packets to it: IPv4 (the probe sockets
+    /// are), unicast, not ours to reach locally, and not private unless the mesh is.
+    fn usable(&self, text: &str) -> Result<IpAddr, PunchError> {
+        let ip = parse_ip(text)?;
+        if !punchgate_machine::mapping::probe_target_ok(ip, self.private_ok) {
+            return Err(PunchError::Protocol(format!(
+                "named {ip} as its address, which we do not send probes to"
+            )));
+        }
+        Ok(ip)
     }
 
     fn enabled(&self) -> bool {
@@ -265,10 +314,6 @@ pub(crate) async fn initiate(punches: Arc<Punches>, peer: PeerId) {
         tracing::debug!(%peer, "birthday punch skipped: {MAX_CONCURRENT} are running");
         return;
     };
-    if let Err(reason) = punches.admit(peer) {
-        tracing::debug!(%peer, %reason, "birthday punch skipped");
-        return;
-    }
     let started = Instant::now();
     match run_client(&punches, peer).await {
         Ok(p) => tracing::info!(
@@ -316,6 +361,8 @@ async fn run_client(punches: &Punches, peer: PeerId) -> Result<Punched, PunchErr
         .into_iter()
         .find(|c| c.relayed)
         .ok_or_else(|| PunchError::NotApplicable("no relayed connection to the peer".into()))?;
+    // Counted only now that a punch can happen.
+    punches.admit(peer).map_err(PunchError::NotApplicable)?;
     // An easy side binds its probe socket first: its port goes in the hello.
     let socket = if ours.quic.preserves_ports() {
         Some(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?)
@@ -340,15 +387,17 @@ async fn run_client(punches: &Punches, peer: PeerId) -> Result<Punched, PunchErr
             mapping: mapping_code(ours.quic).into(),
             public_ip: public_ip.to_string(),
             probe_port,
+            budget: WireBudget::of(punches.config),
         },
     )
     .await?;
-    let (role, their_ip, their_port) = match step(&mut stream).await? {
+    let (role, their_ip, their_port, theirs) = match step(&mut stream).await? {
         Msg::Plan {
             role,
             public_ip,
             probe_port,
-        } => (role, parse_ip(&public_ip)?, probe_port),
+            budget,
+        } => (role, punches.usable(&public_ip)?, probe_port, budget),
         Msg::Refused { reason } => {
             return Err(PunchError::NotApplicable(format!(
                 "the peer refused: {}",
@@ -360,18 +409,21 @@ async fn run_client(punches: &Punches, peer: PeerId) -> Result<Punched, PunchErr
     match (role.as_str(), socket, their_port) {
         // The server is hard: we probe.
         ("hard", Some(socket), _) => {
-            run_easy(punches, &mut stream, socket, their_ip, started).await
+            let hard = Remote {
+                peer,
+                ip: their_ip,
+                budget: theirs,
+            };
+            run_easy(punches, &mut stream, socket, hard, started).await
         }
         // The server is easy: we open sockets towards its probe port.
         ("easy", None, Some(port)) => {
-            run_hard(
-                punches,
-                &mut stream,
+            let easy = Remote {
                 peer,
-                SocketAddr::new(their_ip, port),
-                started,
-            )
-            .await
+                ip: their_ip,
+                budget: theirs,
+            };
+            run_hard(punches, &mut stream, easy, port, started).await
         }
         _ => Err(PunchError::Protocol(format!(
             "proposed role '{}' that does not fit ours",
@@ -388,7 +440,16 @@ pub(crate) async fn serve(
     tasks: tokio_util::task::TaskTracker,
 ) {
     let admits = Arc::new(admits);
+    // Requests read at once (each may hold its stream 5 s before it is refused).
+    let reading = Arc::new(Semaphore::new(2 * MAX_CONCURRENT));
     loop {
+        let permit = tokio::select! {
+            p = reading.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = punches.node.stopped() => break,
+        };
         let stream = tokio::select! {
             s = incoming.next() => match s {
                 Some(s) => s,
@@ -399,6 +460,7 @@ pub(crate) async fn serve(
         let punches = punches.clone();
         let admits = admits.clone();
         tasks.spawn(async move {
+            let _permit = permit;
             let peer = stream.info.peer;
             match serve_one(&punches, stream, admits.as_ref()).await {
                 Ok(p) => tracing::info!(
@@ -431,6 +493,7 @@ async fn serve_one(
         mapping,
         public_ip,
         probe_port,
+        budget: theirs_budget,
     } = hello
     else {
         return Err(unexpected(&hello));
@@ -472,7 +535,19 @@ async fn serve_one(
             return Err(PunchError::NotApplicable(reason));
         }
     };
-    let their_ip = parse_ip(&public_ip)?;
+    let their_ip = match punches.usable(&public_ip) {
+        Ok(ip) => ip,
+        Err(e) => {
+            frame::write(&mut stream, &refuse("no birthday punch".into())).await?;
+            return Err(e);
+        }
+    };
+    let them = Remote {
+        peer,
+        ip: their_ip,
+        budget: theirs_budget,
+    };
+    let budget = WireBudget::of(punches.config);
     match role {
         Role::Easy => {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
@@ -483,10 +558,11 @@ async fn serve_one(
                     role: "easy".into(),
                     public_ip: our_ip.to_string(),
                     probe_port: Some(port),
+                    budget,
                 },
             )
             .await?;
-            run_easy(punches, &mut stream, socket, their_ip, started).await
+            run_easy(punches, &mut stream, socket, them, started).await
         }
         Role::Hard => {
             let Some(port) = probe_port else {
@@ -498,34 +574,44 @@ async fn serve_one(
                     role: "hard".into(),
                     public_ip: our_ip.to_string(),
                     probe_port: None,
+                    budget,
                 },
             )
             .await?;
-            run_hard(
-                punches,
-                &mut stream,
-                peer,
-                SocketAddr::new(their_ip, port),
-                started,
-            )
-            .await
+            run_hard(punches, &mut stream, them, port, started).await
         }
     }
 }
 
 type Stream = tokio_util::compat::Compat<libp2p::Stream>;
 
-/// The easy side: probes `hard_ip` from `socket` until the hard side reports a hit, then
-/// listens for QUIC on the probe port.
+/// The other side of a punch.
+struct Remote {
+    peer: PeerId,
+    /// Its public address (checked with [`Punches::usable`]).
+    ip: IpAddr,
+    /// Its pace, for our waits.
+    budget: WireBudget,
+}
+
+/// The easy side: probes the hard side's address from `socket` until the hard side reports a
+/// hit, then listens for QUIC on the probe port and waits for the hard side's dial.
 async fn run_easy(
     punches: &Punches,
     stream: &mut Stream,
     socket: UdpSocket,
-    hard_ip: IpAddr,
+    hard: Remote,
     started: Instant,
 ) -> Result<Punched, PunchError> {
+    let hard_ip = hard.ip;
     let port = socket.local_addr()?.port();
-    let token = match step(stream).await? {
+    let opened = timeout(
+        hard.budget.opening_time() + STEP_TIMEOUT,
+        frame::read::<Msg, _>(stream),
+    )
+    .await
+    .map_err(|_| PunchError::Protocol("did not open its sockets in time".into()))??;
+    let token = match opened {
         Msg::Opened { token } => token,
         Msg::Missed => return Err(PunchError::Missed { probes: 0 }),
         other => return Err(unexpected(&other)),
@@ -557,7 +643,7 @@ async fn run_easy(
                     };
                     break (msg, sent);
                 }
-                () = tokio::time::sleep(budget.probing_time() + STEP_TIMEOUT), if sent.is_some() => {
+                () = tokio::time::sleep(STEP_TIMEOUT), if sent.is_some() => {
                     return Err(PunchError::Protocol("did not answer after the probes".into()));
                 }
             }
@@ -572,8 +658,16 @@ async fn run_easy(
     drop(socket);
     listen_punched(punches, port, None).await?;
     frame::write(stream, &Msg::Listening).await?;
-    // The hard side dials us now; the stream ends when it is done.
-    let _ = timeout(STEP_TIMEOUT, step(stream)).await;
+    // The hard side dials us now.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while !punches.direct(hard.peer) {
+        if Instant::now() > deadline {
+            return Err(PunchError::Quic(format!(
+                "no connection came within {STEP_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(Punched {
         role: Role::Easy,
         probes: sent,
@@ -587,10 +681,12 @@ async fn run_easy(
 async fn run_hard(
     punches: &Punches,
     stream: &mut Stream,
-    peer: PeerId,
-    easy: SocketAddr,
+    easy_side: Remote,
+    probe_port: u16,
     started: Instant,
 ) -> Result<Punched, PunchError> {
+    let peer = easy_side.peer;
+    let easy = SocketAddr::new(easy_side.ip, probe_port);
     let budget = punches.config.budget();
     if punches.direct(peer) {
         let _ = frame::write(stream, &Msg::Missed).await;
@@ -601,8 +697,9 @@ async fn run_hard(
     let token: u64 = rand::random();
     let sockets = probe::HardSockets::open(easy, budget, token).await?;
     frame::write(stream, &Msg::Opened { token }).await?;
+    // The easy side probes at its own pace; a little more for the relay's latency.
     let hit = sockets
-        .first_hit(budget.probing_time() + Duration::from_secs(1))
+        .first_hit(easy_side.budget.probing_time() + Duration::from_secs(2))
         .await;
     let Some(hit) = hit else {
         let _ = frame::write(stream, &Msg::Missed).await;
@@ -720,11 +817,23 @@ mod tests {
             mapping: "moves".into(),
             public_ip: "198.51.100.7".into(),
             probe_port: None,
+            budget: WireBudget::of(PunchConfig::default()),
         };
         let text = serde_json::to_string(&hello).expect("json");
         assert_eq!(
             text,
-            r#"{"msg":"hello","mapping":"moves","public_ip":"198.51.100.7"}"#
+            r#"{"msg":"hello","mapping":"moves","public_ip":"198.51.100.7","budget":{"sockets":256,"probes":2048,"rate":1000}}"#
         );
+        // The waits follow the other side's pace, within bounds.
+        let slow = WireBudget {
+            sockets: 1024,
+            probes: 16384,
+            rate: 1,
+        };
+        assert_eq!(slow.opening_time(), MAX_WAIT);
+        assert_eq!(slow.probing_time(), MAX_WAIT);
+        let usual = WireBudget::of(PunchConfig::default());
+        assert_eq!(usual.opening_time(), Duration::from_millis(256));
+        assert_eq!(usual.probing_time(), Duration::from_millis(2048));
     }
 }

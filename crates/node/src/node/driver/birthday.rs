@@ -48,6 +48,8 @@ pub(in crate::node) struct Birthday {
     /// Our main listen ports, QUIC and TCP.
     quic_port: Option<u16>,
     tcp_port: Option<u16>,
+    /// Private addresses count as outside a NAT (`--autonat-private-ips`).
+    private_ok: bool,
 }
 
 impl Birthday {
@@ -56,6 +58,7 @@ impl Birthday {
         claims: Claims,
         mapping: watch::Sender<MappingView>,
         tunnel_peers: HashSet<PeerId>,
+        private_ok: bool,
     ) -> Self {
         Self {
             punches,
@@ -68,6 +71,7 @@ impl Birthday {
             listeners: HashSet::new(),
             quic_port: None,
             tcp_port: None,
+            private_ok,
         }
     }
 
@@ -187,6 +191,9 @@ impl Driver {
         let Some(local_port) = local_port.filter(|_| observed_quic == quic) else {
             return;
         };
+        if !punchgate_machine::mapping::counts(observer, observed_ip, self.birthday.private_ok) {
+            return;
+        }
         let observation = Observation {
             observer,
             local_port,
