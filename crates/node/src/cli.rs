@@ -126,6 +126,10 @@ pub struct Cli {
     #[arg(long, value_name = "PPS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub punch_rate: u32,
 
+    /// Birthday punching: punches per peer per minute, either side (0 turns punching off).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=60))]
+    pub punch_attempts: u32,
+
     /// How long reaching a peer (dial, DHT lookup, relay) may take.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -587,6 +591,7 @@ impl Cli {
             sockets: self.punch_sockets,
             probes: self.punch_probes,
             rate: self.punch_rate,
+            attempts_per_minute: self.punch_attempts,
         };
         config.max_connections = self.max_connections;
         config.max_connections_per_peer = self.max_connections_per_peer;

@@ -31,7 +31,8 @@ pub fn tunnel_frame(data: &[u8]) {
 }
 
 /// The three introduction messages (a request to a relay, its answer, an introduction to the
-/// target), and the dial filter their addresses go through.
+/// target), and the dial filter their addresses go through; and the birthday punch's messages
+/// and probes (the same kind of input: one small frame from a peer).
 pub fn introduction_frames(data: &[u8]) {
     static OURS: OnceLock<Vec<Multiaddr>> = OnceLock::new();
     let ours = OURS.get_or_init(|| {
@@ -44,6 +45,7 @@ pub fn introduction_frames(data: &[u8]) {
         .collect()
     });
     crate::node::introduce::fuzz_frames(data, ours);
+    crate::punch::fuzz_frames(data);
 }
 
 /// A DHT peer record: the first byte picks what the rest is.

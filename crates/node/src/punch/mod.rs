@@ -22,7 +22,8 @@
 //! and QUIC's keep-alives hold it from then on.
 //!
 //! Bounds: a server punches only with peers its rules name (or it trusts), each peer at most
-//! [`ATTEMPTS_PER_PEER`] times a minute, [`MAX_CONCURRENT`] punches at once; a punch sends at
+//! `--punch-attempts` ([`ATTEMPTS_PER_PEER`]) times a minute, [`MAX_CONCURRENT`] punches at
+//! once; a punch sends at
 //! most `sockets + probes` packets of 14 bytes, at `rate` packets a second (defaults 256 +
 //! 2,048 at 1,000/s: about 2.3 s and 32 KiB of UDP payload at most).
 
@@ -57,7 +58,7 @@ pub(crate) use crate::protocol::BIRTHDAY;
 
 /// Punches run at once, both roles together.
 pub const MAX_CONCURRENT: usize = 2;
-/// Punches one peer may start (or we start with it) per minute.
+/// Punches one peer may start (or we start with it) per minute, by default.
 pub const ATTEMPTS_PER_PEER: u32 = 2;
 /// Peers counted for [`ATTEMPTS_PER_PEER`].
 const MAX_COUNTED_PEERS: usize = 256;
@@ -75,6 +76,8 @@ pub struct PunchConfig {
     pub probes: u32,
     /// Packets per second, on either side.
     pub rate: u32,
+    /// Punches per peer per minute, either side (`--punch-attempts`).
+    pub attempts_per_minute: u32,
 }
 
 impl Default for PunchConfig {
@@ -83,6 +86,7 @@ impl Default for PunchConfig {
             sockets: 256,
             probes: 2048,
             rate: 1000,
+            attempts_per_minute: ATTEMPTS_PER_PEER,
         }
     }
 }
@@ -244,7 +248,7 @@ impl Punches {
             config,
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
             peers: std::sync::Mutex::new(PerKey::new(
-                ATTEMPTS_PER_PEER,
+                config.attempts_per_minute.max(1),
                 Duration::from_secs(60),
                 MAX_COUNTED_PEERS,
             )),
@@ -266,7 +270,7 @@ impl Punches {
     }
 
     fn enabled(&self) -> bool {
-        self.config.sockets > 0 && self.config.probes > 0
+        self.config.sockets > 0 && self.config.probes > 0 && self.config.attempts_per_minute > 0
     }
 
     fn admit(&self, peer: PeerId) -> Result<(), String> {
@@ -278,7 +282,8 @@ impl Punches {
         {
             Admit::Yes => Ok(()),
             Admit::OverLimit => Err(format!(
-                "at most {ATTEMPTS_PER_PEER} birthday punches a minute per peer"
+                "at most {} birthday punches a minute per peer",
+                self.config.attempts_per_minute
             )),
             Admit::TooManyKeys => {
                 Err("counting too many peers' punches: try again within a minute".into())
@@ -771,6 +776,35 @@ fn unexpected(msg: &Msg) -> PunchError {
         Msg::Listening => "listening",
     };
     PunchError::Protocol(format!("sent '{name}' out of turn"))
+}
+
+/// Decodes `data` as a punch message and as a probe, and checks what decodes as the node does:
+/// the fuzz target's entry (`fuzz/`, feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_frames(data: &[u8]) {
+    if let Ok(Some((msg, _))) = frame::decode::<Msg>(data) {
+        let _ = unexpected(&msg);
+        if let Msg::Hello {
+            mapping,
+            public_ip,
+            budget,
+            ..
+        }
+        | Msg::Plan {
+            role: mapping,
+            public_ip,
+            budget,
+            ..
+        } = msg
+        {
+            let _ = parse_mapping(&mapping);
+            if let Ok(ip) = parse_ip(&public_ip) {
+                let _ = punchgate_machine::mapping::probe_target_ok(ip, false);
+            }
+            assert!(budget.opening_time() <= MAX_WAIT && budget.probing_time() <= MAX_WAIT);
+        }
+    }
+    let _ = probe::parse_probe(data, 0);
 }
 
 fn parse_ip(text: &str) -> Result<IpAddr, PunchError> {
