@@ -230,6 +230,8 @@ pub(crate) struct Punches {
     trusted: HashSet<PeerId>,
     /// Private addresses may be probed (`--autonat-private-ips`: a lab, a LAN-only mesh).
     private_ok: bool,
+    /// "Our mapping is unknown" was said (once per run is enough).
+    said_unknown: std::sync::atomic::AtomicBool,
 }
 
 impl Punches {
@@ -254,6 +256,7 @@ impl Punches {
             )),
             trusted,
             private_ok,
+            said_unknown: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -320,7 +323,13 @@ pub(crate) async fn initiate(punches: Arc<Punches>, peer: PeerId) {
         return;
     };
     let started = Instant::now();
-    match run_client(&punches, peer).await {
+    log_outcome(peer, run_client(&punches, peer).await, started);
+}
+
+/// One line for every punch that ran: went direct, or failed and why. A punch that did not
+/// fit (or was refused) is DEBUG: nothing was sent.
+fn log_outcome(peer: PeerId, outcome: Result<Punched, PunchError>, started: Instant) {
+    match outcome {
         Ok(p) => tracing::info!(
             %peer,
             role = ?p.role,
@@ -336,7 +345,7 @@ pub(crate) async fn initiate(punches: Arc<Punches>, peer: PeerId) {
             %peer,
             %error,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "birthday punch failed: the tunnel stays on the relay"
+            "birthday punch failed: the peer stays reached through the relay"
         ),
     }
 }
@@ -344,6 +353,16 @@ pub(crate) async fn initiate(punches: Arc<Punches>, peer: PeerId) {
 async fn run_client(punches: &Punches, peer: PeerId) -> Result<Punched, PunchError> {
     let ours = punches.our_mapping(MAPPING_WAIT).await;
     let Some(public_ip) = ours.public_ip else {
+        if !punches
+            .said_unknown
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(
+                %peer,
+                hint = "listen on QUIC and bootstrap from a public node: its identify tells us our address",
+                "no birthday punch: our NAT mapping is unknown (no public peer we dialled over QUIC has reported the address it sees us at)"
+            );
+        }
         return Err(PunchError::NotApplicable(
             "our public address is not known yet".into(),
         ));
@@ -467,20 +486,12 @@ pub(crate) async fn serve(
         tasks.spawn(async move {
             let _permit = permit;
             let peer = stream.info.peer;
-            match serve_one(&punches, stream, admits.as_ref()).await {
-                Ok(p) => tracing::info!(
-                    %peer,
-                    role = ?p.role,
-                    probes = p.probes,
-                    elapsed_ms = p.elapsed.as_millis() as u64,
-                    remote = %p.remote,
-                    "birthday punch went direct: QUIC through the ports the probes found"
-                ),
-                Err(PunchError::NotApplicable(reason)) => {
-                    tracing::debug!(%peer, %reason, "birthday punch refused")
-                }
-                Err(error) => tracing::info!(%peer, %error, "birthday punch failed"),
-            }
+            let started = Instant::now();
+            log_outcome(
+                peer,
+                serve_one(&punches, stream, admits.as_ref()).await,
+                started,
+            );
         });
     }
 }
