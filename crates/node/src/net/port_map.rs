@@ -274,6 +274,33 @@ struct Held {
     protocol: PortMappingProtocol,
     internal: SocketAddrV4,
     external_port: u16,
+    /// The lease the router granted: [`LEASE`], or 0 (permanent) from a router that grants
+    /// only those (such a mapping is removed at shutdown, or stays).
+    lease_s: u32,
+}
+
+/// Maps `external_port` to `internal` for `lease_s`, or permanently if the router grants only
+/// permanent leases (IGD error 725); returns the lease granted.
+async fn add_port(
+    gateway: &igd_next::aio::Gateway<igd_next::aio::tokio::Tokio>,
+    protocol: PortMappingProtocol,
+    external_port: u16,
+    internal: SocketAddrV4,
+    lease_s: u32,
+) -> Result<u32, String> {
+    let add =
+        |lease| gateway.add_port(protocol, external_port, internal.into(), lease, DESCRIPTION);
+    match tokio::time::timeout(REQUEST_TIMEOUT, add(lease_s)).await {
+        Ok(Err(igd_next::AddPortError::OnlyPermanentLeasesSupported)) if lease_s != 0 => {
+            ask(add(0)).await.map(|()| 0)
+        }
+        Ok(Ok(())) => Ok(lease_s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the router did not answer within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 const DESCRIPTION: &str = "punchgate";
@@ -375,11 +402,12 @@ async fn run(
                 };
                 let internal = SocketAddrV4::new(local_ip, port);
                 let map = async {
-                    match ask(gateway.add_port(protocol, port, internal.into(), lease_s, DESCRIPTION)).await {
-                        Ok(()) => Ok(port),
+                    match add_port(&gateway, protocol, port, internal, lease_s).await {
+                        Ok(granted) => Ok((port, granted)),
                         // Taken (another host behind the router holds it): any port will do.
                         Err(first) => ask(gateway.add_any_port(protocol, internal.into(), lease_s, DESCRIPTION))
                             .await
+                            .map(|p| (p, lease_s))
                             .map_err(|e| format!("{first}; and for any other port: {e}")),
                     }
                 };
@@ -396,9 +424,9 @@ async fn run(
                     mapped = map => mapped,
                 };
                 match mapped {
-                    Ok(external_port) => {
+                    Ok((external_port, granted)) => {
                         let external = SocketAddr::new(external_ip, external_port);
-                        held.insert((protocol, port), Held { protocol, internal, external_port });
+                        held.insert((protocol, port), Held { protocol, internal, external_port, lease_s: granted });
                         report(Event::Mapped {
                             protocol: protocol_name(protocol),
                             internal,
@@ -412,7 +440,10 @@ async fn run(
             _ = renew.tick() => {
                 let mut lost = Vec::new();
                 for (key, h) in &held {
-                    let renewed = ask(gateway.add_port(h.protocol, h.external_port, h.internal.into(), lease_s, DESCRIPTION)).await;
+                    if h.lease_s == 0 {
+                        continue;
+                    }
+                    let renewed = add_port(&gateway, h.protocol, h.external_port, h.internal, h.lease_s).await;
                     if let Err(error) = renewed {
                         lost.push(*key);
                         report(Event::Expired {
