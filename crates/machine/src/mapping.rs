@@ -148,6 +148,12 @@ impl Observations {
     }
 }
 
+/// Whether `ip` is reachable across the internet: not private, shared (carrier-grade NAT),
+/// benchmarking, documentation, unique local, nor this host or a non-unicast address.
+pub fn is_global(ip: IpAddr) -> bool {
+    crate::addr::class(ip) == crate::addr::Class::Global
+}
+
 /// Whether a punch may send packets to `ip`, which a peer named as its public address: IPv4
 /// (probe sockets are), unicast and not this host, and private only in a private mesh
 /// (`private_ok`).

@@ -219,30 +219,6 @@ fn external_multiaddr(protocol: PortMappingProtocol, external: SocketAddr) -> Mu
     }
 }
 
-/// Whether `ip` is reachable from the internet (not private, shared, loopback, link-local,
-/// documentation, benchmarking or reserved).
-fn is_global(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(ip) => {
-            let [a, b, ..] = ip.octets();
-            !(ip.is_unspecified()
-                || ip.is_private()
-                || ip.is_loopback()
-                || ip.is_link_local()
-                || ip.is_documentation()
-                || ip.is_broadcast()
-                || ip.is_multicast()
-                || a == 0
-                || (a == 100 && (b & 0xc0) == 64)
-                || (a == 198 && (b & 0xfe) == 18)
-                || a >= 240)
-        }
-        IpAddr::V6(ip) => {
-            !(ip.is_unspecified() || ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00)
-        }
-    }
-}
-
 /// Our address on the interface that reaches the router.
 fn local_ip_towards(gateway: SocketAddr) -> std::io::Result<Ipv4Addr> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
@@ -345,15 +321,17 @@ async fn run(
         found = search => found,
     };
     let (gateway, external_ip, local_ip) = match found {
-        Ok((gateway, ip)) if is_global(ip) || private_ok => match local_ip_towards(gateway.addr) {
-            Ok(local) => (gateway, ip, local),
-            Err(e) => {
-                report(Event::NoGateway {
-                    reason: format!("cannot find our address towards the router: {e}"),
-                });
-                return answer_release(release).await;
+        Ok((gateway, ip)) if punchgate_machine::mapping::is_global(ip) || private_ok => {
+            match local_ip_towards(gateway.addr) {
+                Ok(local) => (gateway, ip, local),
+                Err(e) => {
+                    report(Event::NoGateway {
+                        reason: format!("cannot find our address towards the router: {e}"),
+                    });
+                    return answer_release(release).await;
+                }
             }
-        },
+        }
         Ok((_, ip)) => {
             report(Event::NotPublic { external_ip: ip });
             return answer_release(release).await;
@@ -578,9 +556,14 @@ mod tests {
             "198.18.0.5",
             "127.0.0.1",
         ] {
-            assert!(!is_global(private.parse().expect("valid")), "{private}");
+            assert!(
+                !punchgate_machine::mapping::is_global(private.parse().expect("valid")),
+                "{private}"
+            );
         }
-        assert!(is_global("93.184.216.34".parse().expect("valid")));
+        assert!(punchgate_machine::mapping::is_global(
+            "93.184.216.34".parse().expect("valid")
+        ));
     }
 
     #[tokio::test]

@@ -54,17 +54,6 @@ mod port_map;
 
 pub(super) use birthday::Birthday;
 
-/// The driver's birthday-punch state (see [`Birthday`]).
-pub(super) fn birthday_state(
-    punches: Option<std::sync::Arc<crate::punch::Punches>>,
-    claims: crate::net::punched::Claims,
-    mapping: tokio::sync::watch::Sender<crate::punch::MappingView>,
-    tunnel_peers: HashSet<PeerId>,
-    private_ok: bool,
-) -> Birthday {
-    Birthday::new(punches, claims, mapping, tunnel_peers, private_ok)
-}
-
 /// Stream requests that may wait for a path at once.
 const MAX_WAITING: usize = 4096;
 /// Exact dials ([`Request::DialExact`]) in flight at once.

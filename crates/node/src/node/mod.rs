@@ -550,7 +550,7 @@ impl Node {
             config.trusted_peers(),
             config.autonat_private_ips,
         );
-        let birthday = driver::birthday_state(
+        let birthday = driver::Birthday::new(
             Some(punches.clone()),
             claims,
             mapping_tx,

@@ -119,37 +119,6 @@ impl Default for MappingView {
     }
 }
 
-/// The sender's budget, so each side can time its waits on the other's pace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct WireBudget {
-    sockets: u16,
-    probes: u32,
-    rate: u32,
-}
-
-impl WireBudget {
-    fn of(config: PunchConfig) -> Self {
-        Self {
-            sockets: config.sockets,
-            probes: config.probes,
-            rate: config.rate.max(1),
-        }
-    }
-
-    /// How long the hard side takes to open its sockets, at most [`MAX_WAIT`].
-    fn opening_time(self) -> Duration {
-        (Duration::from_secs(1) * u32::from(self.sockets) / self.rate.max(1)).min(MAX_WAIT)
-    }
-
-    /// How long the easy side probes, at most [`MAX_WAIT`].
-    fn probing_time(self) -> Duration {
-        (Duration::from_secs(1) * self.probes / self.rate.max(1)).min(MAX_WAIT)
-    }
-}
-
-/// The longest a side waits on the other's pace, whatever budget it announces.
-const MAX_WAIT: Duration = Duration::from_secs(60);
-
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 enum Msg {
@@ -158,14 +127,14 @@ enum Msg {
         public_ip: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         probe_port: Option<u16>,
-        budget: WireBudget,
+        budget: probe::Budget,
     },
     Plan {
         role: String,
         public_ip: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         probe_port: Option<u16>,
-        budget: WireBudget,
+        budget: probe::Budget,
     },
     Refused {
         reason: String,
@@ -411,7 +380,7 @@ async fn run_client(punches: &Punches, peer: PeerId) -> Result<Punched, PunchErr
             mapping: mapping_code(ours.quic).into(),
             public_ip: public_ip.to_string(),
             probe_port,
-            budget: WireBudget::of(punches.config),
+            budget: punches.config.budget(),
         },
     )
     .await?;
@@ -563,7 +532,7 @@ async fn serve_one(
         ip: their_ip,
         budget: theirs_budget,
     };
-    let budget = WireBudget::of(punches.config);
+    let budget = punches.config.budget();
     match role {
         Role::Easy => {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
@@ -607,7 +576,7 @@ struct Remote {
     /// Its public address (checked with [`Punches::usable`]).
     ip: IpAddr,
     /// Its pace, for our waits.
-    budget: WireBudget,
+    budget: probe::Budget,
 }
 
 /// The easy side: probes the hard side's address from `socket` until the hard side reports a
@@ -812,7 +781,10 @@ pub(crate) fn fuzz_frames(data: &[u8]) {
             if let Ok(ip) = parse_ip(&public_ip) {
                 let _ = punchgate_machine::mapping::probe_target_ok(ip, false);
             }
-            assert!(budget.opening_time() <= MAX_WAIT && budget.probing_time() <= MAX_WAIT);
+            assert!(
+                budget.opening_time() <= probe::MAX_WAIT
+                    && budget.probing_time() <= probe::MAX_WAIT
+            );
         }
     }
     let _ = probe::parse_probe(data, 0);
@@ -862,7 +834,7 @@ mod tests {
             mapping: "moves".into(),
             public_ip: "198.51.100.7".into(),
             probe_port: None,
-            budget: WireBudget::of(PunchConfig::default()),
+            budget: PunchConfig::default().budget(),
         };
         let text = serde_json::to_string(&hello).expect("json");
         assert_eq!(
@@ -870,14 +842,14 @@ mod tests {
             r#"{"msg":"hello","mapping":"moves","public_ip":"198.51.100.7","budget":{"sockets":256,"probes":2048,"rate":1000}}"#
         );
         // The waits follow the other side's pace, within bounds.
-        let slow = WireBudget {
+        let slow = probe::Budget {
             sockets: 1024,
             probes: 16384,
             rate: 1,
         };
-        assert_eq!(slow.opening_time(), MAX_WAIT);
-        assert_eq!(slow.probing_time(), MAX_WAIT);
-        let usual = WireBudget::of(PunchConfig::default());
+        assert_eq!(slow.opening_time(), probe::MAX_WAIT);
+        assert_eq!(slow.probing_time(), probe::MAX_WAIT);
+        let usual = PunchConfig::default().budget();
         assert_eq!(usual.opening_time(), Duration::from_millis(256));
         assert_eq!(usual.probing_time(), Duration::from_millis(2048));
     }

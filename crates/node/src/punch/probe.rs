@@ -17,11 +17,15 @@ use tokio::{net::UdpSocket, sync::mpsc, task::JoinSet};
 pub const MAGIC: [u8; 4] = *b"PGBP";
 /// A probe's length.
 pub const PROBE_LEN: usize = 14;
+/// The longest a side waits on the other's pace, whatever budget it announces.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
 /// The lowest port probed (below it, ports are rarely handed out by NATs).
 pub const LOWEST_PORT: u16 = 1024;
 
-/// How many packets a punch may send, and how fast.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How many packets a punch may send, and how fast. Each side sends its own in the hello or
+/// plan, so the other can time its waits on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Budget {
     /// Sockets the hard side opens (one packet each to open its mapping).
     pub sockets: u16,
@@ -37,9 +41,14 @@ impl Budget {
         Duration::from_secs(1) / self.rate.max(1)
     }
 
-    /// How long the easy side's probes take at most.
+    /// How long the hard side takes to open its sockets, at most [`MAX_WAIT`].
+    pub fn opening_time(&self) -> Duration {
+        (self.interval() * u32::from(self.sockets)).min(MAX_WAIT)
+    }
+
+    /// How long the easy side's probes take at most, at most [`MAX_WAIT`].
     pub fn probing_time(&self) -> Duration {
-        self.interval() * self.probes
+        (self.interval() * self.probes).min(MAX_WAIT)
     }
 }
 

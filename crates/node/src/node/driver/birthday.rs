@@ -36,8 +36,9 @@ pub(in crate::node) struct Birthday {
     pub(in crate::node) punches: Option<Arc<Punches>>,
     pub(in crate::node) claims: Claims,
     pub(in crate::node) mapping: watch::Sender<MappingView>,
-    /// Peers of our `--tunnel`s: the ones a punch is started for.
-    pub(in crate::node) tunnel_peers: HashSet<PeerId>,
+    /// Peers we open streams to (`--tunnel`s from the start, then every path asked for): the
+    /// ones a punch is started for.
+    pub(in crate::node) wanted: HashSet<PeerId>,
     quic: Observations,
     tcp: Observations,
     /// Direct connections we dialled from a listen port: the observer's address and whether
@@ -57,14 +58,14 @@ impl Birthday {
         punches: Option<Arc<Punches>>,
         claims: Claims,
         mapping: watch::Sender<MappingView>,
-        tunnel_peers: HashSet<PeerId>,
+        wanted: HashSet<PeerId>,
         private_ok: bool,
     ) -> Self {
         Self {
             punches,
             claims,
             mapping,
-            tunnel_peers,
+            wanted,
             quic: Observations::default(),
             tcp: Observations::default(),
             dialled: HashMap::new(),
@@ -126,8 +127,8 @@ impl Driver {
     /// A stream to `peer` is wanted (a tunnel connection, a gRPC call): a punch is started for
     /// it whenever only a relay reaches it (at most twice a minute, `punch::ATTEMPTS_PER_PEER`).
     pub(super) fn birthday_wanted(&mut self, peer: PeerId) {
-        if self.birthday.tunnel_peers.len() < MAX_WANTED_PEERS {
-            self.birthday.tunnel_peers.insert(peer);
+        if self.birthday.wanted.len() < MAX_WANTED_PEERS {
+            self.birthday.wanted.insert(peer);
         }
         let relayed_only = self.machine().connection_count(&peer, PathKind::Relayed) > 0
             && self.machine().connection_count(&peer, PathKind::Direct) == 0;
@@ -161,7 +162,7 @@ impl Driver {
             }
             if endpoint.is_relayed()
                 && !had_direct
-                && self.birthday.tunnel_peers.contains(&peer)
+                && self.birthday.wanted.contains(&peer)
                 && let Some(punches) = self.birthday.punches.clone()
             {
                 self.tasks.spawn(crate::punch::initiate(punches, peer));
