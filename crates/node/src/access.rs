@@ -143,9 +143,14 @@ pub enum AccessError {
     NoRule(ServiceName),
     /// A rule names a service that is not exposed (a typo, most likely).
     #[error(
-        "--allow names service '{0}', which is not exposed (exposed: {1}); add --expose {0}=HOST:PORT or fix the name"
+        "--allow names service '{0}', which is not exposed (exposed: {1}); add --expose {0}=HOST:PORT (or --expose-udp) or fix the name"
     )]
     NotExposed(ServiceName, String),
+    /// Two services share a name (TCP and UDP services share one set of names).
+    #[error(
+        "service '{0}' is exposed twice: each --expose and --expose-udp needs its own name (TCP and UDP services share names and --allow rules), e.g. {0} and {0}-udp"
+    )]
+    Duplicate(ServiceName),
 }
 
 /// Who may use each exposed service. Built with [`Access::new`], which checks that every
@@ -159,7 +164,12 @@ impl Access {
     /// Checks `allow` against `expose` (deny by default: every exposed service needs a rule).
     /// Several rules for one service add up.
     pub fn new(expose: &[ExposeSpec], allow: &[AllowSpec]) -> Result<Self, AccessError> {
-        let exposed: HashSet<&ServiceName> = expose.iter().map(|e| &e.name).collect();
+        let mut exposed: HashSet<&ServiceName> = HashSet::new();
+        for e in expose {
+            if !exposed.insert(&e.name) {
+                return Err(AccessError::Duplicate(e.name.clone()));
+            }
+        }
         let mut rules: HashMap<ServiceName, Allow> = HashMap::new();
         for spec in allow {
             if !exposed.contains(&spec.service) {
@@ -392,6 +402,26 @@ mod tests {
             .expect_err("not exposed");
         assert!(err.to_string().contains("'web'"), "{err}");
         assert!(err.to_string().contains("exposed: ssh"), "{err}");
+    }
+
+    #[test]
+    fn tcp_and_udp_services_share_names_and_rules() {
+        let udp = ExposeSpec::udp("dns=127.0.0.1:53").expect("udp");
+        let err = Access::new(
+            &[expose("dns"), udp.clone()],
+            &["dns=any".parse().expect("rule")],
+        )
+        .expect_err("one name twice");
+        assert_eq!(err, AccessError::Duplicate("dns".parse().expect("name")));
+        assert!(err.to_string().contains("--expose-udp"), "{err}");
+        // A UDP service needs its rule like a TCP one.
+        let err = Access::new(std::slice::from_ref(&udp), &[]).expect_err("no rule");
+        assert_eq!(err, AccessError::NoRule("dns".parse().expect("name")));
+        let peer = PeerId::random();
+        let access =
+            Access::new(&[udp], &[format!("dns={peer}").parse().expect("rule")]).expect("valid");
+        assert!(access.admits(&"dns".parse().expect("name"), &peer));
+        assert!(!access.admits(&"dns".parse().expect("name"), &PeerId::random()));
     }
 
     #[test]

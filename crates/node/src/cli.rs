@@ -13,18 +13,18 @@ use crate::{
     Node,
     access::{AccessError, AllowSpec, RelayMode},
     config::{
-        BootstrapAddr, ExposeSpec, NatStatus, NodeConfig, RelayLimits, Timing, TunnelSpec,
-        default_listen_addrs,
+        BootstrapAddr, ExposeSpec, NatStatus, NodeConfig, RelayLimits, ServiceProtocol, Timing,
+        TunnelSpec, default_listen_addrs,
     },
     identity::{self, IdentityError, Origin},
     node::StartError,
 };
 
-/// Punchgate: reach TCP services on machines behind NAT, peer to peer.
+/// Punchgate: reach TCP and UDP services on machines behind NAT, peer to peer.
 ///
 /// Every node is the same: it relays for others once public, reserves a relay slot when private,
 /// punches holes with DCUtR (TCP and QUIC), finds peers through Kademlia and mDNS,
-/// and exposes or consumes TCP tunnels.
+/// and exposes or consumes TCP and UDP tunnels.
 #[derive(Debug, Parser)]
 #[command(name = "punchgate", version, about, long_about)]
 pub struct Cli {
@@ -57,6 +57,12 @@ pub struct Cli {
     #[arg(long, value_name = "NAME=HOST:PORT")]
     pub expose: Vec<ExposeSpec>,
 
+    /// Offer a local UDP service (WireGuard, DNS, a game server) to the mesh under NAME
+    /// (repeatable). TCP and UDP services share names and --allow rules: nobody may use it until
+    /// an --allow rule names it.
+    #[arg(long, value_name = "NAME=HOST:PORT", value_parser = ExposeSpec::udp)]
+    pub expose_udp: Vec<ExposeSpec>,
+
     /// Let these peers use exposed service SVC (repeatable; rules for one service add up).
     /// `SVC=any` opens it to every peer. Every exposed service needs a rule.
     #[arg(long, value_name = "SVC=PEER_ID[,PEER_ID...]|SVC=any")]
@@ -80,6 +86,11 @@ pub struct Cli {
     /// Listen on BIND and carry each connection to service SVC of peer PEER (repeatable).
     #[arg(long, value_name = "PEER:SVC@BIND")]
     pub tunnel: Vec<TunnelSpec>,
+
+    /// Listen for UDP on BIND and carry each client's datagrams to UDP service SVC of peer PEER
+    /// (repeatable). Each client address is one session; replies go back to it.
+    #[arg(long, value_name = "PEER:SVC@BIND", value_parser = TunnelSpec::udp)]
+    pub tunnel_udp: Vec<TunnelSpec>,
 
     /// Skip AutoNAT and act as if behind NAT (private) or reachable (public).
     #[arg(long, value_name = "STATUS")]
@@ -197,6 +208,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub tunnel_idle_timeout: Option<Duration>,
 
+    /// End a UDP session (one client address of a --tunnel-udp port, or one served session of
+    /// an --expose-udp service) that carries no datagram either way for this long. Each side
+    /// uses its own setting.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub udp_idle_timeout: Duration,
+
     /// Serve Prometheus metrics on http://ADDR/metrics and a JSON status on /status (for
     /// example 127.0.0.1:9090). Keep it on loopback or a management network: the status names
     /// services and peers.
@@ -262,7 +279,7 @@ pub fn run_main(cli: Cli) -> ExitCode {
         return print_peer_id(&cli.identity_path());
     }
     // Check the rules before anything starts (and before a key file is created).
-    if let Err(error) = crate::access::Access::new(&cli.expose, &cli.allow) {
+    if let Err(error) = crate::access::Access::new(&cli.services(), &cli.allow) {
         eprintln!("error: {error}");
         return ExitCode::from(2);
     }
@@ -270,8 +287,8 @@ pub fn run_main(cli: Cli) -> ExitCode {
         println!(
             "configuration is valid: {} listen address(es), {} exposed service(s), {} tunnel(s); identity {}",
             cli.listen.len(),
-            cli.expose.len(),
-            cli.tunnel.len(),
+            cli.expose.len() + cli.expose_udp.len(),
+            cli.tunnel.len() + cli.tunnel_udp.len(),
             cli.identity_path().display()
         );
         return ExitCode::SUCCESS;
@@ -318,12 +335,14 @@ async fn run(cli: Cli) -> Result<(), RunError> {
                 Some(crate::access::Allow::Any) => tracing::warn!(
                     service = %expose.name,
                     target = %expose.target,
+                    protocol = %expose.protocol,
                     "service open to every peer (--allow {}=any)",
                     expose.name
                 ),
                 Some(rule) => tracing::info!(
                     service = %expose.name,
                     target = %expose.target,
+                    protocol = %expose.protocol,
                     allowed = %rule,
                     "service exposed to the allowed peers only"
                 ),
@@ -355,8 +374,11 @@ async fn run(cli: Cli) -> Result<(), RunError> {
     for addr in node.listen_addrs() {
         println!("listening on {addr}/p2p/{peer_id}");
     }
-    for addr in node.tunnel_addrs() {
-        println!("tunnel listening on {addr}");
+    for (spec, addr) in node.tunnel_listeners() {
+        match spec.protocol {
+            ServiceProtocol::Tcp => println!("tunnel listening on {addr}"),
+            ServiceProtocol::Udp => println!("udp tunnel listening on {addr}"),
+        }
     }
     if let Some(addr) = node.metrics_addr() {
         println!("metrics on http://{addr}/metrics, status on http://{addr}/status");
@@ -547,6 +569,15 @@ impl Cli {
         self.identity.clone().unwrap_or_else(identity::default_path)
     }
 
+    /// The exposed services: `--expose` (TCP), then `--expose-udp`.
+    pub fn services(&self) -> Vec<ExposeSpec> {
+        self.expose
+            .iter()
+            .chain(&self.expose_udp)
+            .cloned()
+            .collect()
+    }
+
     /// Loads (or creates) the identity and builds the node's config.
     pub fn into_config(self) -> Result<(NodeConfig, Origin), CliError> {
         let (keypair, origin) = identity::load_or_create(&self.identity_path())?;
@@ -558,11 +589,13 @@ impl Cli {
         };
         config.bootstrap = self.bootstrap;
         config.expose = self.expose;
+        config.expose.extend(self.expose_udp);
         config.allow = self.allow;
         config.access()?;
         config.trust = self.trust;
         config.relay_mode = self.relay;
         config.tunnels = self.tunnel;
+        config.tunnels.extend(self.tunnel_udp);
         config.nat_override = self.nat_status.map(|n| match n {
             NatArg::Private => NatStatus::Private,
             NatArg::Public => NatStatus::Public,
@@ -583,6 +616,7 @@ impl Cli {
             direct_wait: self.direct_wait,
             connect_timeout: self.connect_timeout,
             tunnel_idle_timeout: self.tunnel_idle_timeout,
+            udp_idle_timeout: self.udp_idle_timeout,
             ..Timing::default()
         };
         config.max_tunnels = self.max_tunnels as usize;

@@ -50,7 +50,7 @@ impl FromStr for ServiceName {
 pub struct HostPort {
     /// Host name or IP address (IPv6 without brackets).
     pub host: String,
-    /// TCP port.
+    /// The port (TCP or UDP, as the service is).
     pub port: u16,
 }
 
@@ -94,20 +94,57 @@ fn parse_port(s: &str) -> Option<u16> {
     s.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
-/// `--expose NAME=HOST:PORT`: offer a local TCP service to the mesh under `name`.
+/// Whether a service speaks TCP (`--expose`, `--tunnel`) or UDP (`--expose-udp`,
+/// `--tunnel-udp`). TCP and UDP services share one set of names, and one set of `--allow` rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ServiceProtocol {
+    /// A byte stream: each TCP connection is one tunnel stream.
+    #[default]
+    Tcp,
+    /// Datagrams: each client address is one session, carried as one tunnel stream
+    /// ([`crate::tunnel::udp`]).
+    Udp,
+}
+
+impl ServiceProtocol {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceProtocol::Tcp => "tcp",
+            ServiceProtocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for ServiceProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `--expose NAME=HOST:PORT` (TCP) or `--expose-udp NAME=HOST:PORT`: offer a local service to
+/// the mesh under `name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExposeSpec {
     /// The name peers ask for.
     pub name: ServiceName,
     /// Where the service listens.
     pub target: HostPort,
+    /// TCP or UDP.
+    pub protocol: ServiceProtocol,
 }
 
-impl FromStr for ExposeSpec {
-    type Err = SpecError;
+impl ExposeSpec {
+    /// Parses `--expose-udp NAME=HOST:PORT`.
+    pub fn udp(s: &str) -> Result<Self, SpecError> {
+        Self::parse(s, ServiceProtocol::Udp)
+    }
 
-    fn from_str(s: &str) -> Result<Self, SpecError> {
-        let expected = "NAME=HOST:PORT, e.g. ssh=127.0.0.1:22";
+    fn parse(s: &str, protocol: ServiceProtocol) -> Result<Self, SpecError> {
+        let expected = match protocol {
+            ServiceProtocol::Tcp => "NAME=HOST:PORT, e.g. ssh=127.0.0.1:22",
+            ServiceProtocol::Udp => "NAME=HOST:PORT, e.g. wireguard=127.0.0.1:51820",
+        };
         let (name, target) = s
             .split_once('=')
             .ok_or_else(|| SpecError::new(s, expected))?;
@@ -118,12 +155,22 @@ impl FromStr for ExposeSpec {
             target: target.parse().map_err(|e: SpecError| {
                 SpecError::new(s, &format!("{expected} ({})", e.expected))
             })?,
+            protocol,
         })
     }
 }
 
-/// `--tunnel PEER:SVC@BIND`: listen on `bind` and carry each TCP connection to service `service`
-/// of `peer`.
+impl FromStr for ExposeSpec {
+    type Err = SpecError;
+
+    /// Parses `--expose NAME=HOST:PORT` (a TCP service).
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        Self::parse(s, ServiceProtocol::Tcp)
+    }
+}
+
+/// `--tunnel PEER:SVC@BIND` (TCP) or `--tunnel-udp PEER:SVC@BIND`: listen on `bind` and carry
+/// each TCP connection (each UDP client address) to service `service` of `peer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelSpec {
     /// The peer exposing the service.
@@ -132,13 +179,25 @@ pub struct TunnelSpec {
     pub service: ServiceName,
     /// Local address to listen on; port 0 picks a free port.
     pub bind: SocketAddr,
+    /// TCP or UDP.
+    pub protocol: ServiceProtocol,
 }
 
-impl FromStr for TunnelSpec {
-    type Err = SpecError;
+impl TunnelSpec {
+    /// Parses `--tunnel-udp PEER:SVC@BIND`.
+    pub fn udp(s: &str) -> Result<Self, SpecError> {
+        Self::parse(s, ServiceProtocol::Udp)
+    }
 
-    fn from_str(s: &str) -> Result<Self, SpecError> {
-        let expected = "PEER_ID:SERVICE@BIND, e.g. 12D3KooW...:ssh@127.0.0.1:2222 (BIND may be a bare port, meaning 127.0.0.1)";
+    fn parse(s: &str, protocol: ServiceProtocol) -> Result<Self, SpecError> {
+        let expected = match protocol {
+            ServiceProtocol::Tcp => {
+                "PEER_ID:SERVICE@BIND, e.g. 12D3KooW...:ssh@127.0.0.1:2222 (BIND may be a bare port, meaning 127.0.0.1)"
+            }
+            ServiceProtocol::Udp => {
+                "PEER_ID:SERVICE@BIND, e.g. 12D3KooW...:wireguard@127.0.0.1:51820 (BIND may be a bare port, meaning 127.0.0.1)"
+            }
+        };
         let fail = |why: &str| SpecError::new(s, &format!("{expected}; {why}"));
         let (target, bind) = s.rsplit_once('@').ok_or_else(|| fail("no '@'"))?;
         let (peer, service) = target
@@ -160,7 +219,17 @@ impl FromStr for TunnelSpec {
             peer,
             service,
             bind,
+            protocol,
         })
+    }
+}
+
+impl FromStr for TunnelSpec {
+    type Err = SpecError;
+
+    /// Parses `--tunnel PEER:SVC@BIND` (a TCP tunnel).
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        Self::parse(s, ServiceProtocol::Tcp)
     }
 }
 
@@ -255,6 +324,11 @@ impl Default for RelayLimits {
     }
 }
 
+/// How long a UDP session may carry nothing before it ends ([`Timing::udp_idle_timeout`]):
+/// longer than the keep-alives of the protocols people tunnel (WireGuard's persistent
+/// keep-alive is 25 s), as NATs' UDP timeouts are.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Timeouts and waits that shape a node's behaviour.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timing {
@@ -274,6 +348,9 @@ pub struct Timing {
     /// A tunnel connection that moves no byte either way for this long is closed (both the
     /// tunnels this node serves and those it carries). `None`: never (the default).
     pub tunnel_idle_timeout: Option<Duration>,
+    /// A UDP session that carries no datagram either way for this long ends, on the side whose
+    /// setting it is (each side has its own; the first to expire closes the stream).
+    pub udp_idle_timeout: Duration,
     /// Delay before AutoNAT's first probe.
     pub autonat_boot_delay: Duration,
 }
@@ -288,6 +365,7 @@ impl Default for Timing {
             service_connect_timeout: Duration::from_secs(5),
             republish_interval: Duration::from_secs(5 * 60),
             tunnel_idle_timeout: None,
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             autonat_boot_delay: Duration::from_secs(1),
         }
     }
@@ -302,7 +380,8 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers to dial at start.
     pub bootstrap: Vec<BootstrapAddr>,
-    /// Local services offered to the mesh.
+    /// Local services offered to the mesh, TCP and UDP (names are shared: one name, one
+    /// service).
     pub expose: Vec<ExposeSpec>,
     /// Who may use each exposed service. Every exposed service needs a rule
     /// ([`crate::access::Access::new`] checks), so a node denies by default.
@@ -311,7 +390,7 @@ pub struct NodeConfig {
     pub trust: Vec<PeerId>,
     /// Who may use this node as a relay for long circuits.
     pub relay_mode: RelayMode,
-    /// Remote services made available on local ports.
+    /// Remote services made available on local ports, TCP and UDP.
     pub tunnels: Vec<TunnelSpec>,
     /// Forces the NAT status instead of waiting for AutoNAT.
     pub nat_override: Option<NatStatus>,
@@ -531,6 +610,37 @@ mod tests {
             assert!(err.contains("PEER_ID:SERVICE@BIND"), "{err}");
             assert!(err.contains(why), "{err} should contain {why}");
         }
+    }
+
+    #[test]
+    fn udp_specs_parse_like_tcp_ones_and_say_udp() {
+        let e = ExposeSpec::udp("wg=127.0.0.1:51820").expect("valid");
+        assert_eq!(e.protocol, ServiceProtocol::Udp);
+        assert_eq!(e.target.to_string(), "127.0.0.1:51820");
+        assert_eq!(
+            "wg=127.0.0.1:51820"
+                .parse::<ExposeSpec>()
+                .expect("valid")
+                .protocol,
+            ServiceProtocol::Tcp
+        );
+        let err = ExposeSpec::udp("wg=127.0.0.1")
+            .expect_err("no port")
+            .to_string();
+        assert!(err.contains("wg=127.0.0.1"), "{err}");
+        assert!(err.contains("NAME=HOST:PORT, e.g. wireguard="), "{err}");
+
+        let t = TunnelSpec::udp(&format!("{PEER}:wg@51820")).expect("valid");
+        assert_eq!(t.protocol, ServiceProtocol::Udp);
+        assert_eq!(t.bind, "127.0.0.1:51820".parse().expect("addr"));
+        let bad = format!("{PEER}:wg");
+        let err = TunnelSpec::udp(&bad).expect_err("no bind").to_string();
+        assert!(err.contains(&bad), "{err}");
+        assert!(
+            err.contains("PEER_ID:SERVICE@BIND, e.g. 12D3KooW...:wireguard@"),
+            "{err}"
+        );
+        assert!(err.contains("no '@'"), "{err}");
     }
 
     #[test]

@@ -316,7 +316,8 @@ relay-circuit-bytes = "2GiB"
     fn the_example_config_in_the_repository_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/punchgate.toml");
         let cli = parse(["punchgate", "--config", path]).expect("the example parses");
-        crate::access::Access::new(&cli.expose, &cli.allow).expect("its rules are complete");
+        crate::access::Access::new(&cli.services(), &cli.allow).expect("its rules are complete");
         assert!(!cli.expose.is_empty() && !cli.tunnel.is_empty());
+        assert!(!cli.expose_udp.is_empty() && !cli.tunnel_udp.is_empty());
     }
 }

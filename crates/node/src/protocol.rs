@@ -5,6 +5,10 @@ use libp2p::StreamProtocol;
 /// Tunnel streams: a length-prefixed JSON negotiation, then raw bytes.
 pub const TUNNEL: StreamProtocol = StreamProtocol::new("/punchgate/tunnel/1.0.0");
 
+/// UDP tunnel streams: the same negotiation, then length-prefixed datagrams
+/// ([`crate::tunnel::udp`]).
+pub const UDP_TUNNEL: StreamProtocol = StreamProtocol::new("/punchgate/udp/1.0.0");
+
 /// Introductions, requester → relay: "tell this peer to dial me now".
 pub const INTRODUCE: StreamProtocol = StreamProtocol::new("/punchgate/introduce/1.0.0");
 

@@ -36,6 +36,18 @@ fn malformed_flags_exit_2_naming_flag_value_and_form() {
             &["--tunnel", "peer@2222", "PEER_ID:SERVICE@BIND"],
         ),
         (
+            &["--expose-udp", "wg=51820"],
+            &["--expose-udp", "wg=51820", "NAME=HOST:PORT"],
+        ),
+        (
+            &["--tunnel-udp", "peer:wg"],
+            &["--tunnel-udp", "peer:wg", "PEER_ID:SERVICE@BIND", "no '@'"],
+        ),
+        (
+            &["--udp-idle-timeout", "0s"],
+            &["--udp-idle-timeout", "'0s' is zero"],
+        ),
+        (
             &["--bootstrap", "/ip4/1.2.3.4/tcp/1"],
             &["--bootstrap", "/p2p/<PEER_ID>"],
         ),
@@ -175,6 +187,31 @@ fn an_exposed_service_without_an_allow_rule_exits_2_naming_allow() {
     assert!(stderr.contains("'ssh'"), "{stderr}");
     assert!(stderr.contains("--allow ssh="), "{stderr}");
     assert!(stderr.contains("--allow ssh=any"), "{stderr}");
+}
+
+#[test]
+fn a_udp_service_needs_its_own_name_and_its_own_rule() {
+    let (code, stderr) = run(&[
+        "--no-mdns",
+        "--no-upnp",
+        "--expose-udp",
+        "wg=127.0.0.1:51820",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--allow wg="), "{stderr}");
+    let (code, stderr) = run(&[
+        "--no-mdns",
+        "--no-upnp",
+        "--expose",
+        "dns=127.0.0.1:53",
+        "--expose-udp",
+        "dns=127.0.0.1:53",
+        "--allow",
+        "dns=any",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'dns' is exposed twice"), "{stderr}");
+    assert!(stderr.contains("dns-udp"), "{stderr}");
 }
 
 #[test]

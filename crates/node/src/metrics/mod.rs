@@ -132,8 +132,12 @@ pub enum Refusal {
     short_circuit,
     /// No such service (refused with the words a denial gets).
     unknown_service,
-    /// The service did not accept a connection.
+    /// The service did not accept a connection (TCP), or its address could not be resolved
+    /// (UDP).
     service_unreachable,
+    /// A TCP tunnel asked for a UDP service, or the other way round (told only to peers the
+    /// service admits).
+    wrong_protocol,
     /// Carried: the peer could not be reached.
     unreachable,
     /// Carried: the peer refused (any reason).
@@ -151,6 +155,34 @@ pub struct RefusalLabels {
     pub side: Side,
     /// Why.
     pub reason: Refusal,
+}
+
+/// Why a UDP tunnel dropped a datagram.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are lowercase")]
+pub enum DropReason {
+    /// The session's queue was full: its stream does not keep up.
+    queue_full,
+    /// A new client, and no tunnel permit left (`--max-tunnels`).
+    session_limit,
+    /// No session to carry it: the peer refused or could not be reached (new sessions wait a
+    /// few seconds), or the session ended before its stream opened.
+    no_session,
+    /// Longer than a tunnel carries (65,507 bytes).
+    too_large,
+    /// The local socket refused it (or the service's host answered port unreachable).
+    send_failed,
+}
+
+/// Labels of a dropped datagram count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// The service's name, or `other`.
+    pub service: String,
+    /// Served or carried.
+    pub side: Side,
+    /// Why.
+    pub reason: DropReason,
 }
 
 /// Labels of a denied tunnel: the service exists, and its `--allow` rule does not name the peer.
@@ -209,6 +241,10 @@ pub struct Metrics {
     pub tunnels_denied: Family<ServiceLabels, Counter>,
     /// Tunnel bytes, by service and direction.
     pub tunnel_bytes: Family<BytesLabels, Counter>,
+    /// Datagrams UDP tunnels carried, by service and direction.
+    pub udp_datagrams: Family<BytesLabels, Counter>,
+    /// Datagrams UDP tunnels dropped, by service and reason.
+    pub udp_dropped: Family<DropLabels, Counter>,
     /// DHT lookups of a peer's addresses, by outcome.
     pub dht_lookups: Family<OutcomeLabels, Counter>,
     /// How long DHT lookups took, in seconds.
@@ -234,6 +270,8 @@ impl Metrics {
             tunnels_refused: Family::default(),
             tunnels_denied: Family::default(),
             tunnel_bytes: Family::default(),
+            udp_datagrams: Family::default(),
+            udp_dropped: Family::default(),
             dht_lookups: Family::default(),
             dht_lookup_duration: Histogram::new(exponential_buckets(0.01, 2.0, 13)),
         };
@@ -300,6 +338,16 @@ impl Metrics {
             "tunnel_bytes",
             "Tunnel bytes, by service and direction",
             m.tunnel_bytes,
+        );
+        r.register(
+            "udp_datagrams",
+            "Datagrams UDP tunnels carried, by service and direction (bytes are in tunnel_bytes)",
+            m.udp_datagrams,
+        );
+        r.register(
+            "udp_datagrams_dropped",
+            "Datagrams UDP tunnels dropped instead of queueing them without bound, by service and reason",
+            m.udp_dropped,
         );
         r.register(
             "dht_lookups",
@@ -393,6 +441,71 @@ impl Metrics {
             to_service: bytes(Direction::to_service),
             from_service: bytes(Direction::from_service),
             live,
+        }
+    }
+}
+
+/// One UDP session's counters: datagrams and bytes each way, and drops.
+#[derive(Debug)]
+pub struct UdpMeter {
+    /// The session's bytes so far (for `/status`).
+    pub live: Arc<LiveBytes>,
+    datagrams: [Counter; 2],
+    bytes: [Counter; 2],
+    dropped: Family<DropLabels, Counter>,
+    service: String,
+    side: Side,
+}
+
+impl UdpMeter {
+    /// `datagrams` of `bytes` in all went towards the service.
+    pub fn to_service(&self, datagrams: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.datagrams[0].inc_by(datagrams);
+        self.bytes[0].inc_by(bytes);
+        self.live.to_service.fetch_add(bytes, Relaxed);
+    }
+
+    /// `datagrams` of `bytes` in all came from the service.
+    pub fn from_service(&self, datagrams: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.datagrams[1].inc_by(datagrams);
+        self.bytes[1].inc_by(bytes);
+        self.live.from_service.fetch_add(bytes, Relaxed);
+    }
+
+    /// A datagram was dropped.
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped
+            .get_or_create(&DropLabels {
+                service: self.service.clone(),
+                side: self.side,
+                reason,
+            })
+            .inc();
+    }
+}
+
+impl Metrics {
+    /// Counters for one UDP session (or one `--tunnel-udp` port's drops) of `service` on
+    /// `side`.
+    pub fn udp_meter(&self, service: &str, side: Side) -> UdpMeter {
+        let labels = |direction| BytesLabels {
+            service: service.to_owned(),
+            side,
+            direction,
+        };
+        let pair = |family: &Family<BytesLabels, Counter>| {
+            [Direction::to_service, Direction::from_service]
+                .map(|d| family.get_or_create(&labels(d)).clone())
+        };
+        UdpMeter {
+            live: Arc::default(),
+            datagrams: pair(&self.udp_datagrams),
+            bytes: pair(&self.tunnel_bytes),
+            dropped: self.udp_dropped.clone(),
+            service: service.to_owned(),
+            side,
         }
     }
 }

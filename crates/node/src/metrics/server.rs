@@ -275,6 +275,8 @@ pub struct Service {
     pub name: String,
     /// The local address it forwards to.
     pub target: String,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
     /// Who may use it (the `--allow` rule).
     pub allow: String,
 }
@@ -292,9 +294,10 @@ async fn status(sources: &Sources) -> Option<Status> {
     let mut services: Vec<Service> = rules
         .services
         .iter()
-        .map(|(name, target)| Service {
+        .map(|(name, service)| Service {
             name: name.to_string(),
-            target: target.to_string(),
+            target: service.target.to_string(),
+            protocol: service.protocol.as_str(),
             allow: rules
                 .access
                 .rule(name)

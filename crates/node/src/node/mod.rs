@@ -171,7 +171,7 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// Two `--expose` flags use the same name.
+    /// Two `--expose` (or `--expose-udp`) flags use the same name.
     #[error("service '{0}' is exposed twice")]
     DuplicateService(String),
     /// The allow rules do not fit the exposed services (deny by default).
@@ -470,6 +470,31 @@ pub struct Node {
     tunnel_ports: Vec<TunnelPort>,
 }
 
+/// A `--tunnel` port's listener, or a `--tunnel-udp` port's socket.
+#[derive(Debug)]
+enum TunnelListener {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+impl TunnelListener {
+    async fn bind(spec: &TunnelSpec) -> std::io::Result<Self> {
+        Ok(match spec.protocol {
+            crate::config::ServiceProtocol::Tcp => Self::Tcp(TcpListener::bind(spec.bind).await?),
+            crate::config::ServiceProtocol::Udp => {
+                Self::Udp(tokio::net::UdpSocket::bind(spec.bind).await?)
+            }
+        })
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            Self::Tcp(listener) => listener.local_addr(),
+            Self::Udp(socket) => socket.local_addr(),
+        }
+    }
+}
+
 /// A `--tunnel` port and the task accepting on it.
 #[derive(Debug)]
 struct TunnelPort {
@@ -512,7 +537,7 @@ impl Node {
         };
         let mut tunnel_listeners = Vec::with_capacity(config.tunnels.len());
         for spec in &config.tunnels {
-            let listener = TcpListener::bind(spec.bind)
+            let listener = TunnelListener::bind(spec)
                 .await
                 .map_err(|source| tunnel_bind_error(spec, source))?;
             tunnel_listeners.push((spec.clone(), listener));
@@ -579,7 +604,11 @@ impl Node {
                 .accept(protocol, capacity)
                 .expect("a fresh node accepts each protocol once")
         };
-        let incoming = accept(protocol::TUNNEL, TUNNEL_ACCEPT_QUEUE);
+        // TCP and UDP tunnel streams, served by one task under one set of limits.
+        let incoming = futures::stream::select(
+            accept(protocol::TUNNEL, TUNNEL_ACCEPT_QUEUE),
+            accept(protocol::UDP_TUNNEL, TUNNEL_ACCEPT_QUEUE),
+        );
         let introduce_requests = accept(introduce::INTRODUCE, INTRODUCE_ACCEPT_QUEUE);
         let introductions = accept(introduce::INTRODUCTION, INTRODUCE_ACCEPT_QUEUE);
         let birthday_requests = accept(crate::punch::BIRTHDAY, BIRTHDAY_ACCEPT_QUEUE);
@@ -658,18 +687,19 @@ impl Node {
         Ok(node)
     }
 
-    /// Starts accepting on a `--tunnel` port, and says when the tunnel is ready and over which
-    /// path ([`tunnel::client::announce`]).
+    /// Starts accepting on a `--tunnel` port (receiving on a `--tunnel-udp` one), and says
+    /// when the tunnel is ready and over which path ([`tunnel::client::announce`]).
     fn open_tunnel_port(
         &mut self,
         spec: TunnelSpec,
-        listener: TcpListener,
+        listener: TunnelListener,
     ) -> std::io::Result<std::net::SocketAddr> {
         let addr = listener.local_addr()?;
         tracing::info!(
             bind = %addr,
             peer = %spec.peer,
             service = %spec.service,
+            protocol = %spec.protocol,
             "tunnel listening"
         );
         let stop = self.handle.shutdown.child_token();
@@ -679,15 +709,26 @@ impl Node {
             self.handle.clone(),
             stop.clone(),
         ));
-        let task = self.tasks.spawn(tunnel::client::run(
-            listener,
-            spec.clone(),
-            self.handle.clone(),
-            self.limits.clone(),
-            self.books.clone(),
-            stop.clone(),
-            self.tasks.clone(),
-        ));
+        let task = match listener {
+            TunnelListener::Tcp(listener) => self.tasks.spawn(tunnel::client::run(
+                listener,
+                spec.clone(),
+                self.handle.clone(),
+                self.limits.clone(),
+                self.books.clone(),
+                stop.clone(),
+                self.tasks.clone(),
+            )),
+            TunnelListener::Udp(socket) => self.tasks.spawn(tunnel::udp::run(
+                socket,
+                spec.clone(),
+                self.handle.clone(),
+                self.limits.clone(),
+                self.books.clone(),
+                stop.clone(),
+                self.tasks.clone(),
+            )),
+        };
         self.tunnel_ports.push(TunnelPort {
             spec,
             addr,
@@ -744,7 +785,7 @@ impl Node {
             if self.tunnel_ports.iter().any(|p| p.spec == *spec) {
                 continue;
             }
-            let opened = match TcpListener::bind(spec.bind).await {
+            let opened = match TunnelListener::bind(spec).await {
                 Ok(listener) => self.open_tunnel_port(spec.clone(), listener),
                 Err(error) => Err(error),
             };
@@ -785,10 +826,18 @@ impl Node {
         &self.listen_addrs
     }
 
-    /// Where each `--tunnel` listens (port 0 resolved), in the order given (then in the order
-    /// reloads added them).
+    /// Where each `--tunnel` and `--tunnel-udp` listens (port 0 resolved), in the order of
+    /// [`NodeConfig::tunnels`] (then in the order reloads added them).
     pub fn tunnel_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.tunnel_ports.iter().map(|p| p.addr).collect()
+    }
+
+    /// Each tunnel port and where it listens, as [`Self::tunnel_addrs`].
+    pub fn tunnel_listeners(&self) -> Vec<(TunnelSpec, std::net::SocketAddr)> {
+        self.tunnel_ports
+            .iter()
+            .map(|p| (p.spec.clone(), p.addr))
+            .collect()
     }
 
     /// Stop: close tunnels, listeners and connections; returns once every task has ended (or
@@ -823,10 +872,11 @@ fn rules(config: &NodeConfig) -> Result<tunnel::server::Rules, StartError> {
     let access = config.access()?;
     let mut services = HashMap::new();
     for expose in &config.expose {
-        if services
-            .insert(expose.name.clone(), expose.target.clone())
-            .is_some()
-        {
+        let service = tunnel::server::Service {
+            target: expose.target.clone(),
+            protocol: expose.protocol,
+        };
+        if services.insert(expose.name.clone(), service).is_some() {
             return Err(StartError::DuplicateService(expose.name.to_string()));
         }
     }

@@ -13,7 +13,10 @@ use std::{
 use libp2p::PeerId;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{LiveBytes, Path, Side};
+use crate::{
+    config::ServiceProtocol,
+    metrics::{LiveBytes, Path, Side},
+};
 
 /// Every open tunnel of a node. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +33,7 @@ struct Table {
 #[derive(Debug)]
 struct Entry {
     side: Side,
+    protocol: ServiceProtocol,
     service: String,
     peer: PeerId,
     path: Path,
@@ -44,6 +48,8 @@ struct Entry {
 pub struct TunnelStatus {
     /// `served` (we expose the service) or `carried` (a `--tunnel` port of ours).
     pub side: &'static str,
+    /// `tcp` (a connection) or `udp` (a session: one client address).
+    pub protocol: &'static str,
     /// The service.
     pub service: String,
     /// The peer at the other end.
@@ -56,6 +62,21 @@ pub struct TunnelStatus {
     pub bytes_to_service: u64,
     /// Bytes from the service so far.
     pub bytes_from_service: u64,
+}
+
+/// What a tunnel that just opened is ([`ActiveTunnels::register`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Opened<'a> {
+    /// Served or carried.
+    pub side: Side,
+    /// A TCP connection or a UDP session.
+    pub protocol: ServiceProtocol,
+    /// The service.
+    pub service: &'a str,
+    /// The peer at the other end.
+    pub peer: PeerId,
+    /// Direct or relayed.
+    pub path: Path,
 }
 
 /// An open tunnel's entry; dropping it removes the entry.
@@ -82,13 +103,17 @@ impl ActiveTunnels {
     /// it.
     pub fn register(
         &self,
-        side: Side,
-        service: &str,
-        peer: PeerId,
-        path: Path,
+        tunnel: Opened<'_>,
         bytes: Arc<LiveBytes>,
         close: CancellationToken,
     ) -> Registration {
+        let Opened {
+            side,
+            protocol,
+            service,
+            peer,
+            path,
+        } = tunnel;
         let mut table = lock(&self.table);
         table.next += 1;
         let id = table.next;
@@ -96,6 +121,7 @@ impl ActiveTunnels {
             id,
             Entry {
                 side,
+                protocol,
                 service: service.to_owned(),
                 peer,
                 path,
@@ -124,6 +150,7 @@ impl ActiveTunnels {
                     Side::served => "served",
                     Side::carried => "carried",
                 },
+                protocol: e.protocol.as_str(),
                 service: e.service.clone(),
                 peer: e.peer.to_string(),
                 path: match e.path {

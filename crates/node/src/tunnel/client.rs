@@ -86,10 +86,11 @@ pub enum NegotiateError {
     #[error("no answer to the tunnel request within {0:?}")]
     Timeout(std::time::Duration),
     /// The peer refused the tunnel protocol itself: it is not a Punchgate node (or one without
-    /// tunnels).
+    /// tunnels, or without UDP tunnels).
     #[error(
-        "the peer does not speak {} (not a Punchgate node?)",
-        crate::protocol::TUNNEL
+        "the peer does not speak the tunnel protocol ({} for TCP, {} for UDP): not a Punchgate node, or (UDP) one from before UDP tunnels?",
+        crate::protocol::TUNNEL,
+        crate::protocol::UDP_TUNNEL
     )]
     Unsupported,
 }
@@ -143,7 +144,28 @@ where
         stream.flush().await.map_err(wire::FrameError::Io)?;
         wire::read::<TunnelResponse, _>(stream).await
     };
-    match timeout(within, exchange).await {
+    answer(timeout(within, exchange).await, within)
+}
+
+/// Waits (bounded) for the answer to a tunnel request already sent; on `Ok` the stream
+/// carries the service's bytes (or datagrams).
+pub(super) async fn read_answer<S>(
+    stream: &mut S,
+    within: std::time::Duration,
+) -> Result<(), NegotiateError>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let read = timeout(within, wire::read::<TunnelResponse, _>(stream)).await;
+    answer(read, within)
+}
+
+/// What a server's answer (or its absence within `within`) means.
+fn answer(
+    read: Result<Result<TunnelResponse, wire::FrameError>, tokio::time::error::Elapsed>,
+    within: std::time::Duration,
+) -> Result<(), NegotiateError> {
+    match read {
         Ok(Ok(response)) if response.accepted => Ok(()),
         Ok(Ok(response)) => Err(NegotiateError::Refused(
             response
@@ -237,10 +259,13 @@ async fn carry(
         .metrics
         .tunnel_opened(service, Side::carried, Default::default());
     let _registration = books.active.register(
-        Side::carried,
-        service,
-        spec.peer,
-        Path::of(info.relayed),
+        super::active::Opened {
+            side: Side::carried,
+            protocol: crate::config::ServiceProtocol::Tcp,
+            service,
+            peer: spec.peer,
+            path: Path::of(info.relayed),
+        },
         meter.live.clone(),
         CancellationToken::new(),
     );
@@ -270,7 +295,7 @@ const STILL_WAITING: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs `work`, calling `say(waited)` every [`STILL_WAITING`] while it is not done: nobody
 /// waits in silence.
-async fn said_while_waiting<T>(
+pub(super) async fn said_while_waiting<T>(
     work: impl std::future::Future<Output = T>,
     mut say: impl FnMut(std::time::Duration),
 ) -> T {

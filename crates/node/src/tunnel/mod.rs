@@ -1,12 +1,16 @@
-//! TCP tunnels over libp2p streams (`/punchgate/tunnel/1.0.0`).
+//! Tunnels over libp2p streams: TCP (`/punchgate/tunnel/1.0.0`) and UDP
+//! (`/punchgate/udp/1.0.0`).
 //!
 //! - [`wire`]: the negotiation frames (u32 big-endian length + JSON, at most 64 KiB).
-//! - [`server`]: accepts tunnel streams and connects them to `--expose`d local services.
+//! - [`server`]: accepts tunnel streams of both protocols, admits them, and connects them to
+//!   `--expose`d (TCP) or `--expose-udp` (UDP) local services.
 //! - [`client`]: listens on `--tunnel` ports and carries each TCP connection as one stream.
+//! - [`udp`]: `--tunnel-udp` ports (one stream per client address) and served UDP sessions,
+//!   with length-prefixed datagrams.
 //! - [`splice`]: copies both ways, with buffers that grow for connections that fill them.
 //! - [`active`]: the tunnels open now (for `/status`, and for a reload that takes access away).
 //!
-//! After negotiation both sides copy bytes in both directions until each side has closed; a
+//! After negotiation both sides of a TCP tunnel copy bytes in both directions until each side has closed; a
 //! half-close (EOF one way) is passed on, so request/response protocols that shut down their
 //! write side keep working.
 
@@ -14,6 +18,7 @@ pub mod active;
 pub mod client;
 pub mod server;
 pub mod splice;
+pub mod udp;
 pub mod wire;
 
 use std::{sync::Arc, time::Duration};
@@ -71,6 +76,8 @@ pub struct Limits {
     pub refusing_per_peer: PeerShares,
     /// Closes a tunnel that moved no byte for this long (`--tunnel-idle-timeout`).
     pub idle_timeout: Option<Duration>,
+    /// Ends a UDP session that carried no datagram for this long (`--udp-idle-timeout`).
+    pub udp_idle_timeout: Duration,
 }
 
 /// Streams a node refuses at once ([`Limits::refusing`]): each waits at most the negotiation
@@ -149,6 +156,7 @@ impl Limits {
             refusing: Arc::new(Semaphore::new(REFUSING_STREAMS)),
             refusing_per_peer: PeerShares::new(REFUSING_STREAMS_PER_PEER),
             idle_timeout: config.timing.tunnel_idle_timeout,
+            udp_idle_timeout: config.timing.udp_idle_timeout,
         }
     }
 }

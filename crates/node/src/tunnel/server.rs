@@ -31,14 +31,23 @@ use super::{
 };
 use crate::{
     access::{Access, DenialLog},
-    config::{HostPort, ServiceName},
+    config::{HostPort, ServiceName, ServiceProtocol},
     metrics::{Path, Refusal, ServiceLabels, Side},
-    net::stream::{IncomingStream, IncomingStreams},
+    net::stream::IncomingStream,
     node::path_kind,
 };
 
-/// Services a node exposes, by name.
-pub type Services = HashMap<ServiceName, HostPort>;
+/// A service a node exposes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Where it listens.
+    pub target: HostPort,
+    /// TCP or UDP: a stream of the other protocol is refused.
+    pub protocol: ServiceProtocol,
+}
+
+/// Services a node exposes, by name (TCP and UDP share the names).
+pub type Services = HashMap<ServiceName, Service>;
 
 /// The services and who may use each: replaced whole by a reload ([`Exposed::replace`]).
 #[derive(Debug)]
@@ -148,7 +157,7 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 ///   `limits.refusing` instead: strangers cannot hold the permits named peers need. When those
 ///   run out too, the stream is reset at once.
 pub async fn run(
-    mut incoming: IncomingStreams,
+    mut incoming: impl futures::Stream<Item = IncomingStream> + Unpin,
     services: Arc<Exposed>,
     limits: Limits,
     books: Books,
@@ -157,7 +166,7 @@ pub async fn run(
 ) {
     loop {
         let stream = tokio::select! {
-            stream = incoming.next() => match stream {
+            stream = futures::StreamExt::next(&mut incoming) => match stream {
                 Some(stream) => stream,
                 None => break,
             },
@@ -269,8 +278,16 @@ async fn serve(
     };
     // The slot counts the stream against its connection's cap until this returns.
     let IncomingStream {
-        stream, info, slot, ..
+        stream,
+        info,
+        slot,
+        protocol,
     } = incoming;
+    let wanted = if protocol == crate::protocol::UDP_TUNNEL {
+        ServiceProtocol::Udp
+    } else {
+        ServiceProtocol::Tcp
+    };
     let _slot = slot;
     let peer = info.peer;
     let mut stream = stream.compat();
@@ -304,7 +321,7 @@ async fn serve(
     // The name is the peer's text: logged and echoed only as a valid service name.
     let name = ServiceName::from_str(&request.service).ok();
     let service = name.as_ref().map_or(INVALID_NAME, ServiceName::as_str);
-    tracing::debug!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request");
+    tracing::debug!(peer_id = %peer, %service, protocol = %wanted, path = %path_kind(&info), "tunnel request");
     // The rules of this moment: a reload later closes the tunnel if they no longer admit it.
     let rules = exposed.rules();
     // The metrics' label: the name only when the node has such a service.
@@ -362,16 +379,34 @@ async fn serve(
         refuse(&mut stream, unknown_service(service)).await;
         return;
     };
-    tracing::info!(peer_id = %peer, %service, path = %path_kind(&info), "tunnel request admitted");
+    tracing::info!(peer_id = %peer, %service, protocol = %wanted, path = %path_kind(&info), "tunnel request admitted");
+    // Only a peer the service admits learns what kind of service it is.
+    if target.protocol != wanted {
+        refused(label, Refusal::wrong_protocol);
+        let reason = match target.protocol {
+            ServiceProtocol::Udp => format!(
+                "service '{service}' is a UDP service: reach it with --tunnel-udp, not --tunnel"
+            ),
+            ServiceProtocol::Tcp => format!(
+                "service '{service}' is a TCP service: reach it with --tunnel, not --tunnel-udp"
+            ),
+        };
+        tracing::warn!(peer_id = %peer, %service, %reason, "tunnel rejected");
+        refuse(&mut stream, reason).await;
+        return;
+    }
 
     // In the table from here on, so a reload from now on sees it (and can close it). A reload
     // that came between our look at the rules and this did not: look again.
     let live = Arc::<crate::metrics::LiveBytes>::default();
     let registration = books.active.register(
-        Side::served,
-        service,
-        peer,
-        Path::of(info.relayed),
+        super::active::Opened {
+            side: Side::served,
+            protocol: wanted,
+            service,
+            peer,
+            path: Path::of(info.relayed),
+        },
         live.clone(),
         shutdown.child_token(),
     );
@@ -383,6 +418,30 @@ async fn serve(
         return;
     }
 
+    let target = &target.target;
+    if wanted == ServiceProtocol::Udp {
+        let served = super::udp::serve(
+            &mut stream,
+            super::udp::Served {
+                service,
+                label,
+                target,
+                peer,
+                info: &info,
+                live,
+            },
+            limits,
+            books,
+            &registration.close,
+        )
+        .await;
+        if let Err(reason) = served {
+            refused(label, Refusal::service_unreachable);
+            tracing::warn!(peer_id = %peer, %service, %reason, %target, "tunnel rejected");
+            refuse(&mut stream, reason).await;
+        }
+        return;
+    }
     let connect = async {
         tokio::select! {
             connected = TcpStream::connect((target.host.as_str(), target.port)) => Some(connected),

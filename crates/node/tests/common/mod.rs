@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod http;
+pub mod metrics;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -127,6 +128,22 @@ pub async fn echo_server() -> SocketAddr {
                 let _ = tokio::io::copy(&mut r, &mut w).await;
                 let _ = w.shutdown().await;
             });
+        }
+    });
+    addr
+}
+
+/// A UDP echo server on loopback: each datagram goes back to its sender as it came. Returns
+/// its address.
+pub async fn udp_echo_server() -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind udp echo");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
         }
     });
     addr
