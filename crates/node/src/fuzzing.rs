@@ -13,8 +13,16 @@ use crate::{
 };
 
 /// A tunnel stream's first frame, as the serving node reads it (and a response, as the client
-/// reads it): the frame, the JSON, the service name, and the name as a log line holds it.
+/// reads it): the frame, the JSON, the service name, and the name as a log line holds it. And
+/// the same bytes as a UDP tunnel's datagram frames, as both sides read them after it.
 pub fn tunnel_frame(data: &[u8]) {
+    let mut rest = data;
+    while let Ok(crate::tunnel::udp::Decoded::Datagram(datagram)) = crate::tunnel::udp::decode(rest)
+    {
+        assert!(datagram.len() <= crate::tunnel::udp::MAX_DATAGRAM);
+        assert!(datagram.start == crate::tunnel::udp::HEADER && datagram.end <= rest.len());
+        rest = &rest[datagram.end..];
+    }
     if let Ok(Some((request, used))) = frame::decode::<TunnelRequest>(data) {
         assert!(used <= data.len());
         if let Ok(name) = ServiceName::from_str(&request.service) {

@@ -24,6 +24,8 @@ const MAX_DATAGRAM: usize = 65_507;
 /// `service` on B. Both serve `/metrics`.
 struct Pair {
     a: Node,
+    /// A's config, for reloads.
+    a_config: NodeConfig,
     b: Node,
     /// A's `--tunnel-udp` port.
     tunnel: SocketAddr,
@@ -52,9 +54,14 @@ impl Pair {
             TunnelSpec::udp(&format!("{}:{service}@127.0.0.1:0", b.peer_id())).expect("tunnel-udp"),
         ];
         tweak_a(&mut a_config);
-        let a = Node::start(a_config).await.expect("start A");
+        let a = Node::start(a_config.clone()).await.expect("start A");
         let tunnel = a.tunnel_addrs()[0];
-        Pair { a, b, tunnel }
+        Pair {
+            a,
+            a_config,
+            b,
+            tunnel,
+        }
     }
 
     async fn stop(self) {
@@ -501,5 +508,45 @@ async fn a_flooding_client_is_dropped_and_never_stalls_another() {
         dropped > 0.0,
         "a flood of {sent} datagrams dropped none at the queue"
     );
+    pair.stop().await;
+}
+
+/// A reload that removes a `--tunnel-udp` port ends its sessions (they answer from its socket)
+/// and frees the address: the port added back on the same address works at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_closes_a_udp_port_with_its_sessions_and_it_can_come_back() {
+    let mut pair = Pair::start(TCP, "echo", |_| {}, |_, _| {}).await;
+    let socket = client().await;
+    exchange(
+        &socket,
+        pair.tunnel,
+        &datagram(3, 1, 100),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(pair.a.tunnels().len(), 1);
+
+    let mut without = pair.a_config.clone();
+    let spec = without.tunnels.pop().expect("the udp tunnel");
+    let report = pair.a.reload(&without).await.expect("reload");
+    assert_eq!(report.tunnels_removed, vec![pair.tunnel]);
+    assert!(pair.a.tunnels().is_empty(), "{:?}", pair.a.tunnels());
+
+    let mut back = without;
+    back.tunnels.push(TunnelSpec {
+        bind: pair.tunnel,
+        ..spec
+    });
+    let report = pair.a.reload(&back).await.expect("reload");
+    assert!(report.tunnel_errors.is_empty(), "{report:?}");
+    assert_eq!(report.tunnels_added, vec![pair.tunnel]);
+    exchange(
+        &socket,
+        pair.tunnel,
+        &datagram(3, 2, 100),
+        Duration::from_secs(10),
+    )
+    .await;
+    pair.a_config = back;
     pair.stop().await;
 }

@@ -1,6 +1,7 @@
-//! Serves inbound tunnel streams: read the request, admit, connect to the exposed service,
-//! answer, then splice. Every failure refuses the stream with a reason the client logs; the node
-//! goes on serving everyone else.
+//! Serves inbound tunnel streams, TCP (`/punchgate/tunnel/1.0.0`) and UDP
+//! (`/punchgate/udp/1.0.0`) alike: read the request, admit, connect to the exposed service,
+//! answer, then splice (TCP) or carry datagrams ([`super::udp`]). Every failure refuses the
+//! stream with a reason the client logs; the node goes on serving everyone else.
 //!
 //! Admission ([`crate::access`]): a peer that is not allowed to use a service gets exactly the
 //! refusal a peer asking for a service that does not exist gets (same words, and both are

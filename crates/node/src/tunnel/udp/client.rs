@@ -42,6 +42,9 @@ impl Port {
 ///
 /// New sessions take a `limits.carrying` permit (shared with TCP tunnels); when none is left,
 /// the datagrams of new clients are dropped and counted, and sessions already open go on.
+/// Sessions answer their clients from the port's socket, so they end with the port (unlike a
+/// TCP port's connections): this returns once they have (at most [`PORT_CLOSE_WAIT`] later),
+/// and the address is free to bind again.
 pub async fn run(
     socket: UdpSocket,
     spec: TunnelSpec,
@@ -51,6 +54,7 @@ pub async fn run(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
+    widen(&socket);
     let socket = Arc::new(socket);
     let service = spec.service.to_string();
     let port = Arc::new(Port {
@@ -62,6 +66,7 @@ pub async fn run(
         retry_at: Mutex::new(None),
     });
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    let open = TaskTracker::new();
     loop {
         let (mut datagram, from) = tokio::select! {
             received = receive(&socket) => match received {
@@ -132,16 +137,29 @@ pub async fn run(
             spec: spec.clone(),
             port: port.clone(),
             tally,
+            closed: stop.clone(),
         };
         let node = node.clone();
         let limits = limits.clone();
         let books = books.clone();
-        tasks.spawn(async move {
+        tasks.spawn(open.track_future(async move {
             session.run(outbound, &node, &limits, &books).await;
             drop(permit);
-        });
+        }));
     }
+    // The sessions see the port close (and their queues end); wait for them to let the
+    // socket go.
+    drop(sessions);
+    open.close();
+    let _ = tokio::time::timeout(PORT_CLOSE_WAIT, open.wait()).await;
 }
+
+/// How long a closing `--tunnel-udp` port waits for its sessions to end.
+const PORT_CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Why a session ended when its port closed.
+const PORT_CLOSED: &str =
+    "its --tunnel-udp port closed (a reload removed it, or the node is stopping)";
 
 /// A session of a `--tunnel-udp` port, carried to the peer.
 #[derive(Debug)]
@@ -151,6 +169,8 @@ struct Carried {
     spec: TunnelSpec,
     port: Arc<Port>,
     tally: Arc<Tally>,
+    /// The port closed (a reload removed it, or the node is stopping).
+    closed: CancellationToken,
 }
 
 impl Carried {
@@ -178,7 +198,7 @@ impl Carried {
             opened = said_while_waiting(node.open_stream(peer, protocol::UDP_TUNNEL), |waited| {
                 tracing::info!(%service, %peer, %client, waited = ?waited, "udp session waiting for a path to the peer");
             }) => opened,
-            () = node.stopped() => return,
+            () = self.closed.cancelled() => return,
         };
         let (stream, info) = match opened {
             Ok(opened) => opened,
@@ -245,9 +265,13 @@ impl Carried {
         };
         let end = tokio::select! {
             end = reading => end,
-            written = write_frames(&mut writer, &mut outbound, &self.tally) => Ok(End::of_writing(written)),
+            // The queue ends only with the port.
+            written = write_frames(&mut writer, &mut outbound, &self.tally) => Ok(match written {
+                Ok(()) => End::Stopped(PORT_CLOSED),
+                Err(error) => End::Failed(error.to_string()),
+            }),
             () = self.tally.idle(idle) => Ok(End::Idle(idle)),
-            () = node.stopped() => Ok(End::Stopped("node shutting down")),
+            () = self.closed.cancelled() => Ok(End::Stopped(PORT_CLOSED)),
         };
         drop(registration);
         drop(meter);

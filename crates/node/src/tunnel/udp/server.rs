@@ -132,6 +132,7 @@ async fn connect(target: &HostPort) -> io::Result<UdpSocket> {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(unspecified).await?;
+    widen(&socket);
     socket.connect(addr).await?;
     Ok(socket)
 }
