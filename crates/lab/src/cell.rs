@@ -1,18 +1,20 @@
 //! One cell of the matrix: a scenario and a transport, run once.
 //!
-//! 1. Build the network; start an echo server in B's namespace.
+//! 1. Build the network; start echo servers (TCP and UDP) in B's namespace.
 //! 2. Create A's and B's identities (`--print-peer-id`), as an operator writing allow lists
 //!    would. Start the relay R (public, `--external-address`; it trusts A and B with long
-//!    circuits only where the cell cannot punch), then B (exposes the echo service to A alone:
-//!    `--allow echo=<A>`) and A (`--tunnel` to B's echo) together. Neither is told its NAT
-//!    status: AutoNAT decides.
+//!    circuits only where the cell cannot punch), then B (exposes the echo services to A alone:
+//!    `--allow echo=<A>`, and `echo-udp` likewise) and A (`--tunnel` to B's echo,
+//!    `--tunnel-udp` to its UDP echo) together. Neither is told its NAT status: AutoNAT
+//!    decides.
 //! 3. Wait until B is reachable (relay reservation accepted, or AutoNAT says public) and both
 //!    participate (Kademlia bootstrapped, and reachable: a relay slot held or the NAT status
 //!    known). Nodes no longer wait for AutoNAT to reserve, so this is well before AutoNAT's
 //!    verdict; the tests that check the verdict wait for it.
 //! 4. Send bytes through A's tunnel port from inside A's namespace; verify the echo.
 //! 5. Let the outcome settle: a direct A–B connection, or DCUtR giving up (B's side counts the
-//!    attempts). Send bytes again: that connection's path is the cell's verdict.
+//!    attempts). Send bytes again, then datagrams through the UDP tunnel (one session, its
+//!    own stream): their path is the cell's verdict.
 //! 6. Read the timings from A's log: first dial → direct connection, relayed → direct, dial
 //!    attempts, ping round-trip time.
 
@@ -167,6 +169,9 @@ pub struct CellResult {
     pub expected: PathTaken,
     /// Bytes echoed back intact (both round trips).
     pub bytes_verified: u64,
+    /// Datagrams echoed back intact through the UDP tunnel.
+    #[serde(default)]
+    pub datagrams_verified: u64,
     /// Path of the first tunnel connection.
     pub first_path: PathTaken,
     /// Path of the tunnel connection made once the outcome settled: the verdict.
@@ -206,6 +211,7 @@ impl CellResult {
     /// Whether the run met the matrix's expectation for the cell.
     pub fn met(&self) -> bool {
         self.bytes_verified > 0
+            && self.datagrams_verified > 0
             && self.final_path == self.expected
             && self.direct == (self.expected == PathTaken::Direct)
     }
@@ -237,9 +243,14 @@ pub struct Cell {
     pub dir: PathBuf,
     started: Instant,
     bytes_verified: u64,
+    datagrams_verified: u64,
     /// B's echo through a port forward, once [`Cell::raw_round_trip`] set it up.
     raw_echo: Option<SocketAddr>,
 }
+
+/// The datagrams each cell sends through its UDP tunnel: one byte, a WireGuard packet, a
+/// jumbo one, and the largest there is.
+pub const UDP_SIZES: [usize; 4] = [1, 1_420, 9_000, 65_507];
 
 /// The port forwarded on B's router for [`Cell::raw_round_trip`].
 const RAW_PORT: u16 = 18_000;
@@ -260,6 +271,7 @@ impl Cell {
         let delay = (!spec.one_way_delay.is_zero()).then_some(spec.one_way_delay);
         let net = topology::build(spec.scenario, delay).await?;
         let echo = start_echo(&net.b).await?;
+        let udp_echo = start_udp_echo(&net.b).await?;
         let mdns = spec.scenario == Scenario::SameNat;
         let relay_ip = net.relay_ip()?.to_string();
         let t = spec.transport;
@@ -298,6 +310,10 @@ impl Cell {
                 format!("echo=127.0.0.1:{echo}"),
                 "--allow".into(),
                 format!("echo={a_id}"),
+                "--expose-udp".into(),
+                format!("echo-udp=127.0.0.1:{udp_echo}"),
+                "--allow".into(),
+                format!("echo-udp={a_id}"),
             ]),
         )
         .await?;
@@ -309,6 +325,8 @@ impl Cell {
             common(vec![
                 "--tunnel".into(),
                 format!("{}:echo@127.0.0.1:0", b.peer_id),
+                "--tunnel-udp".into(),
+                format!("{}:echo-udp@127.0.0.1:0", b.peer_id),
             ]),
         )
         .await?;
@@ -322,6 +340,7 @@ impl Cell {
             dir,
             started,
             bytes_verified: 0,
+            datagrams_verified: 0,
             raw_echo: None,
         };
         cell.wait_reachable_b().await?;
@@ -387,6 +406,24 @@ impl Cell {
             .context("peer-a has no tunnel")?;
         let took = echo_from(&self.net.a, addr, payload(len, seed)).await?;
         self.bytes_verified += len as u64;
+        Ok(took)
+    }
+
+    /// Sends datagrams of `sizes` (1 to 65,507 bytes) through A's UDP tunnel from inside A's
+    /// namespace, one at a time, and checks each comes back whole; returns the time for all.
+    pub async fn udp_round_trip(&mut self, sizes: &[usize], seed: u64) -> Result<Duration> {
+        let addr = *self
+            .a
+            .udp_tunnel_addrs
+            .first()
+            .context("peer-a has no UDP tunnel")?;
+        let datagrams: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, len)| payload(*len, seed + i as u64))
+            .collect();
+        let took = udp_echo_from(&self.net.a, addr, datagrams).await?;
+        self.datagrams_verified += sizes.len() as u64;
         Ok(took)
     }
 
@@ -473,6 +510,7 @@ impl Cell {
         self.round_trip(self.spec.payload, 1).await?;
         self.settle().await?;
         self.round_trip(self.spec.payload, 2).await?;
+        self.udp_round_trip(&UDP_SIZES, 3).await?;
         // Progress people can see: A said its tunnel was ready, and over which path.
         self.a
             .wait_for(READY_TIMEOUT, "tunnel ready", |e| {
@@ -568,6 +606,7 @@ impl Cell {
                 PathTaken::Relayed
             },
             bytes_verified: self.bytes_verified,
+            datagrams_verified: self.datagrams_verified,
             first_path: *first,
             final_path: *last,
             direct: direct.is_some(),
@@ -696,6 +735,82 @@ pub async fn echo_from(device: &Device, addr: SocketAddr, data: Vec<u8>) -> Resu
     tokio::time::timeout(Duration::from_secs(120), task)
         .await
         .context("tunnel round trip took over 120 s")?
+        .context("client task")?
+}
+
+/// A UDP echo server on 127.0.0.1 inside `device`'s namespace (each datagram goes back to its
+/// sender); returns its port.
+pub async fn start_udp_echo(device: &Device) -> Result<u16> {
+    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+    device.spawn(async move |_| {
+        let socket = match tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = port_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = port_tx.send(socket.local_addr().map(|a| a.port()));
+        let mut buf = vec![0; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    })?;
+    Ok(port_rx.await.context("udp echo server task ended")??)
+}
+
+/// Sends each of `datagrams` to `addr` from one socket inside `device`'s namespace, one at a
+/// time, until it comes back whole (a second apart, five tries: UDP may lose one; a tunnel must
+/// not cut, merge or mix them).
+pub async fn udp_echo_from(
+    device: &Device,
+    addr: SocketAddr,
+    datagrams: Vec<Vec<u8>>,
+) -> Result<Duration> {
+    let task = device.spawn(async move |_| -> Result<Duration> {
+        let started = Instant::now();
+        let socket = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let mut buf = vec![0; 65_536];
+        for datagram in &datagrams {
+            let mut tries = 0;
+            'send: loop {
+                tries += 1;
+                if tries > 5 {
+                    bail!(
+                        "no echo of a {}-byte datagram after 5 tries",
+                        datagram.len()
+                    );
+                }
+                socket
+                    .send_to(datagram, addr)
+                    .await
+                    .context("send through the UDP tunnel")?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                loop {
+                    let Ok(received) =
+                        tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
+                    else {
+                        continue 'send;
+                    };
+                    let (n, _) = received.context("receive the UDP echo")?;
+                    if buf[..n] == datagram[..] {
+                        break 'send;
+                    }
+                    // A late echo of the previous datagram is fine; anything else is not.
+                    if !datagrams.iter().any(|d| d[..] == buf[..n]) {
+                        bail!(
+                            "UDP echo mismatch: sent {} bytes, got {n} that were never sent",
+                            datagram.len()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(started.elapsed())
+    })?;
+    tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .context("UDP tunnel round trips took over 120 s")?
         .context("client task")?
 }
 

@@ -299,7 +299,7 @@ async fn demo(
         .find(|e| matches(e, "relay reservation accepted", &[]))
         .and_then(|e| field(e, "addr"));
     println!(
-        "  peer B {}  exposes 'echo' to peer A only (--allow echo={}); AutoNAT: {}; reachable at {}",
+        "  peer B {}  exposes 'echo' (TCP) and 'echo-udp' (UDP) to peer A only (--allow echo={}); AutoNAT: {}; reachable at {}",
         cell.b.peer_id,
         cell.a.peer_id,
         status(&cell.b.events()),
@@ -335,6 +335,17 @@ async fn demo(
         "Sent 1 MiB again: echoed intact in {} ms, over the {} path.",
         took.as_millis(),
         result.final_path
+    );
+    let took = cell
+        .udp_round_trip(&punchgate_lab::cell::UDP_SIZES, 3)
+        .await?;
+    let sizes = punchgate_lab::cell::UDP_SIZES
+        .map(|s| s.to_string())
+        .join(", ");
+    println!(
+        "Sent datagrams of {sizes} bytes through A's UDP tunnel ({}): each echoed whole, in {} ms for all.",
+        cell.a.udp_tunnel_addrs[0],
+        took.as_millis()
     );
 
     if bulk_mib > 0 {

@@ -28,6 +28,8 @@ pub struct Peer {
     pub listen: Vec<String>,
     /// Its `--tunnel` listeners.
     pub tunnel_addrs: Vec<SocketAddr>,
+    /// Its `--tunnel-udp` sockets.
+    pub udp_tunnel_addrs: Vec<SocketAddr>,
     /// JSON log (stderr), appended across restarts.
     pub log: PathBuf,
     /// stdout, appended across restarts.
@@ -71,6 +73,7 @@ impl Peer {
             peer_id: String::new(),
             listen: Vec::new(),
             tunnel_addrs: Vec::new(),
+            udp_tunnel_addrs: Vec::new(),
             log: dir.join(format!("{name}.log")),
             out: dir.join(format!("{name}.out")),
             device: device.clone(),
@@ -115,7 +118,8 @@ impl Peer {
             .with_context(|| format!("start {}", self.name))?;
         self.child = Some(child);
 
-        let wants_tunnels = self.args.iter().any(|a| a == "--tunnel");
+        let wanted = |flag: &str| self.args.iter().filter(|a| *a == flag).count();
+        let (wants_tunnels, wants_udp) = (wanted("--tunnel"), wanted("--tunnel-udp"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let lines: Vec<String> = read_lines(&self.out).into_iter().skip(out_offset).collect();
@@ -129,13 +133,20 @@ impl Peer {
                 .filter_map(|l| l.strip_prefix("tunnel listening on "))
                 .filter_map(|a| a.parse().ok())
                 .collect();
+            let udp_tunnels: Vec<SocketAddr> = lines
+                .iter()
+                .filter_map(|l| l.strip_prefix("udp tunnel listening on "))
+                .filter_map(|a| a.parse().ok())
+                .collect();
             if let Some(peer_id) = peer_id
                 && !listen.is_empty()
-                && (!wants_tunnels || !tunnels.is_empty())
+                && tunnels.len() >= wants_tunnels
+                && udp_tunnels.len() >= wants_udp
             {
                 self.peer_id = peer_id.to_owned();
                 self.listen = listen;
                 self.tunnel_addrs = tunnels;
+                self.udp_tunnel_addrs = udp_tunnels;
                 return Ok(());
             }
             if let Some(status) = self
