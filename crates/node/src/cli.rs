@@ -180,6 +180,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tunnels_per_peer: u32,
 
+    /// UDP sessions (client addresses) one --tunnel-udp port carries at once; a new client past
+    /// it has its datagrams dropped (and counted) until a session ends.
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_UDP_SESSIONS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_udp_sessions: u32,
+
     /// Connections open at once, in total (direct and relayed, both directions); more are
     /// refused, with a rate-limited WARN.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
@@ -621,6 +626,7 @@ impl Cli {
         };
         config.max_tunnels = self.max_tunnels as usize;
         config.max_tunnels_per_peer = self.max_tunnels_per_peer as usize;
+        config.max_udp_sessions = self.max_udp_sessions as usize;
         config.punch = crate::punch::PunchConfig {
             sockets: self.punch_sockets,
             probes: self.punch_probes,

@@ -418,6 +418,10 @@ pub struct NodeConfig {
     /// Tunnel connections one peer may have served at once (a share of `max_tunnels`, so one
     /// peer cannot starve the others); more from that peer are refused.
     pub max_tunnels_per_peer: usize,
+    /// UDP sessions (client addresses) one `--tunnel-udp` port carries at once, each also a
+    /// tunnel of `max_tunnels`; a new client past it has its datagrams dropped. Anyone who can
+    /// send to the port can make up addresses: this keeps them to a port's share.
+    pub max_udp_sessions: usize,
     /// Connections open at once, in total (direct and relayed, both directions); more are
     /// refused.
     pub max_connections: u32,
@@ -433,6 +437,11 @@ pub struct NodeConfig {
     /// Where to serve `/metrics` and `/status` over HTTP (`--metrics`); `None`: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
 }
+
+/// UDP sessions one `--tunnel-udp` port carries at once by default
+/// ([`NodeConfig::max_udp_sessions`]): half of the share of tunnels a serving node gives one peer
+/// by default (`--max-tunnels-per-peer`, 256), so one port's clients leave room for the rest.
+pub const DEFAULT_MAX_UDP_SESSIONS: usize = 128;
 
 /// The default memory ceiling ([`NodeConfig::max_memory`]): 1 GiB. An idle node uses about
 /// 20 MiB; 2000 busy tunnels about 300 MiB (64 KiB buffers each way, and the muxers' windows).
@@ -460,6 +469,7 @@ impl NodeConfig {
             timing: Timing::default(),
             max_tunnels: 2000,
             max_tunnels_per_peer: 256,
+            max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
             max_connections: 1024,
             max_connections_per_peer: 8,
             max_pending_incoming: 128,
@@ -521,6 +531,7 @@ impl fmt::Debug for NodeConfig {
             .field("timing", &self.timing)
             .field("max_tunnels", &self.max_tunnels)
             .field("max_tunnels_per_peer", &self.max_tunnels_per_peer)
+            .field("max_udp_sessions", &self.max_udp_sessions)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_peer", &self.max_connections_per_peer)
             .field("max_pending_incoming", &self.max_pending_incoming)

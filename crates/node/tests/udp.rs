@@ -550,3 +550,67 @@ async fn a_reload_closes_a_udp_port_with_its_sessions_and_it_can_come_back() {
     pair.a_config = back;
     pair.stop().await;
 }
+
+/// A port carries at most `--max-udp-sessions` clients at once: the next new client's
+/// datagrams are dropped and counted (the others go on), until a session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_carries_at_most_max_udp_sessions_clients() {
+    let pair = Pair::start(
+        TCP,
+        "echo",
+        |a| {
+            a.max_udp_sessions = 2;
+            a.timing.udp_idle_timeout = Duration::from_secs(2);
+        },
+        |_, _| {},
+    )
+    .await;
+    let (one, two, three) = (client().await, client().await, client().await);
+    exchange(
+        &one,
+        pair.tunnel,
+        &datagram(1, 0, 64),
+        Duration::from_secs(10),
+    )
+    .await;
+    exchange(
+        &two,
+        pair.tunnel,
+        &datagram(2, 0, 64),
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut buf = vec![0; 65_536];
+    three
+        .send_to(&datagram(3, 0, 64), pair.tunnel)
+        .await
+        .expect("send");
+    let back = tokio::time::timeout(Duration::from_secs(1), three.recv_from(&mut buf)).await;
+    assert!(back.is_err(), "a third session was opened");
+    let a = scrape(&pair.a).await;
+    assert_eq!(
+        value(
+            &a,
+            "punchgate_udp_datagrams_dropped_total",
+            &[("service", "echo"), ("reason", "session_limit")]
+        ),
+        1.0
+    );
+    // The first two still work; once they have been idle for 2 s, the third gets its turn.
+    exchange(
+        &one,
+        pair.tunnel,
+        &datagram(1, 1, 64),
+        Duration::from_secs(10),
+    )
+    .await;
+    tunnels_become(&pair.a, 0, Duration::from_secs(10)).await;
+    exchange(
+        &three,
+        pair.tunnel,
+        &datagram(3, 1, 64),
+        Duration::from_secs(10),
+    )
+    .await;
+    pair.stop().await;
+}

@@ -170,8 +170,13 @@ pub enum DropReason {
     no_session,
     /// Longer than a tunnel carries (65,507 bytes).
     too_large,
-    /// The local socket refused it (or the service's host answered port unreachable).
+    /// The local socket refused it.
     send_failed,
+}
+
+impl DropReason {
+    /// How many reasons there are (`reason as usize` indexes arrays of this length).
+    pub const COUNT: usize = 5;
 }
 
 /// Labels of a dropped datagram count.
@@ -474,15 +479,15 @@ impl UdpMeter {
         self.live.from_service.fetch_add(bytes, Relaxed);
     }
 
-    /// A datagram was dropped.
-    pub fn dropped(&self, reason: DropReason) {
+    /// `n` datagrams were dropped.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped
             .get_or_create(&DropLabels {
                 service: self.service.clone(),
                 side: self.side,
                 reason,
             })
-            .inc();
+            .inc_by(n);
     }
 }
 

@@ -171,9 +171,6 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// Two `--expose` (or `--expose-udp`) flags use the same name.
-    #[error("service '{0}' is exposed twice")]
-    DuplicateService(String),
     /// The allow rules do not fit the exposed services (deny by default).
     #[error(transparent)]
     Access(#[from] crate::access::AccessError),
@@ -501,7 +498,7 @@ struct TunnelPort {
     spec: TunnelSpec,
     /// Where it listens (port 0 resolved).
     addr: std::net::SocketAddr,
-    /// Closes the port (its connections carry on).
+    /// Closes the port (a TCP port's connections carry on; a UDP port's sessions end with it).
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -513,7 +510,8 @@ pub struct ReloadReport {
     pub services: (usize, usize),
     /// `--tunnel` ports opened.
     pub tunnels_added: Vec<std::net::SocketAddr>,
-    /// `--tunnel` ports closed (their connections carry on).
+    /// `--tunnel` ports closed (their connections carry on), and `--tunnel-udp` ports (their
+    /// sessions ended with them).
     pub tunnels_removed: Vec<std::net::SocketAddr>,
     /// Served tunnels closed because the new rules no longer admit their peer: (service,
     /// peer).
@@ -743,7 +741,8 @@ impl Node {
     /// with one exception: a served tunnel whose peer the new rules no longer admit to its
     /// service is closed (access taken away is taken away now, not when the peer next
     /// reconnects). Tunnels carried from a removed `--tunnel` port carry on until they end; the
-    /// port itself closes. Every other setting takes effect at the next start.
+    /// port itself closes. A removed `--tunnel-udp` port's sessions end with it (they answer
+    /// from its socket). Every other setting takes effect at the next start.
     ///
     /// Rules that do not fit together are an error, and nothing changes. Otherwise the rules
     /// apply first; then removed ports close and new ones open, and a port that cannot be bound
@@ -768,17 +767,26 @@ impl Node {
         // connections from now on.
         self.handle.set_trusted(config.trusted_peers()).await;
 
-        // Ports: the removed ones close first (a new one may take the same address).
-        let mut i = 0;
-        while i < self.tunnel_ports.len() {
-            if config.tunnels.contains(&self.tunnel_ports[i].spec) {
-                i += 1;
-                continue;
-            }
-            let port = self.tunnel_ports.remove(i);
+        // Ports: the removed ones close first (a new one may take the same address), all at
+        // once (a UDP port waits a moment for its sessions).
+        let (kept, removed): (Vec<TunnelPort>, Vec<TunnelPort>) =
+            std::mem::take(&mut self.tunnel_ports)
+                .into_iter()
+                .partition(|port| config.tunnels.contains(&port.spec));
+        self.tunnel_ports = kept;
+        for port in &removed {
             port.stop.cancel();
+        }
+        for port in removed {
             let _ = port.task.await;
-            tracing::info!(bind = %port.addr, peer = %port.spec.peer, service = %port.spec.service, "tunnel port closed by a reload (its connections carry on)");
+            match port.spec.protocol {
+                crate::config::ServiceProtocol::Tcp => {
+                    tracing::info!(bind = %port.addr, peer = %port.spec.peer, service = %port.spec.service, "tunnel port closed by a reload (its connections carry on)")
+                }
+                crate::config::ServiceProtocol::Udp => {
+                    tracing::info!(bind = %port.addr, peer = %port.spec.peer, service = %port.spec.service, "udp tunnel port closed by a reload, and its sessions with it")
+                }
+            }
             report.tunnels_removed.push(port.addr);
         }
         for spec in &config.tunnels {
@@ -871,14 +879,13 @@ impl Drop for Node {
 fn rules(config: &NodeConfig) -> Result<tunnel::server::Rules, StartError> {
     let access = config.access()?;
     let mut services = HashMap::new();
+    // `access` has checked that no name is exposed twice.
     for expose in &config.expose {
         let service = tunnel::server::Service {
             target: expose.target.clone(),
             protocol: expose.protocol,
         };
-        if services.insert(expose.name.clone(), service).is_some() {
-            return Err(StartError::DuplicateService(expose.name.to_string()));
-        }
+        services.insert(expose.name.clone(), service);
     }
     Ok(tunnel::server::Rules { services, access })
 }

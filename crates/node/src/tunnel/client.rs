@@ -235,16 +235,16 @@ async fn carry(
         Ok(()) => {}
         Err(NegotiateError::Refused(reason)) => {
             refused(Refusal::refused_by_peer);
-            let unknown = reason == crate::tunnel::server::unknown_service(service);
+            let hint = refusal_hint(service, &reason, node.peer_id());
             // The server's words: cut to a log line's size.
             let reason = crate::frame::loggable(&reason);
-            if unknown {
-                // The server says the same to a peer it does not allow (so strangers cannot
-                // probe); say both possibilities here, where only we can read it.
-                let me = node.peer_id();
-                tracing::warn!(%service, peer = %spec.peer, %reason, "client tunnel rejected: the peer does not expose '{service}', or its --allow rule does not name this node; ask its operator for --allow {service}={me}");
-            } else {
-                tracing::warn!(%service, peer = %spec.peer, %reason, "client tunnel rejected");
+            match hint {
+                Some(hint) => {
+                    tracing::warn!(%service, peer = %spec.peer, %reason, "client tunnel rejected: {hint}");
+                }
+                None => {
+                    tracing::warn!(%service, peer = %spec.peer, %reason, "client tunnel rejected")
+                }
             }
             return;
         }
@@ -288,6 +288,18 @@ async fn carry(
         }
         Err(error) => tracing::warn!(%service, peer = %spec.peer, %error, "client tunnel error"),
     }
+}
+
+/// What to tell the operator about a refusal of `service` whose words are `reason`, besides the
+/// words: the server says `unknown service` to a peer it does not allow too (so strangers
+/// cannot probe), so say both possibilities here, where only we can read it, and what to ask
+/// for (`me` is this node). `None` for any other refusal.
+pub(super) fn refusal_hint(service: &str, reason: &str, me: libp2p::PeerId) -> Option<String> {
+    (reason == super::server::unknown_service(service)).then(|| {
+        format!(
+            "the peer does not expose '{service}', or its --allow rule does not name this node; ask its operator for --allow {service}={me}"
+        )
+    })
 }
 
 /// How often a wait for a path to a peer is said to be still going on.

@@ -78,6 +78,10 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// Ends a UDP session that carried no datagram for this long (`--udp-idle-timeout`).
     pub udp_idle_timeout: Duration,
+    /// UDP sessions one `--tunnel-udp` port carries at once (`--max-udp-sessions`).
+    pub max_udp_sessions: usize,
+    /// What all UDP sessions share: the bytes queued, the drop log's lines.
+    pub udp: Arc<udp::Shared>,
 }
 
 /// Streams a node refuses at once ([`Limits::refusing`]): each waits at most the negotiation
@@ -157,6 +161,8 @@ impl Limits {
             refusing_per_peer: PeerShares::new(REFUSING_STREAMS_PER_PEER),
             idle_timeout: config.timing.tunnel_idle_timeout,
             udp_idle_timeout: config.timing.udp_idle_timeout,
+            max_udp_sessions: config.max_udp_sessions.max(1),
+            udp: Arc::default(),
         }
     }
 }

@@ -436,10 +436,17 @@ async fn serve(
             &registration.close,
         )
         .await;
-        if let Err(reason) = served {
-            refused(label, Refusal::service_unreachable);
-            tracing::warn!(peer_id = %peer, %service, %reason, %target, "tunnel rejected");
-            refuse(&mut stream, reason).await;
+        match served {
+            Ok(()) => {}
+            Err(super::udp::NotServed::Unreachable(reason)) => {
+                refused(label, Refusal::service_unreachable);
+                tracing::warn!(peer_id = %peer, %service, %reason, %target, "tunnel rejected");
+                refuse(&mut stream, reason).await;
+            }
+            // As a TCP tunnel closed while connecting.
+            Err(super::udp::NotServed::Closed) => {
+                refuse(&mut stream, unknown_service(service)).await;
+            }
         }
         return;
     }

@@ -40,8 +40,10 @@ impl Port {
 /// Receives on a `--tunnel-udp` socket until the node stops (or `stop`: a reload that removed
 /// the port), carrying each client address's datagrams as one session.
 ///
-/// New sessions take a `limits.carrying` permit (shared with TCP tunnels); when none is left,
-/// the datagrams of new clients are dropped and counted, and sessions already open go on.
+/// A new session takes one of the port's `limits.max_udp_sessions` slots and a
+/// `limits.carrying` permit (shared with TCP tunnels); when either is gone, the datagrams of new
+/// clients are dropped and counted, and sessions already open go on. (Anyone who can send to
+/// the port can make up source addresses: the slots keep that to the port's share.)
 /// Sessions answer their clients from the port's socket, so they end with the port (unlike a
 /// TCP port's connections): this returns once they have (at most [`PORT_CLOSE_WAIT`] later),
 /// and the address is free to bind again.
@@ -61,12 +63,15 @@ pub async fn run(
         tally: Tally::new(
             books.metrics.udp_meter(&service, Side::carried),
             Side::carried,
+            limits.udp.clone(),
             true,
         ),
         retry_at: Mutex::new(None),
     });
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    let slots = Arc::new(Semaphore::new(limits.max_udp_sessions));
     let open = TaskTracker::new();
+    let mut last_error: Option<Instant> = None;
     loop {
         let (mut datagram, from) = tokio::select! {
             received = receive(&socket) => match received {
@@ -74,7 +79,10 @@ pub async fn run(
                 // An ICMP error for a datagram we sent to a client that has gone: nothing to do.
                 Err(error) if matches!(error.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset) => continue,
                 Err(error) => {
-                    tracing::warn!(%service, %error, "cannot receive on a udp tunnel port");
+                    if last_error.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {
+                        last_error = Some(Instant::now());
+                        tracing::warn!(%service, %error, "cannot receive on a udp tunnel port (said once per 10 s while it lasts)");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -110,6 +118,12 @@ pub async fn run(
             }
             continue;
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(dropped) = port.tally.drop_one(DropReason::session_limit) {
+                tracing::warn!(%service, client = %from, dropped, max = limits.max_udp_sessions, "udp tunnel dropping a new client's datagrams: the port has as many sessions as --max-udp-sessions allows");
+            }
+            continue;
+        };
         let Ok(permit) = limits.carrying.clone().try_acquire_owned() else {
             if let Some(dropped) = port.tally.drop_one(DropReason::session_limit) {
                 tracing::warn!(%service, client = %from, dropped, "udp tunnel dropping a new client's datagrams: as many tunnels as --max-tunnels allows are open");
@@ -117,10 +131,11 @@ pub async fn run(
             continue;
         };
         sessions.retain(|_, s| !s.queue.is_closed());
-        let (queue, outbound) = Queue::new();
+        let (queue, outbound) = Queue::new(&limits.udp);
         let tally = Arc::new(Tally::new(
             books.metrics.udp_meter(&service, Side::carried),
             Side::carried,
+            limits.udp.clone(),
             false,
         ));
         let _ = queue.push(datagram);
@@ -144,7 +159,7 @@ pub async fn run(
         let books = books.clone();
         tasks.spawn(open.track_future(async move {
             session.run(outbound, &node, &limits, &books).await;
-            drop(permit);
+            drop((slot, permit));
         }));
     }
     // The sessions see the port close (and their queues end); wait for them to let the
@@ -187,24 +202,22 @@ impl Carried {
         let refused = |reason| {
             books.metrics.tunnel_refused(service, Side::carried, reason);
         };
-        // Whatever waited for a session that never came is dropped.
-        let drop_waiting = |outbound: &mut mpsc::Receiver<Queued>| {
-            outbound.close();
-            while outbound.try_recv().is_ok() {
-                self.tally.drop_one(DropReason::no_session);
-            }
-        };
+        // The port's readiness lines say when its peer cannot be reached yet
+        // (`client::announce`): one line per port, not one per session.
         let opened = tokio::select! {
             opened = said_while_waiting(node.open_stream(peer, protocol::UDP_TUNNEL), |waited| {
-                tracing::info!(%service, %peer, %client, waited = ?waited, "udp session waiting for a path to the peer");
+                tracing::debug!(%service, %peer, %client, waited = ?waited, "udp session waiting for a path to the peer");
             }) => opened,
-            () = self.closed.cancelled() => return,
+            () = self.closed.cancelled() => {
+                self.tally.ended(&mut outbound);
+                return;
+            }
         };
         let (stream, info) = match opened {
             Ok(opened) => opened,
             Err(error) => {
                 refused(Refusal::unreachable);
-                drop_waiting(&mut outbound);
+                self.tally.ended(&mut outbound);
                 self.port.hold(format!("cannot reach the peer: {error}"));
                 tracing::warn!(%service, %peer, %client, %error, retry_in = ?RETRY_AFTER, "client udp session failed: cannot reach the peer");
                 return;
@@ -225,9 +238,8 @@ impl Carried {
             service: service.to_owned(),
         };
         if let Err(error) = wire::write(&mut writer, &request).await {
-            refused(Refusal::negotiation_failed);
-            drop_waiting(&mut outbound);
-            tracing::warn!(%service, %peer, %client, %error, "client udp session failed");
+            self.tally.ended(&mut outbound);
+            self.refused(NegotiateError::Frame(error), node, books);
             return;
         }
         let local = Local::Client {
@@ -259,34 +271,37 @@ impl Carried {
                 CancellationToken::new(),
             ));
             tracing::info!(%service, %peer, %client, path = %path_kind(&info), "client udp session open");
-            Ok(End::of_reading(
+            Ok(End::of(
                 deliver(&mut reader, &local, &self.tally, service).await,
             ))
         };
-        let end = tokio::select! {
-            end = reading => end,
-            // The queue ends only with the port.
-            written = write_frames(&mut writer, &mut outbound, &self.tally) => Ok(match written {
+        let writing = async {
+            match write_frames(&mut writer, &mut outbound, &self.tally).await {
+                // The queue ends only with the port.
                 Ok(()) => End::Stopped(PORT_CLOSED),
+                // A refusing server resets the stream, so writes fail before its answer is
+                // read: the answer says why, and `reading` waits for it (or times out).
+                Err(_) if !self.tally.is_accepted() => std::future::pending().await,
                 Err(error) => End::Failed(error.to_string()),
-            }),
+            }
+        };
+        let end = tokio::select! {
+            biased;
+            end = reading => end,
+            end = writing => Ok(end),
             () = self.tally.idle(idle) => Ok(End::Idle(idle)),
             () = self.closed.cancelled() => Ok(End::Stopped(PORT_CLOSED)),
         };
         drop(registration);
         drop(meter);
-        let end = match end {
-            Ok(end) => end,
-            Err(error) => {
-                self.tally.refuse();
-                drop_waiting(&mut outbound);
-                self.refused(error, node, books);
-                return;
+        self.tally.ended(&mut outbound);
+        match end {
+            Ok(end) => {
+                close(&mut writer).await;
+                log_end(&self.tally, &end, service, &peer);
             }
-        };
-        outbound.close();
-        close(&mut writer).await;
-        log_end(&self.tally, &end, Side::carried, service, &peer);
+            Err(error) => self.refused(error, node, books),
+        }
     }
 
     /// Logs why the peer did not take the session, and holds new sessions back a while.
@@ -294,18 +309,21 @@ impl Carried {
         let service = self.spec.service.as_str();
         let peer = self.spec.peer;
         let client = self.client;
+        let dropped = self.tally.dropped.load(Relaxed);
         let reason = match error {
             NegotiateError::Refused(reason) => {
                 books
                     .metrics
                     .tunnel_refused(service, Side::carried, Refusal::refused_by_peer);
-                let unknown = reason == crate::tunnel::server::unknown_service(service);
+                let hint = crate::tunnel::client::refusal_hint(service, &reason, node.peer_id());
                 let reason = crate::frame::loggable(&reason);
-                if unknown {
-                    let me = node.peer_id();
-                    tracing::warn!(%service, %peer, %client, %reason, retry_in = ?RETRY_AFTER, "client udp session rejected: the peer does not expose '{service}', or its --allow rule does not name this node; ask its operator for --allow {service}={me}");
-                } else {
-                    tracing::warn!(%service, %peer, %client, %reason, retry_in = ?RETRY_AFTER, "client udp session rejected");
+                match hint {
+                    Some(hint) => {
+                        tracing::warn!(%service, %peer, %client, %reason, dropped, retry_in = ?RETRY_AFTER, "client udp session rejected: {hint}");
+                    }
+                    None => {
+                        tracing::warn!(%service, %peer, %client, %reason, dropped, retry_in = ?RETRY_AFTER, "client udp session rejected");
+                    }
                 }
                 reason
             }
@@ -313,7 +331,7 @@ impl Carried {
                 books
                     .metrics
                     .tunnel_refused(service, Side::carried, Refusal::negotiation_failed);
-                tracing::warn!(%service, %peer, %client, %error, retry_in = ?RETRY_AFTER, "client udp session failed");
+                tracing::warn!(%service, %peer, %client, %error, dropped, retry_in = ?RETRY_AFTER, "client udp session failed");
                 error.to_string()
             }
         };

@@ -44,7 +44,7 @@ mod client;
 mod server;
 
 pub use client::run;
-pub(in crate::tunnel) use server::{Served, serve};
+pub(in crate::tunnel) use server::{NotServed, Served, serve};
 
 use super::{
     Books, Limits,
@@ -209,11 +209,57 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// A datagram waiting for its session's stream, holding its bytes' place in the queue.
+/// What a node's UDP sessions share: a budget of bytes waiting in all their queues, and one of
+/// log lines about drops.
+#[derive(Debug)]
+pub struct Shared {
+    queued: Arc<Semaphore>,
+    lines: Mutex<(Option<Instant>, u32)>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            queued: Arc::new(Semaphore::new(NODE_QUEUE_BYTES)),
+            lines: Mutex::new((None, 0)),
+        }
+    }
+}
+
+impl Shared {
+    /// Whether a line about drops may be written now: at most [`DROP_LINES`] per
+    /// [`DROP_LOG_INTERVAL`] for the whole node, whatever the number of sessions.
+    fn line(&self) -> bool {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match lines.0 {
+            Some(start) if now < start + DROP_LOG_INTERVAL => {
+                lines.1 += 1;
+                lines.1 <= DROP_LINES
+            }
+            _ => {
+                *lines = (Some(now), 1);
+                true
+            }
+        }
+    }
+}
+
+/// Bytes waiting in all of a node's UDP session queues together: 128 MiB. One peer's sessions
+/// hold at most its share of tunnels (`--max-tunnels-per-peer`, 256) times [`QUEUE_BYTES`],
+/// 64 MiB, so one peer cannot take it all.
+pub const NODE_QUEUE_BYTES: usize = 128 << 20;
+
+/// Lines about dropped datagrams a node writes per [`DROP_LOG_INTERVAL`], all sessions
+/// together (the counts in the metrics are complete).
+pub const DROP_LINES: u32 = 20;
+
+/// A datagram waiting for its session's stream, holding its bytes' place in the session's
+/// queue and in the node's.
 #[derive(Debug)]
 struct Queued {
     datagram: Bytes,
-    _room: OwnedSemaphorePermit,
+    _room: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 /// The sending end of a session's queue: never waits, drops what does not fit.
@@ -221,39 +267,42 @@ struct Queued {
 struct Queue {
     tx: mpsc::Sender<Queued>,
     room: Arc<Semaphore>,
+    node: Arc<Semaphore>,
 }
 
 /// Why [`Queue::push`] did not take a datagram.
 #[derive(Debug)]
 enum PushError {
-    /// The queue is full: the datagram is dropped.
+    /// The queue is full (or the node's budget for all queues is spent): the datagram is
+    /// dropped.
     Full,
     /// The session ended: the datagram is handed back.
     Closed(Bytes),
 }
 
 impl Queue {
-    /// A queue of [`QUEUE_BYTES`] and its receiving end.
-    fn new() -> (Self, mpsc::Receiver<Queued>) {
+    /// A queue of [`QUEUE_BYTES`], within the node's budget, and its receiving end.
+    fn new(shared: &Shared) -> (Self, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(QUEUE_DATAGRAMS);
         let room = Arc::new(Semaphore::new(QUEUE_BYTES));
-        (Self { tx, room }, rx)
+        let node = shared.queued.clone();
+        (Self { tx, room, node }, rx)
     }
 
     fn push(&self, datagram: Bytes) -> Result<(), PushError> {
         if self.tx.is_closed() {
             return Err(PushError::Closed(datagram));
         }
-        let Ok(room) = self
-            .room
-            .clone()
-            .try_acquire_many_owned((HEADER + datagram.len()) as u32)
-        else {
+        let size = (HEADER + datagram.len()) as u32;
+        let Ok(room) = self.room.clone().try_acquire_many_owned(size) else {
+            return Err(PushError::Full);
+        };
+        let Ok(node) = self.node.clone().try_acquire_many_owned(size) else {
             return Err(PushError::Full);
         };
         match self.tx.try_send(Queued {
             datagram,
-            _room: room,
+            _room: (room, node),
         }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(PushError::Full),
@@ -274,18 +323,21 @@ struct Tally {
     /// Which end of the tunnel: what the stream carries is towards the service on the
     /// carrying side, from it on the serving side.
     side: Side,
+    shared: Arc<Shared>,
     /// Datagrams towards the service, and from it.
     to_service: AtomicU64,
     from_service: AtomicU64,
     dropped: AtomicU64,
     /// The peer has accepted the session. Until it has, what the client wrote to the stream
     /// (its first datagrams go with the request) is `unconfirmed`: carried if the peer accepts,
-    /// dropped if it refuses.
+    /// dropped if it refuses or the session ends first.
     accepted: AtomicBool,
     unconfirmed: [AtomicU64; 2],
-    /// Drops not yet in a log line, and when the last line was.
-    unlogged: AtomicU64,
-    last_log: Mutex<Option<Instant>>,
+    /// Datagrams in the write under way (lost if the session ends in the middle of it).
+    in_flight: AtomicU64,
+    /// Drops not yet in a log line, and when the last line was, per reason.
+    unlogged: [AtomicU64; DropReason::COUNT],
+    last_log: Mutex<[Option<Instant>; DropReason::COUNT]>,
     /// When the session last carried a datagram, in ms after `born`.
     active_ms: AtomicU64,
     born: Instant,
@@ -293,17 +345,19 @@ struct Tally {
 
 impl Tally {
     /// Counts of a session on `side`; a carried one is not `accepted` until its peer says so.
-    fn new(meter: UdpMeter, side: Side, accepted: bool) -> Self {
+    fn new(meter: UdpMeter, side: Side, shared: Arc<Shared>, accepted: bool) -> Self {
         Self {
             meter,
             side,
+            shared,
             to_service: AtomicU64::new(0),
             from_service: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             accepted: AtomicBool::new(accepted),
             unconfirmed: [AtomicU64::new(0), AtomicU64::new(0)],
-            unlogged: AtomicU64::new(0),
-            last_log: Mutex::new(None),
+            in_flight: AtomicU64::new(0),
+            unlogged: Default::default(),
+            last_log: Mutex::new([None; DropReason::COUNT]),
             active_ms: AtomicU64::new(0),
             born: Instant::now(),
         }
@@ -341,6 +395,10 @@ impl Tally {
         self.count(self.side == Side::served, 1, bytes);
     }
 
+    fn is_accepted(&self) -> bool {
+        self.accepted.load(Relaxed)
+    }
+
     /// The peer accepted the session: what was written before counts as carried.
     fn accept(&self) {
         self.accepted.store(true, Relaxed);
@@ -349,26 +407,44 @@ impl Tally {
         self.count(self.side == Side::carried, datagrams, bytes);
     }
 
-    /// The peer refused the session (or it failed before an answer): what was written before
-    /// was dropped.
-    fn refuse(&self) {
-        for _ in 0..self.unconfirmed[0].swap(0, Relaxed) {
-            self.drop_one(DropReason::no_session);
+    /// The session ended: counts as dropped what it will never carry (still queued, in a write
+    /// cut short, or written before a peer that never accepted), and closes the queue. Returns
+    /// how many.
+    fn ended(&self, queue: &mut mpsc::Receiver<Queued>) -> u64 {
+        queue.close();
+        let mut lost = self.in_flight.swap(0, Relaxed);
+        while queue.try_recv().is_ok() {
+            lost += 1;
         }
+        if !self.is_accepted() {
+            lost += self.unconfirmed[0].swap(0, Relaxed);
+        }
+        if lost > 0 {
+            self.drop_some(DropReason::no_session, lost);
+        }
+        lost
     }
 
-    /// Counts a dropped datagram; `Some(n)` with the drops since the last WARN when one is due.
+    /// Counts a dropped datagram; `Some(n)` with the drops of this reason since the last WARN
+    /// when one is due (one per session and reason every [`DROP_LOG_INTERVAL`], within the
+    /// node's [`DROP_LINES`]).
     fn drop_one(&self, reason: DropReason) -> Option<u64> {
-        self.dropped.fetch_add(1, Relaxed);
-        self.meter.dropped(reason);
-        self.unlogged.fetch_add(1, Relaxed);
+        self.drop_some(reason, 1)
+    }
+
+    fn drop_some(&self, reason: DropReason, n: u64) -> Option<u64> {
+        self.dropped.fetch_add(n, Relaxed);
+        self.meter.dropped(reason, n);
+        let unlogged = &self.unlogged[reason as usize];
+        unlogged.fetch_add(n, Relaxed);
         let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if last.is_some_and(|t| now < t + DROP_LOG_INTERVAL) {
+        let at = &mut last[reason as usize];
+        if at.is_some_and(|t| now < t + DROP_LOG_INTERVAL) || !self.shared.line() {
             return None;
         }
-        *last = Some(now);
-        Some(self.unlogged.swap(0, Relaxed))
+        *at = Some(now);
+        Some(unlogged.swap(0, Relaxed))
     }
 
     /// Resolves once the session has carried nothing for `idle`.
@@ -448,8 +524,10 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             datagrams += 1;
             bytes += next.datagram.len() as u64;
         }
+        tally.in_flight.store(datagrams, Relaxed);
         writer.write_all(&batch).await?;
         writer.flush().await?;
+        tally.in_flight.store(0, Relaxed);
         tally.wrote(datagrams, bytes);
         if queue.is_empty() && batch.capacity() > FIRST_BUFFER {
             batch = Vec::with_capacity(FIRST_BUFFER);
@@ -494,14 +572,9 @@ enum End {
 }
 
 impl End {
-    fn of_reading(result: Result<(), DatagramError>) -> Self {
-        match result {
-            Ok(()) => End::Closed,
-            Err(error) => End::Failed(error.to_string()),
-        }
-    }
-
-    fn of_writing(result: io::Result<()>) -> Self {
+    /// How a session whose reading or writing finished ended: the other side closed the
+    /// stream, or it failed.
+    fn of<E: std::fmt::Display>(result: Result<(), E>) -> Self {
         match result {
             Ok(()) => End::Closed,
             Err(error) => End::Failed(error.to_string()),
@@ -509,8 +582,9 @@ impl End {
     }
 }
 
-/// Logs a session's end, with what it carried and dropped.
-fn log_end(tally: &Tally, end: &End, side: Side, service: &str, peer: &libp2p::PeerId) {
+/// Logs a session's end, with what it carried and dropped: a WARN if it dropped any or failed.
+/// The served side names the peer `peer_id`, as the server's other lines do.
+fn log_end(tally: &Tally, end: &End, service: &str, peer: &libp2p::PeerId) {
     let to_service = tally.to_service.load(Relaxed);
     let from_service = tally.from_service.load(Relaxed);
     let dropped = tally.dropped.load(Relaxed);
@@ -520,14 +594,20 @@ fn log_end(tally: &Tally, end: &End, side: Side, service: &str, peer: &libp2p::P
         End::Stopped(why) => (*why).to_owned(),
         End::Failed(error) => format!("failed: {error}"),
     };
-    let message = match side {
-        Side::served => "udp session closed",
-        Side::carried => "client udp session closed",
-    };
-    if dropped > 0 || matches!(end, End::Failed(_)) {
-        tracing::warn!(%service, %peer, datagrams_to_service = to_service, datagrams_from_service = from_service, dropped, %reason, "{message}");
-    } else {
-        tracing::info!(%service, %peer, datagrams_to_service = to_service, datagrams_from_service = from_service, dropped, %reason, "{message}");
+    let warn = dropped > 0 || matches!(end, End::Failed(_));
+    macro_rules! line {
+        ($level:ident, $($peer:tt)+) => {
+            tracing::$level!(%service, $($peer)+, datagrams_to_service = to_service, datagrams_from_service = from_service, dropped, %reason, "{}", match tally.side {
+                Side::served => "udp session closed",
+                Side::carried => "client udp session closed",
+            })
+        };
+    }
+    match (tally.side, warn) {
+        (Side::served, true) => line!(warn, peer_id = %peer),
+        (Side::served, false) => line!(info, peer_id = %peer),
+        (Side::carried, true) => line!(warn, peer = %peer),
+        (Side::carried, false) => line!(info, peer = %peer),
     }
 }
 
@@ -597,7 +677,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_instead_of_growing() {
-        let (queue, mut rx) = Queue::new();
+        let (queue, mut rx) = Queue::new(&Shared::default());
         let big = Bytes::from(vec![0; MAX_DATAGRAM]);
         let mut taken = 0;
         while queue.push(big.clone()).is_ok() {

@@ -19,17 +19,26 @@ pub(in crate::tunnel) struct Served<'a> {
     pub live: Arc<crate::metrics::LiveBytes>,
 }
 
+/// Why a served session was not accepted.
+#[derive(Debug)]
+pub(in crate::tunnel) enum NotServed {
+    /// The service's address could not be resolved or bound: the refusal's words.
+    Unreachable(String),
+    /// `close_token` fired first (a reload took the peer's access away, or the node is
+    /// stopping).
+    Closed,
+}
+
 /// Serves one admitted session on a stream whose request was read: opens a socket connected to
 /// the service, answers, then carries datagrams both ways until the session ends or
-/// `close_token` (a reload, or the node stopping). `Err` is the refusal to send: the service's
-/// address could not be resolved or bound.
+/// `close_token` (a reload, or the node stopping). `Err`: not accepted, and the caller refuses.
 pub(in crate::tunnel) async fn serve<S>(
     mut stream: S,
     session: Served<'_>,
     limits: &Limits,
     books: &Books,
     close_token: &CancellationToken,
-) -> Result<(), String>
+) -> Result<(), NotServed>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -41,14 +50,22 @@ where
         info,
         live,
     } = session;
-    let socket = match timeout(limits.service_connect_timeout, connect(target)).await {
+    let connected = tokio::select! {
+        connected = timeout(limits.service_connect_timeout, connect(target)) => connected,
+        () = close_token.cancelled() => return Err(NotServed::Closed),
+    };
+    let socket = match connected {
         Ok(Ok(socket)) => Arc::new(socket),
-        Ok(Err(error)) => return Err(format!("service '{service}' is unreachable: {error}")),
+        Ok(Err(error)) => {
+            return Err(NotServed::Unreachable(format!(
+                "service '{service}' is unreachable: {error}"
+            )));
+        }
         Err(_) => {
-            return Err(format!(
+            return Err(NotServed::Unreachable(format!(
                 "service '{service}' could not be resolved within {:?}",
                 limits.service_connect_timeout
-            ));
+            )));
         }
     };
     if let Err(error) = wire::write(&mut stream, &TunnelResponse::accept()).await {
@@ -62,13 +79,13 @@ where
 
     let mut meter = books.metrics.udp_meter(label, Side::served);
     meter.live = live;
-    let tally = Tally::new(meter, Side::served, true);
+    let tally = Tally::new(meter, Side::served, limits.udp.clone(), true);
     let _meter = books
         .metrics
         .tunnel_opened(label, Side::served, tally.meter.live.clone());
     let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = FrameReader::new(reader);
-    let (queue, mut outbound) = Queue::new();
+    let (queue, mut outbound) = Queue::new(&limits.udp);
     let local = Local::Service {
         socket: socket.clone(),
     };
@@ -79,9 +96,9 @@ where
         loop {
             let datagram = match receive(&socket).await {
                 Ok((datagram, _)) => datagram,
-                // The service's host said port unreachable to an earlier datagram.
+                // The service's host said port unreachable to an earlier datagram (delivered to
+                // the socket, and counted so; lost on the way in).
                 Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                    tally.drop_one(DropReason::send_failed);
                     if !refused_logged {
                         refused_logged = true;
                         tracing::warn!(peer_id = %peer, %service, %local_addr, "udp service is not listening: its host answered port unreachable (datagrams to it are dropped until it listens)");
@@ -103,19 +120,21 @@ where
                         tracing::warn!(peer_id = %peer, %service, dropped, queue_bytes = QUEUE_BYTES, "udp tunnel dropping datagrams: the path to the peer does not keep up with the service");
                     }
                 }
+                // The receiving end lives in this function until it returns.
                 Err(PushError::Closed(_)) => return End::Closed,
             }
         }
     };
     let end = tokio::select! {
-        read = deliver(&mut reader, &local, &tally, service) => End::of_reading(read),
-        written = write_frames(&mut writer, &mut outbound, &tally) => End::of_writing(written),
+        read = deliver(&mut reader, &local, &tally, service) => End::of(read),
+        written = write_frames(&mut writer, &mut outbound, &tally) => End::of(written),
         end = ingress => end,
         () = tally.idle(idle) => End::Idle(idle),
         () = close_token.cancelled() => End::Stopped("closed: the node is stopping, or a reload took the peer's access away"),
     };
+    tally.ended(&mut outbound);
     close(&mut writer).await;
-    log_end(&tally, &end, Side::served, service, &peer);
+    log_end(&tally, &end, service, &peer);
     Ok(())
 }
 
