@@ -614,3 +614,87 @@ async fn a_port_carries_at_most_max_udp_sessions_clients() {
     .await;
     pair.stop().await;
 }
+
+/// A session that had to start on a relay (A takes the relay at once, `--direct-wait 0`) moves
+/// to the direct connection when the punch brings one: its next datagrams go direct, and
+/// every exchange still comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_started_on_a_relay_moves_to_the_direct_connection() {
+    let echo = udp_echo_server().await;
+    let mut a_config = config(&[TCP]);
+    let mut b_config = config(&[TCP]);
+    let mut r_config = config(&[TCP]);
+    r_config.trust = vec![a_config.peer_id(), b_config.peer_id()];
+    let relay = Node::start(r_config).await.expect("start R");
+    b_config.bootstrap = vec![bootstrap(&relay, "tcp")];
+    b_config.nat_override = Some(punchgate::config::NatStatus::Private);
+    b_config.expose_to(
+        ExposeSpec::udp(&format!("echo={echo}")).expect("expose-udp"),
+        Allow::Peers([a_config.peer_id()].into()),
+    );
+    let b = Node::start(b_config).await.expect("start B");
+    let circuit = reserved(b.handle(), Duration::from_secs(20)).await;
+
+    a_config.timing.direct_wait = Duration::ZERO;
+    a_config.tunnels =
+        vec![TunnelSpec::udp(&format!("{}:echo@127.0.0.1:0", b.peer_id())).expect("tunnel-udp")];
+    let a = Node::start(a_config).await.expect("start A");
+    let mut events = a.handle().subscribe();
+    a.handle()
+        .add_addresses(b.peer_id(), vec![circuit])
+        .await
+        .expect("add address");
+    let first = a.handle().connect(b.peer_id()).await.expect("reach B");
+    assert!(first.relayed, "the first path to B is the circuit");
+    let tunnel = a.tunnel_addrs()[0];
+    let socket = client().await;
+    exchange(
+        &socket,
+        tunnel,
+        &datagram(5, 0, 200),
+        Duration::from_secs(10),
+    )
+    .await;
+    // The punch may already have gone direct (and the session moved, or be moving: then it
+    // is briefly not listed); if it is still on the relay, wait for the direct connection.
+    let on_relay = a.tunnels();
+    if on_relay.first().is_some_and(|t| t.path == "relayed") {
+        wait_for(&mut events, Duration::from_secs(30), |e| match e {
+            punchgate::NodeEvent::DirectConnection { peer, .. } if *peer == b.peer_id() => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    // The session moves: one open session, on the direct path, and it still answers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        exchange(
+            &socket,
+            tunnel,
+            &datagram(5, 1, 200),
+            Duration::from_secs(10),
+        )
+        .await;
+        let now = a.tunnels();
+        if now.len() == 1 && now[0].path == "direct" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session did not move: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for seq in 2..20 {
+        exchange(
+            &socket,
+            tunnel,
+            &datagram(5, seq, 1_420),
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    relay.shutdown().await;
+}

@@ -189,6 +189,10 @@ struct Carried {
 }
 
 impl Carried {
+    /// Carries the session until it ends: on a stream to the peer, and, if that stream rides a
+    /// relay and a direct connection comes up, on a new stream over it (the serving node sees
+    /// a new session, and the service a new source port: WireGuard roams, and a session's
+    /// datagrams stop paying for the relay).
     async fn run(
         self,
         mut outbound: mpsc::Receiver<Queued>,
@@ -199,28 +203,63 @@ impl Carried {
         let service = self.spec.service.as_str();
         let peer = self.spec.peer;
         let client = self.client;
-        let refused = |reason| {
-            books.metrics.tunnel_refused(service, Side::carried, reason);
-        };
+        // From before the first stream opens: a direct connection that comes up while it does
+        // is not missed.
+        let mut events = node.subscribe();
+        loop {
+            let end = self
+                .carry_once(&mut outbound, &mut events, node, limits, books)
+                .await;
+            match end {
+                Some(End::Moved) => {
+                    self.tally.reopen();
+                    tracing::info!(%service, %peer, %client, "udp session moving to the direct connection");
+                }
+                Some(end) => {
+                    self.tally.ended(&mut outbound);
+                    log_end(&self.tally, &end, service, &peer);
+                    return;
+                }
+                // Refused, or the peer could not be reached: logged.
+                None => {
+                    self.tally.ended(&mut outbound);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One stream of the session: opens it, asks for the service, and carries datagrams until
+    /// the session ends or moves (`Some`), or the stream is refused or cannot be opened
+    /// (`None`, logged).
+    async fn carry_once(
+        &self,
+        outbound: &mut mpsc::Receiver<Queued>,
+        events: &mut tokio::sync::broadcast::Receiver<crate::node::NodeEvent>,
+        node: &NodeHandle,
+        limits: &Limits,
+        books: &Books,
+    ) -> Option<End> {
+        let service = self.spec.service.as_str();
+        let peer = self.spec.peer;
+        let client = self.client;
         // The port's readiness lines say when its peer cannot be reached yet
         // (`client::announce`): one line per port, not one per session.
         let opened = tokio::select! {
             opened = said_while_waiting(node.open_stream(peer, protocol::UDP_TUNNEL), |waited| {
                 tracing::debug!(%service, %peer, %client, waited = ?waited, "udp session waiting for a path to the peer");
             }) => opened,
-            () = self.closed.cancelled() => {
-                self.tally.ended(&mut outbound);
-                return;
-            }
+            () = self.closed.cancelled() => return Some(End::Stopped(PORT_CLOSED)),
         };
         let (stream, info) = match opened {
             Ok(opened) => opened,
             Err(error) => {
-                refused(Refusal::unreachable);
-                self.tally.ended(&mut outbound);
+                books
+                    .metrics
+                    .tunnel_refused(service, Side::carried, Refusal::unreachable);
                 self.port.hold(format!("cannot reach the peer: {error}"));
                 tracing::warn!(%service, %peer, %client, %error, retry_in = ?RETRY_AFTER, "client udp session failed: cannot reach the peer");
-                return;
+                return None;
             }
         };
         tracing::info!(
@@ -238,9 +277,8 @@ impl Carried {
             service: service.to_owned(),
         };
         if let Err(error) = wire::write(&mut writer, &request).await {
-            self.tally.ended(&mut outbound);
             self.refused(NegotiateError::Frame(error), node, books);
-            return;
+            return None;
         }
         let local = Local::Client {
             socket: self.socket.clone(),
@@ -276,7 +314,7 @@ impl Carried {
             ))
         };
         let writing = async {
-            match write_frames(&mut writer, &mut outbound, &self.tally).await {
+            match write_frames(&mut writer, outbound, &self.tally).await {
                 // The queue ends only with the port.
                 Ok(()) => End::Stopped(PORT_CLOSED),
                 // A refusing server resets the stream, so writes fail before its answer is
@@ -285,22 +323,42 @@ impl Carried {
                 Err(error) => End::Failed(error.to_string()),
             }
         };
+        // A relayed session moves once the peer is reached directly.
+        let direct = async {
+            if !info.relayed {
+                return std::future::pending().await;
+            }
+            loop {
+                match events.recv().await {
+                    Ok(crate::node::NodeEvent::DirectConnection { peer: p, .. }) if p == peer => {
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return std::future::pending().await;
+                    }
+                    _ => {}
+                }
+            }
+        };
         let end = tokio::select! {
             biased;
             end = reading => end,
             end = writing => Ok(end),
             () = self.tally.idle(idle) => Ok(End::Idle(idle)),
             () = self.closed.cancelled() => Ok(End::Stopped(PORT_CLOSED)),
+            () = direct => Ok(End::Moved),
         };
         drop(registration);
         drop(meter);
-        self.tally.ended(&mut outbound);
         match end {
             Ok(end) => {
                 close(&mut writer).await;
-                log_end(&self.tally, &end, service, &peer);
+                Some(end)
             }
-            Err(error) => self.refused(error, node, books),
+            Err(error) => {
+                self.refused(error, node, books);
+                None
+            }
         }
     }
 

@@ -407,22 +407,41 @@ impl Tally {
         self.count(self.side == Side::carried, datagrams, bytes);
     }
 
-    /// The session ended: counts as dropped what it will never carry (still queued, in a write
-    /// cut short, or written before a peer that never accepted), and closes the queue. Returns
-    /// how many.
-    fn ended(&self, queue: &mut mpsc::Receiver<Queued>) -> u64 {
-        queue.close();
+    /// The session moves to a new stream, which its peer has yet to accept: counts as dropped
+    /// what the old stream will not deliver (a write cut short, or what its peer never
+    /// accepted).
+    fn reopen(&self) {
+        self.abandon();
+        self.accepted.store(false, Relaxed);
+    }
+
+    /// Counts as dropped a write cut short, and what was written before a peer that never
+    /// accepted.
+    fn abandon(&self) -> u64 {
         let mut lost = self.in_flight.swap(0, Relaxed);
-        while queue.try_recv().is_ok() {
-            lost += 1;
-        }
         if !self.is_accepted() {
             lost += self.unconfirmed[0].swap(0, Relaxed);
+            self.unconfirmed[1].store(0, Relaxed);
         }
         if lost > 0 {
             self.drop_some(DropReason::no_session, lost);
         }
         lost
+    }
+
+    /// The session ended: counts as dropped what it will never carry (still queued, in a write
+    /// cut short, or written before a peer that never accepted), and closes the queue. Returns
+    /// how many.
+    fn ended(&self, queue: &mut mpsc::Receiver<Queued>) -> u64 {
+        queue.close();
+        let mut queued = 0;
+        while queue.try_recv().is_ok() {
+            queued += 1;
+        }
+        if queued > 0 {
+            self.drop_some(DropReason::no_session, queued);
+        }
+        queued + self.abandon()
     }
 
     /// Counts a dropped datagram; `Some(n)` with the drops of this reason since the last WARN
@@ -569,6 +588,9 @@ enum End {
     Stopped(&'static str),
     /// The stream failed, or carried a frame that cannot be.
     Failed(String),
+    /// (Carried) the session's stream rides a relay and a direct connection to the peer came
+    /// up: the session goes on over a new stream on it.
+    Moved,
 }
 
 impl End {
@@ -593,6 +615,7 @@ fn log_end(tally: &Tally, end: &End, service: &str, peer: &libp2p::PeerId) {
         End::Closed => "closed by the other side".to_owned(),
         End::Stopped(why) => (*why).to_owned(),
         End::Failed(error) => format!("failed: {error}"),
+        End::Moved => "moved to a direct connection".to_owned(),
     };
     let warn = dropped > 0 || matches!(end, End::Failed(_));
     macro_rules! line {
