@@ -21,6 +21,7 @@ mod handshakes;
 mod nodes;
 mod services;
 mod tcp;
+mod udp;
 
 use std::{
     fmt::Write as _,
@@ -121,6 +122,17 @@ enum Command {
     /// an honest peer's tunnel feels before, during and after: the node's memory against its
     /// ceiling, round trips, new connections, throughput, and the WARN lines the flood caused.
     Flood,
+    /// UDP tunnels against raw UDP on loopback: datagrams per second and loss at rising
+    /// offered rates, p50 and p99 round trips of small datagrams, and a WireGuard-shaped load
+    /// (1,420-byte datagrams both ways), over TCP and over QUIC.
+    Udp {
+        /// Seconds each offered rate runs.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Round trips timed for the latency figures.
+        #[arg(long, default_value_t = 5000)]
+        pings: usize,
+    },
     /// Serve the gRPC echo service until stdin closes; used by the benchmark.
     GrpcServer {
         /// How clients reach it.
@@ -235,6 +247,7 @@ fn main() -> ExitCode {
         Some(Command::Flood) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(flood::run(&args.work))),
+        Some(Command::Udp { seconds, pings }) => udp::run(&args.work, seconds, pings).map(drop),
         Some(Command::GrpcServer { over, work }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(grpc::serve(over, &work))),

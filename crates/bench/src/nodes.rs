@@ -84,7 +84,7 @@ impl Process {
         Self::start(command, dir, name, |lines| {
             lines
                 .iter()
-                .filter(|l| l.starts_with("tunnel listening on"))
+                .filter(|l| l.contains("tunnel listening on"))
                 .count()
                 >= expect_tunnels
                 && lines.iter().any(|l| l.starts_with("listening on"))
@@ -112,10 +112,11 @@ impl Process {
             .find_map(|l| l.strip_prefix("listening on").map(|a| a.trim().to_owned()))
     }
 
+    /// Its tunnel ports (TCP and UDP), in the order printed.
     fn tunnels(&self) -> Vec<SocketAddr> {
         self.lines
             .iter()
-            .filter_map(|l| l.strip_prefix("tunnel listening on "))
+            .filter_map(|l| l.split_once("tunnel listening on ").map(|(_, a)| a))
             .filter_map(|a| a.parse().ok())
             .collect()
     }
@@ -149,49 +150,15 @@ pub(crate) fn start(
     echo: SocketAddr,
     sink: SocketAddr,
 ) -> Result<Pair> {
-    let label = match transport {
-        Transport::Tcp => "tcp",
-        Transport::Quic => "quic",
-    };
-    let tunnel_name = format!("tunnel-{label}");
-    let mut service_args = vec![
-        "--listen".into(),
-        transport.listen().into(),
-        "--expose".into(),
-        format!("echo={echo}"),
-        "--expose".into(),
-        format!("sink={sink}"),
-    ];
-    // The service node allows the tunnel node only, as a deployment would. A build from before
-    // allow lists (`--against`) has no --print-peer-id and needs no rule.
-    if let Some(id) = print_peer_id(bin, dir, &tunnel_name) {
-        service_args.extend([
-            "--allow".into(),
-            format!("echo={id}"),
-            "--allow".into(),
-            format!("sink={id}"),
-        ]);
-    }
-    let service = Process::node(bin, dir, &format!("service-{label}"), &service_args, 0)?;
-    let bootstrap = service.listen_addr().context("service node address")?;
-    let peer = bootstrap.rsplit('/').next().context("peer id")?.to_owned();
-    let tunnel = Process::node(
+    let (service, tunnel, ports) = start_with(
         bin,
         dir,
-        &tunnel_name,
-        &[
-            "--listen".into(),
-            transport.listen().into(),
-            "--bootstrap".into(),
-            bootstrap,
-            "--tunnel".into(),
-            format!("{peer}:echo@127.0.0.1:0"),
-            "--tunnel".into(),
-            format!("{peer}:sink@127.0.0.1:0"),
-        ],
-        2,
+        transport,
+        "",
+        &[("echo", echo), ("sink", sink)],
+        false,
     )?;
-    let [echo, sink] = tunnel.tunnels()[..] else {
+    let [echo, sink] = ports[..] else {
         bail!("the tunnel node printed no two tunnel ports");
     };
     Ok(Pair {
@@ -200,6 +167,60 @@ pub(crate) fn start(
         service,
         tunnel,
     })
+}
+
+/// Starts B exposing `services` (TCP, or UDP if `udp`), allowed to A alone, and A with a tunnel
+/// port to each, over `transport`; returns B, A and A's ports in the order of `services`.
+/// `tag` sets these nodes' names (and keys) apart from others of the same run.
+pub(crate) fn start_with(
+    bin: &Path,
+    dir: &Path,
+    transport: Transport,
+    tag: &str,
+    services: &[(&str, SocketAddr)],
+    udp: bool,
+) -> Result<(Process, Process, Vec<SocketAddr>)> {
+    let label = match transport {
+        Transport::Tcp => "tcp",
+        Transport::Quic => "quic",
+    };
+    let tag = if tag.is_empty() {
+        label.to_owned()
+    } else {
+        format!("{tag}-{label}")
+    };
+    let (expose, tunnel_flag) = if udp {
+        ("--expose-udp", "--tunnel-udp")
+    } else {
+        ("--expose", "--tunnel")
+    };
+    let tunnel_name = format!("tunnel-{tag}");
+    let mut service_args = vec!["--listen".into(), transport.listen().into()];
+    for (name, addr) in services {
+        service_args.extend([expose.into(), format!("{name}={addr}")]);
+    }
+    // The service node allows the tunnel node only, as a deployment would. A build from before
+    // allow lists (`--against`) has no --print-peer-id and needs no rule.
+    if let Some(id) = print_peer_id(bin, dir, &tunnel_name) {
+        for (name, _) in services {
+            service_args.extend(["--allow".into(), format!("{name}={id}")]);
+        }
+    }
+    let service = Process::node(bin, dir, &format!("service-{tag}"), &service_args, 0)?;
+    let bootstrap = service.listen_addr().context("service node address")?;
+    let peer = bootstrap.rsplit('/').next().context("peer id")?.to_owned();
+    let mut tunnel_args = vec![
+        "--listen".into(),
+        transport.listen().into(),
+        "--bootstrap".into(),
+        bootstrap,
+    ];
+    for (name, _) in services {
+        tunnel_args.extend([tunnel_flag.into(), format!("{peer}:{name}@127.0.0.1:0")]);
+    }
+    let tunnel = Process::node(bin, dir, &tunnel_name, &tunnel_args, services.len())?;
+    let ports = tunnel.tunnels();
+    Ok((service, tunnel, ports))
 }
 
 /// The peer id of node `name`'s identity in `dir` (created if missing), from

@@ -189,3 +189,46 @@ fn the_flood_table_runs() {
         assert!(gbits > 0.0, "{row}");
     }
 }
+
+/// `udp`: raw UDP and UDP tunnels over TCP and over QUIC, a fifth of a second per offered rate:
+/// every row of every table is there, every cell holds a number, and every path delivered at
+/// the lowest rate of the sweep and answered the latency pings.
+#[test]
+fn the_udp_table_runs() {
+    let table = run_table(&["udp", "--seconds", "0.2", "--pings", "20"]);
+    let first_number = |cell: &str| -> f64 {
+        cell.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a number: {cell} in {table}"))
+    };
+    let row = |label: &str| -> Vec<f64> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {label}")))
+            .unwrap_or_else(|| panic!("no row {label}: {table}"));
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 4, "{line}");
+        cells[1..].iter().map(|c| first_number(c)).collect()
+    };
+    for delivered in row("10000 |") {
+        assert!(delivered > 0.0, "{table}");
+    }
+    for label in [
+        "25000",
+        "50000",
+        "100000",
+        "200000",
+        "max",
+        "as fast as it goes",
+    ] {
+        row(label);
+    }
+    for path in ["raw UDP", "tunnel over TCP", "tunnel over QUIC"] {
+        let p50 = row(path)[0];
+        assert!(p50 > 0.0, "{table}");
+    }
+    for mbits in row("10000 /s") {
+        assert!(mbits > 0.0, "{table}");
+    }
+}

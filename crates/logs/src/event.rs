@@ -1,7 +1,7 @@
 //! What an [`Entry`] means: the node's own log lines, recognised by their message (and, for a
 //! few, its first words: several refusals share a prefix), with the fields each report needs.
 //! The messages and field names are those in `crates/node/src` (`node/driver.rs`,
-//! `node/mod.rs`, `tunnel/server.rs`, `tunnel/client.rs`, `cli.rs`); anything else is
+//! `node/mod.rs`, `tunnel/server.rs`, `tunnel/client.rs`, `tunnel/udp/`, `cli.rs`); anything else is
 //! [`Event::Other`],
 //! which reports count but do not interpret, so a new log line never breaks a report.
 
@@ -462,6 +462,24 @@ impl<'a> Event<'a> {
                 bytes_to_remote: e.u64("bytes_to_remote"),
                 bytes_from_remote: e.u64("bytes_from_remote"),
             },
+            // A UDP session's stream: it ends, or moves to a direct connection (the next
+            // `tunnel path` opens its new stream).
+            "client udp session closed" | "udp session moving to the direct connection" => {
+                Self::ClientClosed {
+                    service: e.str("service")?,
+                    peer: e.str("peer"),
+                    bytes_to_remote: e.u64("bytes_to_service"),
+                    bytes_from_remote: e.u64("bytes_from_service"),
+                }
+            }
+            _ if message.starts_with("client udp session rejected") => Self::ClientRejected {
+                service: e.str("service")?,
+                reason: reason_of(e),
+            },
+            _ if message.starts_with("client udp session failed") => Self::ClientError {
+                service: e.str("service")?,
+                reason: reason_of(e),
+            },
             _ if message.starts_with("client tunnel rejected") => Self::ClientRejected {
                 service: e.str("service")?,
                 reason: reason_of(e),
@@ -474,12 +492,12 @@ impl<'a> Event<'a> {
                 service: e.str("service")?,
                 path: Path::parse(e.str("path")),
             },
-            "tunnel accepted" => Self::ServerAccepted {
+            "tunnel accepted" | "udp session accepted" => Self::ServerAccepted {
                 service: e.str("service")?,
                 peer: peer_of(e),
                 path: Path::parse(e.str("path")),
             },
-            "tunnel closed" => Self::ServerClosed {
+            "tunnel closed" | "udp session closed" => Self::ServerClosed {
                 service: e.str("service")?,
                 peer: peer_of(e),
                 bytes_to_service: e.u64("bytes_to_service"),
@@ -649,6 +667,41 @@ mod tests {
             Event::ClientRejected {
                 service: "ssh",
                 reason: "client tunnel rejected: the peer does not expose 'ssh'"
+            }
+        );
+    }
+
+    #[test]
+    fn reads_udp_sessions_as_tunnels() {
+        assert_eq!(
+            event(
+                r#"{"message":"client udp session closed","service":"wg","peer":"P","datagrams_to_service":3,"bytes_to_service":300,"bytes_from_service":200}"#
+            ),
+            Event::ClientClosed {
+                service: "wg",
+                peer: Some("P"),
+                bytes_to_remote: Some(300),
+                bytes_from_remote: Some(200)
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"udp session closed","service":"wg","peer_id":"A","bytes_to_service":300,"bytes_from_service":200}"#
+            ),
+            Event::ServerClosed {
+                service: "wg",
+                peer: Some("A"),
+                bytes_to_service: Some(300),
+                bytes_from_service: Some(200)
+            }
+        );
+        assert_eq!(
+            event(
+                r#"{"message":"client udp session rejected","service":"wg","peer":"P","reason":"unknown service 'wg'"}"#
+            ),
+            Event::ClientRejected {
+                service: "wg",
+                reason: "unknown service 'wg'"
             }
         );
     }

@@ -609,6 +609,8 @@ impl End {
 fn log_end(tally: &Tally, end: &End, service: &str, peer: &libp2p::PeerId) {
     let to_service = tally.to_service.load(Relaxed);
     let from_service = tally.from_service.load(Relaxed);
+    let bytes_to_service = tally.meter.live.to_service.load(Relaxed);
+    let bytes_from_service = tally.meter.live.from_service.load(Relaxed);
     let dropped = tally.dropped.load(Relaxed);
     let reason = match end {
         End::Idle(idle) => format!("idle for {idle:?}"),
@@ -620,7 +622,7 @@ fn log_end(tally: &Tally, end: &End, service: &str, peer: &libp2p::PeerId) {
     let warn = dropped > 0 || matches!(end, End::Failed(_));
     macro_rules! line {
         ($level:ident, $($peer:tt)+) => {
-            tracing::$level!(%service, $($peer)+, datagrams_to_service = to_service, datagrams_from_service = from_service, dropped, %reason, "{}", match tally.side {
+            tracing::$level!(%service, $($peer)+, datagrams_to_service = to_service, datagrams_from_service = from_service, bytes_to_service, bytes_from_service, dropped, %reason, "{}", match tally.side {
                 Side::served => "udp session closed",
                 Side::carried => "client udp session closed",
             })
