@@ -7,30 +7,15 @@ use std::time::Duration;
 
 use common::*;
 use libp2p::Multiaddr;
-use punchgate::{
-    Node, NodeEvent,
-    config::{Allow, NatStatus},
-};
+use punchgate::{Node, NodeEvent, config::NatStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_through_a_relay_circuit_then_direct_for_new_connections() {
     let echo = echo_server().await;
     let mut a_config = config(&[TCP]);
-    let mut b_config = config(&[TCP]);
     // R trusts both ends: their circuits are long.
-    let mut r_config = config(&[TCP]);
-    r_config.trust = vec![a_config.peer_id(), b_config.peer_id()];
-    let relay = Node::start(r_config).await.expect("start R");
-
-    b_config.bootstrap = vec![bootstrap(&relay, "tcp")];
-    b_config.nat_override = Some(NatStatus::Private);
-    b_config.expose_to(
-        format!("echo={echo}").parse().expect("expose"),
-        Allow::Peers([a_config.peer_id()].into()),
-    );
-    let b = Node::start(b_config).await.expect("start B");
-    let circuit = reserved(b.handle(), Duration::from_secs(20)).await;
-    assert!(circuit.to_string().contains(&relay.peer_id().to_string()));
+    let (relay, b, circuit) =
+        relay_and_private_b(&a_config, format!("echo={echo}").parse().expect("expose")).await;
 
     // A knows nothing but B's circuit address, and takes the relay at once.
     a_config.timing.direct_wait = Duration::ZERO;

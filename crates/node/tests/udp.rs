@@ -622,18 +622,11 @@ async fn a_port_carries_at_most_max_udp_sessions_clients() {
 async fn a_session_that_started_on_a_relay_moves_to_the_direct_connection() {
     let echo = udp_echo_server().await;
     let mut a_config = config(&[TCP]);
-    let mut b_config = config(&[TCP]);
-    let mut r_config = config(&[TCP]);
-    r_config.trust = vec![a_config.peer_id(), b_config.peer_id()];
-    let relay = Node::start(r_config).await.expect("start R");
-    b_config.bootstrap = vec![bootstrap(&relay, "tcp")];
-    b_config.nat_override = Some(punchgate::config::NatStatus::Private);
-    b_config.expose_to(
+    let (relay, b, circuit) = relay_and_private_b(
+        &a_config,
         ExposeSpec::udp(&format!("echo={echo}")).expect("expose-udp"),
-        Allow::Peers([a_config.peer_id()].into()),
-    );
-    let b = Node::start(b_config).await.expect("start B");
-    let circuit = reserved(b.handle(), Duration::from_secs(20)).await;
+    )
+    .await;
 
     a_config.timing.direct_wait = Duration::ZERO;
     a_config.tunnels =

@@ -707,25 +707,17 @@ impl Node {
             self.handle.clone(),
             stop.clone(),
         ));
+        let port = tunnel::PortTask {
+            spec: spec.clone(),
+            node: self.handle.clone(),
+            limits: self.limits.clone(),
+            books: self.books.clone(),
+            stop: stop.clone(),
+            tasks: self.tasks.clone(),
+        };
         let task = match listener {
-            TunnelListener::Tcp(listener) => self.tasks.spawn(tunnel::client::run(
-                listener,
-                spec.clone(),
-                self.handle.clone(),
-                self.limits.clone(),
-                self.books.clone(),
-                stop.clone(),
-                self.tasks.clone(),
-            )),
-            TunnelListener::Udp(socket) => self.tasks.spawn(tunnel::udp::run(
-                socket,
-                spec.clone(),
-                self.handle.clone(),
-                self.limits.clone(),
-                self.books.clone(),
-                stop.clone(),
-                self.tasks.clone(),
-            )),
+            TunnelListener::Tcp(listener) => self.tasks.spawn(tunnel::client::run(listener, port)),
+            TunnelListener::Udp(socket) => self.tasks.spawn(tunnel::udp::run(socket, port)),
         };
         self.tunnel_ports.push(TunnelPort {
             spec,

@@ -8,9 +8,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     time::timeout,
 };
-use tokio_util::{
-    compat::FuturesAsyncReadCompatExt as _, sync::CancellationToken, task::TaskTracker,
-};
+use tokio_util::{compat::FuturesAsyncReadCompatExt as _, sync::CancellationToken};
 
 use super::{
     Books, Limits,
@@ -32,15 +30,15 @@ const EARLY_DATA: usize = 16 * 1024;
 ///
 /// Cancelling `stop` (a reload that removed this `--tunnel`) closes the port; the connections
 /// it accepted carry on until they end.
-pub async fn run(
-    listener: TcpListener,
-    spec: TunnelSpec,
-    node: NodeHandle,
-    limits: Limits,
-    books: Books,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
+pub async fn run(listener: TcpListener, port: super::PortTask) {
+    let super::PortTask {
+        spec,
+        node,
+        limits,
+        books,
+        stop,
+        tasks,
+    } = port;
     loop {
         let permit = tokio::select! {
             permit = limits.carrying.clone().acquire_owned() => match permit {

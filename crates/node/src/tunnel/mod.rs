@@ -51,6 +51,23 @@ impl Books {
     }
 }
 
+/// What a `--tunnel` or `--tunnel-udp` port's task works with, besides its socket.
+#[derive(Debug, Clone)]
+pub struct PortTask {
+    /// The port's flag.
+    pub spec: crate::config::TunnelSpec,
+    /// The node that carries its connections and sessions.
+    pub node: crate::node::NodeHandle,
+    /// The node's tunnel limits.
+    pub limits: Limits,
+    /// The node's metrics and open tunnels.
+    pub books: Books,
+    /// Cancelled to close the port (a reload that removed it, or the node stopping).
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Where its connections and sessions run.
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
 /// The service label of a name a peer asked for that the node does not have (metrics labels
 /// are bounded: see [`crate::metrics`]).
 pub const OTHER_SERVICE: &str = "other";

@@ -114,6 +114,29 @@ pub async fn reserved(b: &NodeHandle, within: Duration) -> Multiaddr {
     .await
 }
 
+/// A relay R that trusts `a` and B (their circuits are long), and B behind "NAT" (private,
+/// holding a reservation on R) exposing `expose` to `a` alone. Returns R, B and B's circuit
+/// address on R.
+pub async fn relay_and_private_b(
+    a: &NodeConfig,
+    expose: punchgate::config::ExposeSpec,
+) -> (Node, Node, Multiaddr) {
+    let mut b_config = config(&[TCP]);
+    let mut r_config = config(&[TCP]);
+    r_config.trust = vec![a.peer_id(), b_config.peer_id()];
+    let relay = Node::start(r_config).await.expect("start R");
+    b_config.bootstrap = vec![bootstrap(&relay, "tcp")];
+    b_config.nat_override = Some(punchgate::config::NatStatus::Private);
+    b_config.expose_to(
+        expose,
+        punchgate::config::Allow::Peers([a.peer_id()].into()),
+    );
+    let b = Node::start(b_config).await.expect("start B");
+    let circuit = reserved(b.handle(), Duration::from_secs(20)).await;
+    assert!(circuit.to_string().contains(&relay.peer_id().to_string()));
+    (relay, b, circuit)
+}
+
 /// A TCP echo server on loopback; returns its address.
 pub async fn echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");

@@ -47,15 +47,15 @@ impl Port {
 /// Sessions answer their clients from the port's socket, so they end with the port (unlike a
 /// TCP port's connections): this returns once they have (at most [`PORT_CLOSE_WAIT`] later),
 /// and the address is free to bind again.
-pub async fn run(
-    socket: UdpSocket,
-    spec: TunnelSpec,
-    node: NodeHandle,
-    limits: Limits,
-    books: Books,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
+pub async fn run(socket: UdpSocket, port: crate::tunnel::PortTask) {
+    let crate::tunnel::PortTask {
+        spec,
+        node,
+        limits,
+        books,
+        stop,
+        tasks,
+    } = port;
     widen(&socket);
     let socket = Arc::new(socket);
     let service = spec.service.to_string();
