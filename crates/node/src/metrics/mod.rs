@@ -163,6 +163,9 @@ pub struct RefusalLabels {
 pub enum DropReason {
     /// The session's queue was full: its stream does not keep up.
     queue_full,
+    /// The node's budget for datagrams waiting in all sessions' queues (or the peer's part of
+    /// it) was spent.
+    budget,
     /// A new client, and no tunnel permit left (`--max-tunnels`).
     session_limit,
     /// No session to carry it: the peer refused or could not be reached (new sessions wait a
@@ -176,7 +179,16 @@ pub enum DropReason {
 
 impl DropReason {
     /// How many reasons there are (`reason as usize` indexes arrays of this length).
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
+    /// Every reason, in `reason as usize` order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::queue_full,
+        DropReason::budget,
+        DropReason::session_limit,
+        DropReason::no_session,
+        DropReason::too_large,
+        DropReason::send_failed,
+    ];
 }
 
 /// Labels of a dropped datagram count.
@@ -457,9 +469,8 @@ pub struct UdpMeter {
     pub live: Arc<LiveBytes>,
     datagrams: [Counter; 2],
     bytes: [Counter; 2],
-    dropped: Family<DropLabels, Counter>,
-    service: String,
-    side: Side,
+    /// By reason, in `reason as usize` order.
+    dropped: [Counter; DropReason::COUNT],
 }
 
 impl UdpMeter {
@@ -481,13 +492,7 @@ impl UdpMeter {
 
     /// `n` datagrams were dropped.
     pub fn dropped(&self, reason: DropReason, n: u64) {
-        self.dropped
-            .get_or_create(&DropLabels {
-                service: self.service.clone(),
-                side: self.side,
-                reason,
-            })
-            .inc_by(n);
+        self.dropped[reason as usize].inc_by(n);
     }
 }
 
@@ -508,9 +513,15 @@ impl Metrics {
             live: Arc::default(),
             datagrams: pair(&self.udp_datagrams),
             bytes: pair(&self.tunnel_bytes),
-            dropped: self.udp_dropped.clone(),
-            service: service.to_owned(),
-            side,
+            dropped: DropReason::ALL.map(|reason| {
+                self.udp_dropped
+                    .get_or_create(&DropLabels {
+                        service: service.to_owned(),
+                        side,
+                        reason,
+                    })
+                    .clone()
+            }),
         }
     }
 }

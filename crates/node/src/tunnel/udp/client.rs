@@ -18,9 +18,15 @@ struct Port {
 }
 
 impl Port {
-    fn hold(&self, why: String) {
-        *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now() + RETRY_AFTER, why));
+    /// New sessions wait [`RETRY_AFTER`] from now, because of `why`. Whether they were not
+    /// waiting already: sessions that started before the first failure fail alike, and only
+    /// the first says so at WARN.
+    fn hold(&self, why: String) -> bool {
+        let mut held = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let new = held.as_ref().is_none_or(|(until, _)| *until <= now);
+        *held = Some((now + RETRY_AFTER, why));
+        new
     }
 
     /// Why new sessions wait, while they do.
@@ -104,6 +110,12 @@ pub async fn run(socket: UdpSocket, port: crate::tunnel::PortTask) {
                     }
                     continue;
                 }
+                Err(PushError::Budget) => {
+                    if let Some(dropped) = session.tally.drop_one(DropReason::budget) {
+                        tracing::warn!(%service, peer = %spec.peer, client = %from, dropped, "udp tunnel dropping datagrams: the node's budget for queued datagrams (or this peer's part of it) is spent: many sessions' streams do not keep up");
+                    }
+                    continue;
+                }
                 // That session ended (idle, or closed by the peer): this datagram starts the
                 // next one.
                 Err(PushError::Closed(back)) => {
@@ -131,14 +143,17 @@ pub async fn run(socket: UdpSocket, port: crate::tunnel::PortTask) {
             continue;
         };
         sessions.retain(|_, s| !s.queue.is_closed());
-        let (queue, outbound) = Queue::new(&limits.udp);
+        let (queue, outbound) = Queue::new(&limits.udp, spec.peer, Side::carried);
         let tally = Arc::new(Tally::new(
             books.metrics.udp_meter(&service, Side::carried),
             Side::carried,
             limits.udp.clone(),
             false,
         ));
-        let _ = queue.push(datagram);
+        if let Err(PushError::Budget | PushError::Full) = queue.push(datagram) {
+            // The node's budget is spent: the session opens all the same, for the next ones.
+            tally.count_drops(DropReason::budget, 1);
+        }
         sessions.insert(
             from,
             Session {
@@ -257,8 +272,12 @@ impl Carried {
                 books
                     .metrics
                     .tunnel_refused(service, Side::carried, Refusal::unreachable);
-                self.port.hold(format!("cannot reach the peer: {error}"));
-                tracing::warn!(%service, %peer, %client, %error, retry_in = ?RETRY_AFTER, "client udp session failed: cannot reach the peer");
+                let dropped = self.tally.ended(outbound);
+                if self.port.hold(format!("cannot reach the peer: {error}")) {
+                    tracing::warn!(%service, %peer, %client, %error, dropped, retry_in = ?RETRY_AFTER, "client udp session failed: cannot reach the peer");
+                } else {
+                    tracing::debug!(%service, %peer, %client, %error, dropped, "client udp session failed: cannot reach the peer");
+                }
                 return None;
             }
         };
@@ -277,6 +296,7 @@ impl Carried {
             service: service.to_owned(),
         };
         if let Err(error) = wire::write(&mut writer, &request).await {
+            self.tally.ended(outbound);
             self.refused(NegotiateError::Frame(error), node, books);
             return None;
         }
@@ -323,7 +343,9 @@ impl Carried {
                 Err(error) => End::Failed(error.to_string()),
             }
         };
-        // A relayed session moves once the peer is reached directly.
+        // A relayed session moves once the peer is reached directly: once this stream was
+        // accepted (so its early datagrams' replies come back on it), and between two writes
+        // (so the peer never sees a frame cut short).
         let direct = async {
             if !info.relayed {
                 return std::future::pending().await;
@@ -331,13 +353,16 @@ impl Carried {
             loop {
                 match events.recv().await {
                     Ok(crate::node::NodeEvent::DirectConnection { peer: p, .. }) if p == peer => {
-                        return;
+                        break;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                         return std::future::pending().await;
                     }
                     _ => {}
                 }
+            }
+            while !self.tally.is_accepted() || self.tally.in_flight.load(Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
         let end = tokio::select! {
@@ -356,6 +381,7 @@ impl Carried {
                 Some(end)
             }
             Err(error) => {
+                self.tally.ended(outbound);
                 self.refused(error, node, books);
                 None
             }
@@ -368,13 +394,17 @@ impl Carried {
         let peer = self.spec.peer;
         let client = self.client;
         let dropped = self.tally.dropped.load(Relaxed);
-        let reason = match error {
+        match error {
             NegotiateError::Refused(reason) => {
                 books
                     .metrics
                     .tunnel_refused(service, Side::carried, Refusal::refused_by_peer);
                 let hint = crate::tunnel::client::refusal_hint(service, &reason, node.peer_id());
                 let reason = crate::frame::loggable(&reason);
+                if !self.port.hold(reason.clone()) {
+                    tracing::debug!(%service, %peer, %client, %reason, dropped, "client udp session rejected");
+                    return;
+                }
                 match hint {
                     Some(hint) => {
                         tracing::warn!(%service, %peer, %client, %reason, dropped, retry_in = ?RETRY_AFTER, "client udp session rejected: {hint}");
@@ -383,16 +413,17 @@ impl Carried {
                         tracing::warn!(%service, %peer, %client, %reason, dropped, retry_in = ?RETRY_AFTER, "client udp session rejected");
                     }
                 }
-                reason
             }
             error => {
                 books
                     .metrics
                     .tunnel_refused(service, Side::carried, Refusal::negotiation_failed);
-                tracing::warn!(%service, %peer, %client, %error, dropped, retry_in = ?RETRY_AFTER, "client udp session failed");
-                error.to_string()
+                if self.port.hold(error.to_string()) {
+                    tracing::warn!(%service, %peer, %client, %error, dropped, retry_in = ?RETRY_AFTER, "client udp session failed");
+                } else {
+                    tracing::debug!(%service, %peer, %client, %error, dropped, "client udp session failed");
+                }
             }
-        };
-        self.port.hold(reason);
+        }
     }
 }

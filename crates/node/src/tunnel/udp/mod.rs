@@ -209,18 +209,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// What a node's UDP sessions share: a budget of bytes waiting in all their queues, and one of
-/// log lines about drops.
+/// What a node's UDP sessions share: budgets of bytes waiting in their queues (one for served
+/// sessions, one for carried ones, and each peer's part of those), and one of log lines about
+/// drops.
 #[derive(Debug)]
 pub struct Shared {
-    queued: Arc<Semaphore>,
+    /// By side: served, carried.
+    sides: [Arc<Semaphore>; 2],
+    /// Each peer's part of its side's budget, while it has sessions.
+    peers: Mutex<HashMap<(libp2p::PeerId, Side), std::sync::Weak<Semaphore>>>,
     lines: Mutex<(Option<Instant>, u32)>,
 }
 
 impl Default for Shared {
     fn default() -> Self {
         Self {
-            queued: Arc::new(Semaphore::new(NODE_QUEUE_BYTES)),
+            sides: [
+                Arc::new(Semaphore::new(SIDE_QUEUE_BYTES)),
+                Arc::new(Semaphore::new(SIDE_QUEUE_BYTES)),
+            ],
+            peers: Mutex::default(),
             lines: Mutex::new((None, 0)),
         }
     }
@@ -243,23 +251,44 @@ impl Shared {
             }
         }
     }
+
+    /// The budgets a session of `peer` on `side` queues within: its side's, and the peer's
+    /// part of it (shared by the peer's sessions on that side while any is open).
+    fn budgets(&self, peer: libp2p::PeerId, side: Side) -> [Arc<Semaphore>; 2] {
+        let side_budget = self.sides[side as usize].clone();
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(budget) = peers.get(&(peer, side)).and_then(std::sync::Weak::upgrade) {
+            return [side_budget, budget];
+        }
+        // Forget peers whose sessions all ended (the map holds those with sessions open, and
+        // at most as many again).
+        if peers.len() >= 64 && peers.len().is_power_of_two() {
+            peers.retain(|_, budget| budget.strong_count() > 0);
+        }
+        let budget = Arc::new(Semaphore::new(PEER_QUEUE_BYTES));
+        peers.insert((peer, side), Arc::downgrade(&budget));
+        [side_budget, budget]
+    }
 }
 
-/// Bytes waiting in all of a node's UDP session queues together: 128 MiB. One peer's sessions
-/// hold at most its share of tunnels (`--max-tunnels-per-peer`, 256) times [`QUEUE_BYTES`],
-/// 64 MiB, so one peer cannot take it all.
-pub const NODE_QUEUE_BYTES: usize = 128 << 20;
+/// Bytes waiting in the queues of all served sessions of a node (and, apart, of all carried
+/// ones): 64 MiB.
+pub const SIDE_QUEUE_BYTES: usize = 64 << 20;
+
+/// A peer's part of [`SIDE_QUEUE_BYTES`]: a quarter, so one peer whose streams do not drain
+/// leaves the rest to the others.
+pub const PEER_QUEUE_BYTES: usize = SIDE_QUEUE_BYTES / 4;
 
 /// Lines about dropped datagrams a node writes per [`DROP_LOG_INTERVAL`], all sessions
 /// together (the counts in the metrics are complete).
 pub const DROP_LINES: u32 = 20;
 
 /// A datagram waiting for its session's stream, holding its bytes' place in the session's
-/// queue and in the node's.
+/// queue and in the node's budgets.
 #[derive(Debug)]
 struct Queued {
     datagram: Bytes,
-    _room: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _room: [OwnedSemaphorePermit; 3],
 }
 
 /// The sending end of a session's queue: never waits, drops what does not fit.
@@ -267,26 +296,30 @@ struct Queued {
 struct Queue {
     tx: mpsc::Sender<Queued>,
     room: Arc<Semaphore>,
-    node: Arc<Semaphore>,
+    /// Its side's budget and its peer's part of it.
+    budgets: [Arc<Semaphore>; 2],
 }
 
 /// Why [`Queue::push`] did not take a datagram.
 #[derive(Debug)]
 enum PushError {
-    /// The queue is full (or the node's budget for all queues is spent): the datagram is
-    /// dropped.
+    /// The queue is full: the datagram is dropped.
     Full,
+    /// The node's budget for all queues of this side, or this peer's part of it, is spent:
+    /// the datagram is dropped.
+    Budget,
     /// The session ended: the datagram is handed back.
     Closed(Bytes),
 }
 
 impl Queue {
-    /// A queue of [`QUEUE_BYTES`], within the node's budget, and its receiving end.
-    fn new(shared: &Shared) -> (Self, mpsc::Receiver<Queued>) {
+    /// A queue of [`QUEUE_BYTES`] for a session of `peer` on `side`, within the node's
+    /// budgets, and its receiving end.
+    fn new(shared: &Shared, peer: libp2p::PeerId, side: Side) -> (Self, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(QUEUE_DATAGRAMS);
         let room = Arc::new(Semaphore::new(QUEUE_BYTES));
-        let node = shared.queued.clone();
-        (Self { tx, room, node }, rx)
+        let budgets = shared.budgets(peer, side);
+        (Self { tx, room, budgets }, rx)
     }
 
     fn push(&self, datagram: Bytes) -> Result<(), PushError> {
@@ -297,12 +330,16 @@ impl Queue {
         let Ok(room) = self.room.clone().try_acquire_many_owned(size) else {
             return Err(PushError::Full);
         };
-        let Ok(node) = self.node.clone().try_acquire_many_owned(size) else {
-            return Err(PushError::Full);
+        let [side, peer] = &self.budgets;
+        let Ok(side) = side.clone().try_acquire_many_owned(size) else {
+            return Err(PushError::Budget);
+        };
+        let Ok(peer) = peer.clone().try_acquire_many_owned(size) else {
+            return Err(PushError::Budget);
         };
         match self.tx.try_send(Queued {
             datagram,
-            _room: (room, node),
+            _room: [room, side, peer],
         }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(PushError::Full),
@@ -424,7 +461,7 @@ impl Tally {
             self.unconfirmed[1].store(0, Relaxed);
         }
         if lost > 0 {
-            self.drop_some(DropReason::no_session, lost);
+            self.count_drops(DropReason::no_session, lost);
         }
         lost
     }
@@ -439,7 +476,7 @@ impl Tally {
             queued += 1;
         }
         if queued > 0 {
-            self.drop_some(DropReason::no_session, queued);
+            self.count_drops(DropReason::no_session, queued);
         }
         queued + self.abandon()
     }
@@ -452,18 +489,29 @@ impl Tally {
     }
 
     fn drop_some(&self, reason: DropReason, n: u64) -> Option<u64> {
-        self.dropped.fetch_add(n, Relaxed);
-        self.meter.dropped(reason, n);
+        self.count_drops(reason, n);
         let unlogged = &self.unlogged[reason as usize];
         unlogged.fetch_add(n, Relaxed);
         let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let at = &mut last[reason as usize];
-        if at.is_some_and(|t| now < t + DROP_LOG_INTERVAL) || !self.shared.line() {
+        if at.is_some_and(|t| now < t + DROP_LOG_INTERVAL) {
             return None;
         }
+        // The session's turn, whether or not the node has a line left: a session whose line
+        // the node could not take tries again in 10 s, not on every drop.
         *at = Some(now);
+        if !self.shared.line() {
+            return None;
+        }
         Some(unlogged.swap(0, Relaxed))
+    }
+
+    /// Counts `n` dropped datagrams without a line of their own (the session's closing line, or
+    /// the refusal's, says how many).
+    fn count_drops(&self, reason: DropReason, n: u64) {
+        self.dropped.fetch_add(n, Relaxed);
+        self.meter.dropped(reason, n);
     }
 
     /// Resolves once the session has carried nothing for `idle`.
@@ -702,7 +750,8 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_instead_of_growing() {
-        let (queue, mut rx) = Queue::new(&Shared::default());
+        let (queue, mut rx) =
+            Queue::new(&Shared::default(), libp2p::PeerId::random(), Side::served);
         let big = Bytes::from(vec![0; MAX_DATAGRAM]);
         let mut taken = 0;
         while queue.push(big.clone()).is_ok() {
@@ -718,5 +767,33 @@ mod tests {
             queue.push(Bytes::from_static(b"x")),
             Err(PushError::Closed(_))
         ));
+    }
+
+    #[test]
+    fn one_peer_fills_its_part_of_the_budget_and_leaves_the_rest() {
+        let shared = Shared::default();
+        let (greedy, other) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let big = Bytes::from(vec![0; MAX_DATAGRAM]);
+        // Sessions of one peer whose streams never drain, until its part is spent.
+        let mut sessions = Vec::new();
+        let mut queued = 0;
+        'sessions: loop {
+            let (queue, rx) = Queue::new(&shared, greedy, Side::served);
+            loop {
+                match queue.push(big.clone()) {
+                    Ok(()) => queued += 1,
+                    Err(PushError::Full) => break,
+                    Err(PushError::Budget) => break 'sessions,
+                    Err(PushError::Closed(_)) => unreachable!("the receiver is kept"),
+                }
+            }
+            sessions.push((queue, rx));
+        }
+        assert_eq!(queued, PEER_QUEUE_BYTES / (MAX_DATAGRAM + HEADER));
+        // Another peer's sessions, and the same peer's on the other side, still have room.
+        let (queue, _rx) = Queue::new(&shared, other, Side::served);
+        assert!(queue.push(big.clone()).is_ok());
+        let (queue, _rx2) = Queue::new(&shared, greedy, Side::carried);
+        assert!(queue.push(big).is_ok());
     }
 }

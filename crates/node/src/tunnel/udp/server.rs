@@ -85,7 +85,7 @@ where
         .tunnel_opened(label, Side::served, tally.meter.live.clone());
     let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = FrameReader::new(reader);
-    let (queue, mut outbound) = Queue::new(&limits.udp);
+    let (queue, mut outbound) = Queue::new(&limits.udp, peer, Side::served);
     let local = Local::Service {
         socket: socket.clone(),
     };
@@ -118,6 +118,11 @@ where
                 Err(PushError::Full) => {
                     if let Some(dropped) = tally.drop_one(DropReason::queue_full) {
                         tracing::warn!(peer_id = %peer, %service, dropped, queue_bytes = QUEUE_BYTES, "udp tunnel dropping datagrams: the path to the peer does not keep up with the service");
+                    }
+                }
+                Err(PushError::Budget) => {
+                    if let Some(dropped) = tally.drop_one(DropReason::budget) {
+                        tracing::warn!(peer_id = %peer, %service, dropped, "udp tunnel dropping datagrams: the node's budget for queued datagrams (or this peer's part of it) is spent: many sessions' streams do not keep up");
                     }
                 }
                 // The receiving end lives in this function until it returns.
