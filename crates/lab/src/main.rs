@@ -342,10 +342,13 @@ async fn demo(
     let sizes = punchgate_lab::cell::UDP_SIZES
         .map(|s| s.to_string())
         .join(", ");
+    // The UDP session's path is the last one in A's log: the verdict.
+    let result = cell.result()?;
     println!(
-        "Sent datagrams of {sizes} bytes through A's UDP tunnel ({}): each echoed whole, in {} ms for all.",
+        "Sent datagrams of {sizes} bytes through A's UDP tunnel ({}): each echoed whole, in {} ms for all, over the {} path.",
         cell.a.udp_tunnel_addrs[0],
-        took.as_millis()
+        took.as_millis(),
+        result.final_path
     );
 
     if bulk_mib > 0 {
