@@ -691,3 +691,96 @@ async fn a_session_that_started_on_a_relay_moves_to_the_direct_connection() {
     b.shutdown().await;
     relay.shutdown().await;
 }
+
+/// Hostile input on UDP tunnel streams, from the peer B admits: a request that is not JSON is
+/// refused with a reason; after acceptance, a frame that claims more than 65,507 bytes ends
+/// that session alone (its stream closes), and a real client's session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_end_only_their_own_session() {
+    use punchgate::tunnel::{
+        client::negotiate,
+        udp::{FrameReader, encode},
+        wire::{self, TunnelResponse},
+    };
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+
+    let pair = Pair::start(TCP, "echo", |_| {}, |_, _| {}).await;
+    let socket = client().await;
+    exchange(
+        &socket,
+        pair.tunnel,
+        &datagram(8, 0, 100),
+        Duration::from_secs(10),
+    )
+    .await;
+    let raw = || async {
+        let (stream, _) = pair
+            .a
+            .handle()
+            .open_stream(pair.b.peer_id(), punchgate::protocol::UDP_TUNNEL)
+            .await
+            .expect("a udp tunnel stream");
+        stream.compat()
+    };
+
+    // Not a request: refused, with the reason.
+    let mut stream = raw().await;
+    stream
+        .write_all(&[0, 0, 0, 8, b'n', b'o', b't', b' ', b'j', b's', b'o', b'n'])
+        .await
+        .expect("write");
+    let response: TunnelResponse =
+        tokio::time::timeout(Duration::from_secs(5), wire::read(&mut stream))
+            .await
+            .expect("an answer in time")
+            .expect("a response frame");
+    assert!(!response.accepted);
+    assert!(
+        response
+            .reason
+            .is_some_and(|r| r.starts_with("bad tunnel request")),
+        "the reason says what was wrong"
+    );
+
+    // Accepted; a good frame comes back, then a frame over the limit ends the session.
+    let mut stream = raw().await;
+    negotiate(&mut stream, "echo", Duration::from_secs(5))
+        .await
+        .expect("accepted");
+    let mut frame = Vec::new();
+    encode(&mut frame, b"hello");
+    stream.write_all(&frame).await.expect("write");
+    let (read, mut write) = tokio::io::split(stream);
+    let mut frames = FrameReader::new(read);
+    let back = tokio::time::timeout(Duration::from_secs(5), frames.next())
+        .await
+        .expect("the echo in time")
+        .expect("a valid frame")
+        .expect("a datagram")
+        .to_vec();
+    assert_eq!(back, b"hello");
+    write
+        .write_all(&[0xff, 0xff, 1, 2, 3])
+        .await
+        .expect("write");
+    let end = tokio::time::timeout(Duration::from_secs(5), frames.next())
+        .await
+        .expect("the session ends in time");
+    assert!(
+        matches!(end, Ok(None) | Err(_)),
+        "the stream ends instead of carrying on: {end:?}"
+    );
+
+    // The real client's session never noticed.
+    for seq in 1..5 {
+        exchange(
+            &socket,
+            pair.tunnel,
+            &datagram(8, seq, 300),
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    pair.stop().await;
+}

@@ -1,6 +1,37 @@
 //! `--tunnel-udp` ports: one socket, and one session (one stream) per client address.
 
-use super::*;
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use tokio::{
+    net::UdpSocket,
+    sync::{Semaphore, mpsc},
+    time::Instant,
+};
+use tokio_util::{
+    compat::FuturesAsyncReadCompatExt as _, sync::CancellationToken, task::TaskTracker,
+};
+
+use super::{
+    DROP_LOG_INTERVAL, End, FrameReader, Local, MAX_DATAGRAM, PushError, QUEUE_BYTES, Queue,
+    Queued, RETRY_AFTER, Tally, close, deliver, log_end, receive, widen, write_frames,
+};
+use crate::{
+    config::TunnelSpec,
+    metrics::{DropReason, Path, Refusal, Side},
+    node::{NodeHandle, path_kind},
+    protocol,
+    tunnel::{
+        Books, Limits,
+        client::{NegotiateError, said_while_waiting},
+        wire::{self, TunnelRequest},
+    },
+};
 
 /// One session of a `--tunnel-udp` port.
 #[derive(Debug)]
@@ -29,17 +60,18 @@ impl Port {
         new
     }
 
-    /// Why new sessions wait, while they do.
-    fn held(&self) -> Option<String> {
-        let mut held = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
-        match &*held {
-            Some((until, why)) if Instant::now() < *until => Some(why.clone()),
-            Some(_) => {
-                *held = None;
-                None
-            }
-            None => None,
-        }
+    /// Whether new sessions wait now.
+    fn held(&self) -> bool {
+        let held = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref()
+            .is_some_and(|(until, _)| Instant::now() < *until)
+    }
+
+    /// Why new sessions wait (or last waited).
+    fn why(&self) -> String {
+        let held = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref()
+            .map_or_else(String::new, |(_, why)| why.clone())
     }
 }
 
@@ -124,8 +156,9 @@ pub async fn run(socket: UdpSocket, port: crate::tunnel::PortTask) {
                 }
             }
         }
-        if let Some(why) = port.held() {
+        if port.held() {
             if let Some(dropped) = port.tally.drop_one(DropReason::no_session) {
+                let why = port.why();
                 tracing::warn!(%service, peer = %spec.peer, client = %from, dropped, retry_in = ?RETRY_AFTER, %why, "udp tunnel dropping datagrams: the last session failed, new ones wait");
             }
             continue;

@@ -11,11 +11,14 @@
 //!   and its bytes, [`MAX_DATAGRAM`] at most, so datagram boundaries survive the byte stream.
 //!   The client writes its first datagrams right behind the request, without waiting for the
 //!   answer: a WireGuard handshake reaches the service one round trip sooner.
-//! - **Pressure.** Datagrams wait for their stream in a queue of [`QUEUE_BYTES`] per session;
+//! - **Pressure.** Datagrams wait for their stream in a queue of [`QUEUE_BYTES`] per session,
+//!   within the node's budgets ([`SIDE_QUEUE_BYTES`] per side, [`PEER_QUEUE_BYTES`] per peer);
 //!   a datagram that does not fit is dropped, never buffered without bound, and counted
-//!   (`punchgate_udp_datagrams_dropped_total`, and a WARN at most every
-//!   [`DROP_LOG_INTERVAL`] per session). The socket's reader never waits for a session, so one
-//!   busy session never stalls another.
+//!   (`punchgate_udp_datagrams_dropped_total`, and a WARN at most every [`DROP_LOG_INTERVAL`]
+//!   per session and reason, [`DROP_LINES`] for the node). The socket's reader never waits for
+//!   a session, so one busy session never stalls another.
+//! - **Moving.** A client session whose stream rides a relay moves to a direct connection
+//!   when one comes up (`client.rs`).
 
 use std::{
     cell::RefCell,
@@ -36,9 +39,6 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     time::{Instant, timeout},
 };
-use tokio_util::{
-    compat::FuturesAsyncReadCompatExt as _, sync::CancellationToken, task::TaskTracker,
-};
 
 mod client;
 mod server;
@@ -46,17 +46,7 @@ mod server;
 pub use client::run;
 pub(in crate::tunnel) use server::{NotServed, Served, serve};
 
-use super::{
-    Books, Limits,
-    client::{NegotiateError, said_while_waiting},
-    wire::{self, TunnelRequest, TunnelResponse},
-};
-use crate::{
-    config::{HostPort, TunnelSpec},
-    metrics::{DropReason, Path, Refusal, Side, UdpMeter},
-    node::{NodeHandle, path_kind},
-    protocol,
-};
+use crate::metrics::{DropReason, Side, UdpMeter};
 
 /// The largest datagram a tunnel carries: the most an IPv4 UDP datagram holds (65,535 less
 /// the IP and UDP headers).
@@ -103,7 +93,7 @@ fn widen(socket: &UdpSocket) {
 /// How long a session's stream may take to close once the session ended.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A datagram frame that cannot be: longer than [`MAX_DATAGRAM`].
+/// Reading datagram frames failed: a frame that cannot be, or the stream.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DatagramError {
@@ -128,9 +118,9 @@ pub fn encode(out: &mut Vec<u8>, datagram: &[u8]) {
     out.extend_from_slice(datagram);
 }
 
-/// The first frame in `buf`: `Ok(Some(range))` with the range of its datagram (the frame ends
-/// where the range does), `Ok(None)` if `buf` does not hold all of it yet (`needed` says how
-/// many bytes it takes), or an error for a frame that cannot be.
+/// The first frame in `buf`: [`Decoded::Datagram`] with the range of its datagram (the frame
+/// ends where the range does), [`Decoded::Needs`] with the bytes the frame takes if `buf` does
+/// not hold all of it yet, or an error for a frame longer than [`MAX_DATAGRAM`].
 pub fn decode(buf: &[u8]) -> Result<Decoded, DatagramError> {
     let Some(header) = buf.first_chunk::<HEADER>() else {
         return Ok(Decoded::Needs(HEADER));
@@ -292,7 +282,7 @@ struct Queued {
 }
 
 /// The sending end of a session's queue: never waits, drops what does not fit.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Queue {
     tx: mpsc::Sender<Queued>,
     room: Arc<Semaphore>,

@@ -1,6 +1,27 @@
 //! Served UDP sessions: each with its own socket, connected to the service.
 
-use super::*;
+use std::{io, net::SocketAddr, sync::Arc};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::UdpSocket,
+    time::timeout,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    End, FrameReader, Local, MAX_DATAGRAM, PushError, QUEUE_BYTES, Queue, Tally, close, deliver,
+    log_end, receive, widen, write_frames,
+};
+use crate::{
+    config::HostPort,
+    metrics::{DropReason, Side},
+    node::path_kind,
+    tunnel::{
+        Books, Limits,
+        wire::{self, TunnelResponse},
+    },
+};
 
 /// An admitted session to serve: what [`super::server`] learnt of it.
 #[derive(Debug)]
