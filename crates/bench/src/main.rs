@@ -247,7 +247,7 @@ fn main() -> ExitCode {
         Some(Command::Flood) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(flood::run(&args.work))),
-        Some(Command::Udp { seconds, pings }) => udp::run(&args.work, seconds, pings).map(drop),
+        Some(Command::Udp { seconds, pings }) => udp::run(&args.work, seconds, pings),
         Some(Command::GrpcServer { over, work }) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(grpc::serve(over, &work))),

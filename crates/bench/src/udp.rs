@@ -290,8 +290,14 @@ fn start_tunnel(
     })
 }
 
-/// Runs every measurement over every path; prints the tables (Markdown) and returns them.
-pub(crate) fn run(work: &Path, seconds: f64, pings: usize) -> Result<String> {
+/// A table's header: `first`, then a column per path.
+fn header(out: &mut String, first: &str) {
+    let names = PathKind::ALL.map(PathKind::name).join(" | ");
+    let _ = writeln!(out, "| {first} | {names} |\n| --- | --- | --- | --- |");
+}
+
+/// Runs every measurement over every path and prints the tables (Markdown).
+pub(crate) fn run(work: &Path, seconds: f64, pings: usize) -> Result<()> {
     let bin = std::env::current_exe().context("this executable")?;
     let dir = work.join("udp");
     std::fs::create_dir_all(&dir)?;
@@ -311,7 +317,8 @@ pub(crate) fn run(work: &Path, seconds: f64, pings: usize) -> Result<String> {
         let (to_sink, to_echo) = tunnel
             .as_ref()
             .map_or((sink.addr, echo.addr), |t| (t.sink, t.echo));
-        // The session opens (a stream) before anything is timed.
+        // The nodes' connection is up and warm before anything is timed (each measurement then
+        // sends from a socket of its own: a new session, whose setup is inside its time).
         latency(to_echo, 10).context("a first round trip")?;
         one_way(&sink, to_sink, SWEEP_SIZE, Some(1_000), 0.1)?;
         pinged.push(latency(to_echo, pings)?);
@@ -329,19 +336,11 @@ pub(crate) fn run(work: &Path, seconds: f64, pings: usize) -> Result<String> {
         );
     }
     let mut out = String::new();
-    let rate_name =
-        |rate: Option<u64>| rate.map_or_else(|| "as fast as it goes".to_owned(), |r| r.to_string());
     let _ = writeln!(
         out,
         "Rate sweep: {SWEEP_SIZE}-byte datagrams one way into a sink, {seconds} s per rate: delivered per second (lost %)\n"
     );
-    let _ = writeln!(
-        out,
-        "| offered /s | {} | {} | {} |\n| --- | --- | --- | --- |",
-        PathKind::ALL[0].name(),
-        PathKind::ALL[1].name(),
-        PathKind::ALL[2].name()
-    );
+    header(&mut out, "offered /s");
     for (i, rate) in SWEEP_RATES.iter().enumerate() {
         let cells: Vec<String> = sweep
             .iter()
@@ -376,13 +375,7 @@ pub(crate) fn run(work: &Path, seconds: f64, pings: usize) -> Result<String> {
         out,
         "\nWireGuard-shaped: {WIREGUARD_SIZE}-byte datagrams through an echo (the same load both ways), {seconds} s per rate: Mbit/s each way delivered (lost %, both ways together)\n"
     );
-    let _ = writeln!(
-        out,
-        "| offered each way | {} | {} | {} |\n| --- | --- | --- | --- |",
-        PathKind::ALL[0].name(),
-        PathKind::ALL[1].name(),
-        PathKind::ALL[2].name()
-    );
+    header(&mut out, "offered each way");
     let mbits = |d: Delivery| d.per_second() * (WIREGUARD_SIZE * 8) as f64 / 1e6;
     for (i, rate) in WIREGUARD_RATES.iter().enumerate() {
         let cells: Vec<String> = wireguard
@@ -394,10 +387,10 @@ pub(crate) fn run(work: &Path, seconds: f64, pings: usize) -> Result<String> {
                 "{r} /s ({:.0} Mbit/s)",
                 *r as f64 * (WIREGUARD_SIZE * 8) as f64 / 1e6
             ),
-            None => rate_name(None),
+            None => "as fast as it goes".to_owned(),
         };
         let _ = writeln!(out, "| {offered} | {} |", cells.join(" | "));
     }
     print!("{out}");
-    Ok(out)
+    Ok(())
 }
