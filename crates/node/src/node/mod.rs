@@ -873,11 +873,7 @@ fn rules(config: &NodeConfig) -> Result<tunnel::server::Rules, StartError> {
     let mut services = HashMap::new();
     // `access` has checked that no name is exposed twice.
     for expose in &config.expose {
-        let service = tunnel::server::Service {
-            target: expose.target.clone(),
-            protocol: expose.protocol,
-        };
-        services.insert(expose.name.clone(), service);
+        services.insert(expose.name.clone(), expose.clone());
     }
     Ok(tunnel::server::Rules { services, access })
 }

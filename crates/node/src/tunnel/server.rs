@@ -32,23 +32,15 @@ use super::{
 };
 use crate::{
     access::{Access, DenialLog},
-    config::{HostPort, ServiceName, ServiceProtocol},
+    config::{ExposeSpec, ServiceName, ServiceProtocol},
     metrics::{Path, Refusal, ServiceLabels, Side},
     net::stream::IncomingStream,
     node::path_kind,
 };
 
-/// A service a node exposes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
-    /// Where it listens.
-    pub target: HostPort,
-    /// TCP or UDP: a stream of the other protocol is refused.
-    pub protocol: ServiceProtocol,
-}
-
-/// Services a node exposes, by name (TCP and UDP share the names).
-pub type Services = HashMap<ServiceName, Service>;
+/// Services a node exposes, by name (TCP and UDP share the names): where each listens, and
+/// whether it is TCP or UDP (a stream of the other protocol is refused).
+pub type Services = HashMap<ServiceName, ExposeSpec>;
 
 /// The services and who may use each: replaced whole by a reload ([`Exposed::replace`]).
 #[derive(Debug)]
